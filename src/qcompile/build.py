@@ -1,0 +1,357 @@
+"""The build: runs the stages in order and owns the manifest that connects one build to the next.
+
+    conf/ -compose-> config -validate-> diagnostics -lock-> pins -plan-> artefacts -render-> text
+          -write-> generated/ (+ manifest.json)
+
+Before any of that, a digest of every input (conf/ bytes, templates, signal sources, data content
+hashes via the stat cache, evidence files, overrides, qcompile's version) is compared with the
+manifest: when nothing changed and generated/ is intact, the build ends there, without importing
+Hydra. The public functions here are what the CLI calls; they never print.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from qcompile import __version__
+from qcompile.errors import Diagnostic, DiagnosticsError, StaleError
+from qcompile.fingerprint import (
+    DataFingerprint,
+    FingerprintCache,
+    data_files,
+    file_sha256,
+    fingerprint,
+)
+from qcompile.hashing import sha256_bytes, sha256_file, sha256_json
+from qcompile.project import PRIMARY_CONFIG, Project
+from qcompile.write import WriteReport, stale_files, write_tree
+
+MANIFEST = "manifest.json"
+
+
+@dataclass
+class BuildOutcome:
+    report: WriteReport
+    up_to_date: bool = False  # the input digest matched: nothing was compiled
+    strategies: list[str] = field(default_factory=list)
+
+
+def read_manifest(project: Project) -> dict[str, Any]:
+    try:
+        manifest = json.loads((project.generated_dir / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return manifest if isinstance(manifest, dict) else {}
+
+
+def _raw_yaml(path: Path) -> Any:
+    try:
+        return yaml.load(
+            path.read_text(encoding="utf-8"), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+        )
+    except (OSError, yaml.YAMLError):
+        return None
+
+
+def inputs_digest(project: Project, overrides: list[str], only: list[str] | None) -> str | None:
+    """Digest of everything a build reads, or None when it cannot be known without compiling."""
+    from qcompile.plan import compiler_sha256
+    from qcompile.signalsource import package_files
+
+    primary = _raw_yaml(project.conf_dir / PRIMARY_CONFIG)
+    if not isinstance(primary, dict) or not isinstance(primary.get("project"), dict):
+        return None
+    settings = primary["project"]
+    packages = settings.get("signal_packages")
+    if not isinstance(packages, list) or not all(isinstance(p, str) for p in packages):
+        return None
+    parts: dict[str, Any] = {
+        "qcompile": __version__,
+        "overrides": list(overrides),
+        "only": sorted(only or []),
+        "conf": {project.rel(p): sha256_file(p) for p in project.config_files()},
+        "compiler": compiler_sha256(),
+        "signals": [sha256_file(p) for p in package_files(packages, project.root)],
+    }
+    cache = FingerprintCache(project.cache_dir / "fingerprints.json")
+    data: dict[str, Any] = {}
+    for path in sorted((project.conf_dir / "data").glob("*.yaml")):
+        source = _raw_yaml(path)
+        local = source.get("data", {}).get("local") if isinstance(source, dict) else None
+        if not isinstance(local, dict):
+            continue
+        if "${" in str(local):
+            return None  # interpolated location: only a full compose knows where the data is
+        directory = project.root / str(local.get("path"))
+        files = data_files(directory, str(local.get("format"))) if directory.is_dir() else []
+        data[str(local.get("path"))] = [(project.rel(f), file_sha256(f, cache)) for f in files]
+    cache.save()
+    parts["data"] = data
+    reports = project.root / str(settings.get("reports_dir", "reports"))
+    parts["evidence"] = (
+        {project.rel(p): sha256_file(p) for p in sorted(reports.rglob("evidence.json"))}
+        if reports.is_dir()
+        else {}
+    )
+    return sha256_json(parts)
+
+
+def _outputs_intact(project: Project, manifest: dict[str, Any]) -> bool:
+    expected = dict(manifest.get("files", {}))
+    for entry in manifest.get("strategies", {}).values():
+        expected.update(entry.get("outputs", {}))
+    expected[MANIFEST] = None
+    present = set(_existing(project))
+    if present != set(expected):
+        return False
+    return all(
+        sha is None or sha256_file(project.generated_dir / p) == sha for p, sha in expected.items()
+    )
+
+
+def _existing(project: Project) -> list[str]:
+    from qcompile.write import existing_files
+
+    return existing_files(project.generated_dir)
+
+
+@dataclass
+class Compilation:
+    """The result of compose, validate, lock and the gates, before anything is rendered."""
+
+    strategies: list[Any]  # list[CompiledStrategy]
+    project_settings: dict[str, Any]
+    signals: dict[str, Any]  # name -> SignalSource
+
+
+def compile_project(
+    project: Project, overrides: list[str], only: list[str] | None = None
+) -> Compilation:
+    """Compose, validate, lock and check gates; raise DiagnosticsError listing every problem."""
+    from qcompile.compose import compose_strategies, read_conf_tree
+    from qcompile.lifecycle import evaluate, evidence_path, load_evidence, next_phase
+    from qcompile.lock import drift_diagnostics, lock_strategy
+    from qcompile.plan import CompiledStrategy
+    from qcompile.signalsource import scan_packages
+    from qcompile.validate import (
+        cross_field_diagnostics,
+        duplicate_id_diagnostics,
+        resolve,
+        schema_diagnostics,
+        secret_diagnostics,
+    )
+
+    tree = read_conf_tree(project)
+    composed_list = compose_strategies(project, tree, overrides, set(only) if only else None)
+    diagnostics: list[Diagnostic] = secret_diagnostics(tree, overrides)
+    resolved = []
+    valid: dict[int, bool] = {}
+    for composed in composed_list:
+        data, problems = resolve(composed)
+        problems += schema_diagnostics(composed, data)
+        problems += cross_field_diagnostics(composed, data)
+        diagnostics += problems
+        valid[id(composed)] = not problems
+        resolved.append((composed, data))
+    diagnostics += duplicate_id_diagnostics(resolved)
+
+    primary = tree.files["qcompile"]
+    settings: dict[str, Any] = next((d["project"] for c, d in resolved if valid[id(c)]), {})
+    gates = next((d["gates"] for c, d in resolved if valid[id(c)]), {})
+    packages = list(settings.get("signal_packages", []))
+    signals, missing = scan_packages(packages, project.root)
+    for package in missing:
+        diagnostics.append(
+            Diagnostic(
+                primary.path,
+                primary.line_of("project.signal_packages"),
+                "project.signal_packages",
+                f"package {package!r} not found",
+                "lock.package_missing",
+                "install it, or put it in the project root or src/",
+            )
+        )
+    previous = read_manifest(project).get("signals", {})
+    cache = FingerprintCache(project.cache_dir / "fingerprints.json")
+    fingerprints: dict[tuple[str, str], DataFingerprint | None] = {}
+    reports_dir = project.root / settings.get("reports_dir", "reports")
+    compiled = []
+    for composed, data in resolved:
+        if not valid[id(composed)]:
+            continue
+        local = data["data"].get("local") or {}
+        key = (str(local.get("path", "")), str(local.get("format", "")))
+        if key not in fingerprints:
+            fingerprints[key] = (
+                fingerprint(project.root / key[0], key[1], cache) if key[0] else None
+            )
+        lock = lock_strategy(composed, data, signals, fingerprints[key])
+        diagnostics += lock.diagnostics
+        strategy = data["strategy"]
+        path = evidence_path(reports_dir, strategy["id"], strategy["version"])
+        evidence, why = load_evidence(path)
+        unmet = evaluate(
+            strategy["status"], gates, strategy, lock.pins, evidence, why, lock.backtest_inputs
+        )
+        for item in unmet:
+            file, line = composed.locate("strategy.status")
+            detail = item.detail + (
+                f" ({project.rel(path)})" if item.requirement.startswith("evidence") else ""
+            )
+            diagnostics.append(
+                Diagnostic(
+                    file,
+                    line,
+                    "strategy.status",
+                    f"phase '{strategy['status']}' requires {item.requirement}: {detail}",
+                    f"gate.{item.requirement}",
+                    f"needed since {item.phase}; see docs/lifecycle.md",
+                )
+            )
+        following = next_phase(strategy["status"])
+        unmet_next = (
+            [
+                u
+                for u in evaluate(
+                    following, gates, strategy, lock.pins, evidence, why, lock.backtest_inputs
+                )
+                if u.phase == following
+            ]
+            if following
+            else []
+        )
+        compiled.append(
+            CompiledStrategy(
+                composed, data, lock, project.rel(path), evidence is not None, unmet_next
+            )
+        )
+    cache.save()
+    used = {c.data["strategy"]["signal"]["name"] for c in compiled}
+    diagnostics += drift_diagnostics(signals, used, previous)
+    if any(d.severity == "error" for d in diagnostics):
+        raise DiagnosticsError(diagnostics)
+    return Compilation(compiled, settings, signals)
+
+
+def render_outputs(
+    project: Project,
+    compilation: Compilation,
+    overrides: list[str],
+    only: list[str] | None,
+    digest: str | None,
+) -> dict[str, bytes]:
+    """Every file of the new generated/ tree, manifest included."""
+    from qcompile.plan import plan_index, plan_strategy
+    from qcompile.render import render
+
+    previous = read_manifest(project)
+    old_entries: dict[str, Any] = previous.get("strategies", {})
+    outputs: dict[str, bytes] = {}
+    entries: dict[str, Any] = {}
+    if only:  # strategies not selected keep their files and index rows as they are
+        selected = {c.id for c in compilation.strategies}
+        for strategy_id, entry in old_entries.items():
+            if strategy_id in selected:
+                continue
+            files = {
+                p: (project.generated_dir / p).read_bytes()
+                for p in entry.get("outputs", {})
+                if (project.generated_dir / p).is_file()
+            }
+            if len(files) == len(entry.get("outputs", {})):
+                outputs.update(files)
+                entries[strategy_id] = entry
+    for compiled in compilation.strategies:
+        plan = plan_strategy(compiled)
+        old = old_entries.get(plan.id, {})
+        reusable = old.get("inputs_sha256") == plan.inputs_sha256 and all(
+            (project.generated_dir / p).is_file() and sha256_file(project.generated_dir / p) == sha
+            for p, sha in old.get("outputs", {}).items()
+        )
+        rendered = {}
+        for artefact in plan.artefacts:
+            path = f"{artefact.path}"
+            if reusable and path in old.get("outputs", {}):
+                rendered[path] = (project.generated_dir / path).read_bytes()
+            else:
+                rendered[path] = render(artefact.template, artefact.context)
+        outputs.update(rendered)
+        entries[plan.id] = {
+            "source": plan.source,
+            "inputs_sha256": plan.inputs_sha256,
+            "outputs": {p: sha256_bytes(b) for p, b in sorted(rendered.items())},
+            "summary": plan.summary,
+        }
+    index = plan_index(
+        compilation.project_settings.get("name", "Portfolio"),
+        [e["summary"] for e in entries.values()],
+    )
+    outputs[index.path] = render(index.template, index.context)
+    signals = dict(previous.get("signals", {}))
+    for compiled in compilation.strategies:
+        found = compiled.lock.signal
+        if found is not None:
+            signals[found.name] = {
+                "version": found.version,
+                "sha256": found.source_sha256,
+                "module": found.module,
+            }
+    manifest = {
+        "generator": f"qcompile {__version__}",
+        "regenerate": "qcompile build",
+        "inputs_sha256": digest,
+        "overrides": list(overrides),
+        "signals": dict(sorted(signals.items())),
+        "strategies": dict(sorted(entries.items())),
+        "files": {index.path: sha256_bytes(outputs[index.path])},
+    }
+    outputs[MANIFEST] = (
+        json.dumps(manifest, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+    ).encode()
+    return outputs
+
+
+def build(
+    project: Project,
+    overrides: list[str] | None = None,
+    only: list[str] | None = None,
+    check: bool = False,
+) -> BuildOutcome:
+    """Compile conf/ into generated/ (or, with ``check``, raise StaleError if it is out of date)."""
+    overrides = list(overrides or [])
+    digest = inputs_digest(project, overrides, only)
+    manifest = read_manifest(project)
+    if (
+        digest is not None
+        and manifest.get("inputs_sha256") == digest
+        and _outputs_intact(project, manifest)
+    ):
+        return BuildOutcome(
+            WriteReport(unchanged=_existing(project)),
+            up_to_date=True,
+            strategies=sorted(manifest.get("strategies", {})),
+        )
+    compilation = compile_project(project, overrides, only)
+    outputs = render_outputs(project, compilation, overrides, only, digest)
+    strategies = sorted(c.id for c in compilation.strategies)
+    if check:
+        stale = stale_files(project.generated_dir, outputs)
+        if stale:
+            raise StaleError([f"generated/{p}" for p in stale])
+        return BuildOutcome(WriteReport(unchanged=sorted(outputs)), strategies=strategies)
+    return BuildOutcome(write_tree(project.generated_dir, outputs), strategies=strategies)
+
+
+__all__ = [
+    "BuildOutcome",
+    "Compilation",
+    "DiagnosticsError",
+    "build",
+    "compile_project",
+    "inputs_digest",
+]

@@ -1,0 +1,190 @@
+"""The ``qcompile`` command line: parses arguments, calls the library, prints results.
+
+No logic lives here. Heavy modules (Hydra, polars, Jinja) are imported inside commands so that
+``qcompile --help`` stays fast; a test checks it.
+
+Exit codes: 0 success; 1 ``build --check`` found generated/ stale; 2 the configuration (or the
+command line) has problems, all of which are printed.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from functools import wraps
+from typing import Any
+
+import click
+
+from qcompile import __version__
+from qcompile.errors import DiagnosticsError, QcompileError, StaleError
+
+EXIT_STALE = 1
+EXIT_CONFIG = 2
+
+_OVERRIDES = click.argument("overrides", nargs=-1, metavar="[OVERRIDES]...")
+_STRATEGY = click.option(
+    "--strategy",
+    "-s",
+    "only",
+    multiple=True,
+    metavar="ID",
+    help="Only this strategy (id or file name); repeatable.",
+)
+
+
+def _print_diagnostics(error: DiagnosticsError) -> None:
+    for diagnostic in error.diagnostics:
+        click.echo(diagnostic.render(), err=True)
+    files = {d.file for d in error.diagnostics}
+    count = len(error.errors)
+    click.echo(
+        f"{count} error{'s' if count != 1 else ''} in {len(files)} "
+        f"file{'s' if len(files) != 1 else ''}; nothing was written.",
+        err=True,
+    )
+
+
+def _handled(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn qcompile's own errors into messages and exit codes, never tracebacks."""
+
+    @wraps(command)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except DiagnosticsError as error:
+            _print_diagnostics(error)
+            sys.exit(EXIT_CONFIG)
+        except StaleError as error:
+            for path in error.paths:
+                click.echo(f"stale: {path}", err=True)
+            click.echo(f"{len(error.paths)} file(s) out of date; {error.remedy}.", err=True)
+            sys.exit(EXIT_STALE)
+        except QcompileError as error:
+            click.echo(f"error: {error}", err=True)
+            sys.exit(EXIT_CONFIG)
+
+    return run
+
+
+def _project() -> Any:
+    from qcompile.project import find_project
+
+    return find_project()
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="qcompile")
+def main() -> None:
+    """Compile strategy configs in conf/ into pinned, reviewable artefacts in generated/."""
+
+
+@main.command()
+@_OVERRIDES
+@_STRATEGY
+@click.option("--check", is_flag=True, help="Write nothing; exit 1 if generated/ is stale.")
+@_handled
+def build(overrides: tuple[str, ...], only: tuple[str, ...], check: bool) -> None:
+    """Validate conf/, check gates, pin versions and render generated/.
+
+    OVERRIDES follow Hydra's grammar (costs=zero, strategy.signal.params.fast=12, +key=value) and
+    apply to every selected strategy.
+    """
+    from qcompile.build import build as run_build
+
+    outcome = run_build(_project(), list(overrides), list(only) or None, check=check)
+    report = outcome.report
+    if check:
+        click.echo(f"generated/ is up to date ({len(outcome.strategies)} strategies).")
+        return
+    if outcome.up_to_date:
+        click.echo(
+            f"generated/ is up to date ({len(outcome.strategies)} strategies); nothing to do."
+        )
+        return
+    for label, paths in (
+        ("create", report.created),
+        ("update", report.updated),
+        ("remove", report.removed),
+    ):
+        for path in paths:
+            click.echo(f"{label:>8}  generated/{path}")
+    click.echo(
+        f"Built {len(outcome.strategies)} strategies: {len(report.created)} created, "
+        f"{len(report.updated)} updated, {len(report.removed)} removed, "
+        f"{len(report.unchanged)} identical."
+    )
+
+
+@main.command()
+@_OVERRIDES
+@_STRATEGY
+@_handled
+def validate(overrides: tuple[str, ...], only: tuple[str, ...]) -> None:
+    """Validate conf/ and check gates without writing anything."""
+    from qcompile.build import compile_project
+
+    compilation = compile_project(_project(), list(overrides), list(only) or None)
+    click.echo(f"{len(compilation.strategies)} strategies valid.")
+
+
+@main.command()
+@click.argument("strategy")
+@_OVERRIDES
+@_handled
+def show(strategy: str, overrides: tuple[str, ...]) -> None:
+    """Print STRATEGY's composed config; secrets are shown as references, never values."""
+    from qcompile.views import composed_yaml
+
+    click.echo(composed_yaml(_project(), strategy, list(overrides)), nl=False)
+
+
+@main.command(name="list")
+@_OVERRIDES
+@_handled
+def list_strategies(overrides: tuple[str, ...]) -> None:
+    """List every strategy with its phase and pinned versions."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from qcompile.views import strategy_rows
+
+    rows = strategy_rows(_project(), list(overrides))
+    table = Table(show_lines=False)
+    for column in ("id", "name", "phase", "version", "signal", "data", "next gate"):
+        table.add_column(column)
+    for row in rows:
+        table.add_row(
+            *(row[c] for c in ("id", "name", "phase", "version", "signal", "data", "next gate"))
+        )
+    Console(width=200).print(table)
+
+
+@main.command()
+@click.option(
+    "--output",
+    "-o",
+    default="docs/config-reference.md",
+    show_default=True,
+    help="Where to write the reference, relative to the project root.",
+)
+@click.option("--check", is_flag=True, help="Write nothing; exit 1 if the file is out of date.")
+@_handled
+def docs(output: str, check: bool) -> None:
+    """Write the config reference generated from the validation schemas."""
+    from qcompile.reference import config_reference
+
+    path = _project().root / output
+    text = config_reference()
+    if check:
+        if not path.is_file() or path.read_text(encoding="utf-8") != text:
+            raise StaleError([output], remedy="run `qcompile docs`")
+        click.echo(f"{output} is up to date.")
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+    click.echo(f"wrote {output}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,424 @@
+"""Stage 1 (compose): Hydra configs -> one composed config per strategy.
+
+Consumes the parsed ``conf/`` files and command-line overrides (Hydra's grammar); produces a
+:class:`ComposedStrategy` per selected strategy, unresolved (secret references stay references).
+
+Composing from scratch costs tens of milliseconds per config, so the compose API runs once per
+distinct group selection (universe, costs, data, deployment plus group overrides); each strategy's
+own body and the leaf overrides are merged onto that shared base afterwards. A strategy whose
+defaults list does something the fast path does not model (non-group entries, ``_self_`` not
+last, package redirects) is composed by Hydra directly. Tests check both paths agree.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from qcompile.errors import COMMAND_LINE, Diagnostic, DiagnosticsError
+from qcompile.project import PRIMARY_CONFIG, Project
+from qcompile.sourcemap import ConfigFile, load_data, parent_key, read_config_file
+
+if TYPE_CHECKING:
+    from omegaconf import DictConfig
+
+SELF = "_self_"
+
+
+@dataclass
+class Override:
+    """A parsed command-line override."""
+
+    text: str
+    key: str
+    kind: str  # "change", "add", "force_add", "delete"
+    value: Any
+    is_group: bool
+
+
+@dataclass
+class ComposedStrategy:
+    """One strategy's composed config and where every part of it came from."""
+
+    name: str  # file stem under conf/strategy/
+    file: ConfigFile
+    config: DictConfig
+    selection: dict[str, str]  # group -> option, after overrides
+    sources: list[ConfigFile]  # in merge order: primary, groups, the strategy file
+    overrides: list[Override] = field(default_factory=list)
+
+    def locate(self, key: str) -> tuple[str, int]:
+        """The file and line that last set ``key`` (or its nearest ancestor)."""
+        probe = key
+        while probe:
+            for override in self.overrides:
+                if not override.is_group and override.key == probe:
+                    return COMMAND_LINE, 0
+            for source in reversed(self.sources):
+                if probe in source.lines:
+                    return source.path, source.lines[probe]
+            probe = parent_key(probe)
+        return self.file.path, 0
+
+    @property
+    def override_texts(self) -> list[str]:
+        return [o.text for o in self.overrides]
+
+
+@dataclass
+class ConfTree:
+    """Every file under conf/, parsed once."""
+
+    files: dict[str, ConfigFile]  # keyed by "group/name" ("qcompile" for the primary)
+    diagnostics: list[Diagnostic]
+
+    def get(self, group: str, name: str) -> ConfigFile | None:
+        return self.files.get(f"{group}/{name}" if group else name)
+
+    def options(self, group: str) -> list[str]:
+        prefix = f"{group}/"
+        return sorted(
+            k[len(prefix) :]
+            for k in self.files
+            if k.startswith(prefix) and "/" not in k[len(prefix) :]
+        )
+
+    def groups(self) -> set[str]:
+        return {k.rsplit("/", 1)[0] for k in self.files if "/" in k}
+
+
+def read_conf_tree(project: Project) -> ConfTree:
+    files: dict[str, ConfigFile] = {}
+    diagnostics: list[Diagnostic] = []
+    for path in project.config_files():
+        config, problems = read_config_file(project.root, path, project.conf_dir)
+        diagnostics.extend(problems)
+        files[f"{config.group}/{config.name}" if config.group else config.name] = config
+    if PRIMARY_CONFIG.removesuffix(".yaml") not in files:
+        diagnostics.append(Diagnostic(f"conf/{PRIMARY_CONFIG}", 0, "", "missing", "conf.primary"))
+    return ConfTree(files, diagnostics)
+
+
+def did_you_mean(word: str, choices: Iterable[str]) -> str:
+    matches = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f"did you mean '{matches[0]}'?" if matches else ""
+
+
+def parse_overrides(texts: list[str], tree: ConfTree) -> tuple[list[Override], list[Diagnostic]]:
+    """Parse overrides with Hydra's own grammar; sweeps are refused here (see ``qcompile sweep``)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    parser = OverridesParser.create()
+    overrides: list[Override] = []
+    diagnostics: list[Diagnostic] = []
+    groups = tree.groups()
+    for text in texts:
+        try:
+            (parsed,) = parser.parse_overrides([text])
+        except HydraException as exc:
+            message = str(exc).splitlines()[0]
+            diagnostics.append(
+                Diagnostic(
+                    COMMAND_LINE,
+                    0,
+                    text,
+                    f"invalid override: {message}",
+                    "override.syntax",
+                    "overrides follow Hydra's grammar: key=value, +key=value, ~key, group=option",
+                )
+            )
+            continue
+        if parsed.is_sweep_override():
+            diagnostics.append(
+                Diagnostic(
+                    COMMAND_LINE,
+                    0,
+                    text,
+                    "sweeps are not allowed here",
+                    "override.sweep",
+                    "use 'qcompile sweep' for parameter sweeps",
+                )
+            )
+            continue
+        kind = (
+            "delete"
+            if parsed.is_delete()
+            else "force_add"
+            if parsed.is_force_add()
+            else ("add" if parsed.is_add() else "change")
+        )
+        key = parsed.key_or_group
+        value = None if parsed.is_delete() else parsed.value()
+        overrides.append(Override(text, key, kind, value, key in groups))
+    return overrides, diagnostics
+
+
+def _fast_path_ok(config: ConfigFile) -> bool:
+    if config.package != "":
+        return False
+    for index, entry in enumerate(config.defaults):
+        if entry.option == SELF:
+            if index != len(config.defaults) - 1:
+                return False
+        elif not entry.absolute or entry.override or not entry.group:
+            return False
+    return True
+
+
+@contextmanager
+def hydra_session(project: Project):
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(project.conf_dir.resolve()), version_base="1.3"):
+        yield
+
+
+def _apply_leaf_overrides(cfg: DictConfig, overrides: list[Override]) -> list[tuple[Override, str]]:
+    """Hydra's leaf-override semantics; returns (override, reason) for each one that failed."""
+    from omegaconf import OmegaConf, open_dict
+    from omegaconf.errors import OmegaConfBaseException
+
+    failures: list[tuple[Override, str]] = []
+    for override in overrides:
+        exists = (
+            OmegaConf.select(cfg, override.key, default=_MISSING, throw_on_missing=False)
+            is not _MISSING
+        )
+        try:
+            if override.kind == "delete":
+                if not exists:
+                    failures.append((override, "cannot delete: key not found"))
+                    continue
+                parent, _, leaf = override.key.rpartition(".")
+                node = OmegaConf.select(cfg, parent) if parent else cfg
+                with open_dict(node):
+                    del node[leaf]
+            elif override.kind == "add" and exists:
+                failures.append((override, "cannot add: key already exists (use ++ to force)"))
+            elif override.kind == "change" and not exists:
+                failures.append((override, "key not found (use + to add a new key)"))
+            else:
+                with open_dict(cfg):
+                    OmegaConf.update(cfg, override.key, override.value, merge=True, force_add=True)
+        except OmegaConfBaseException as exc:
+            failures.append((override, str(exc).splitlines()[0]))
+    return failures
+
+
+_MISSING = object()
+
+
+def _selection_of(config: ConfigFile) -> dict[str, str]:
+    return {e.group: e.option for e in config.defaults if e.option != SELF}
+
+
+def compose_strategies(
+    project: Project, tree: ConfTree, override_texts: list[str], only: set[str] | None = None
+) -> list[ComposedStrategy]:
+    """Compose every strategy (or those named in ``only``, by file stem or id)."""
+    diagnostics = list(tree.diagnostics)
+    overrides, problems = parse_overrides(override_texts, tree)
+    diagnostics.extend(problems)
+    group_overrides = [o for o in overrides if o.is_group]
+    leaf_overrides = [o for o in overrides if not o.is_group]
+    for override in group_overrides:
+        if override.kind != "delete" and override.value not in tree.options(override.key):
+            hint = did_you_mean(str(override.value), tree.options(override.key))
+            diagnostics.append(
+                Diagnostic(
+                    COMMAND_LINE,
+                    0,
+                    override.text,
+                    f"no option '{override.value}' in group '{override.key}'",
+                    "override.unknown_option",
+                    hint,
+                )
+            )
+    strategies = [tree.files[k] for k in sorted(tree.files) if k.startswith("strategy/")]
+    if only:
+        strategies = [s for s in strategies if s.name in only or _declared_id(s) in only]
+        unknown = only - {s.name for s in strategies} - {_declared_id(s) for s in strategies}
+        for name in sorted(unknown):
+            hint = did_you_mean(
+                name, [s.name for s in tree.files.values() if s.group == "strategy"]
+            )
+            diagnostics.append(
+                Diagnostic(
+                    COMMAND_LINE,
+                    0,
+                    "--strategy",
+                    f"no strategy '{name}'",
+                    "cli.unknown_strategy",
+                    hint,
+                )
+            )
+    for strategy in strategies:
+        diagnostics.extend(_check_defaults(strategy, tree))
+    if any(d.severity == "error" for d in diagnostics):
+        raise DiagnosticsError(diagnostics)
+
+    composed: list[ComposedStrategy] = []
+    with hydra_session(project):
+        bases: dict[tuple[tuple[str, str], ...], DictConfig] = {}
+        for strategy in strategies:
+            selection = _selection_of(strategy)
+            selection, problems = _apply_group_overrides(selection, group_overrides)
+            diagnostics.extend(problems)
+            if problems:
+                continue
+            try:
+                if _fast_path_ok(strategy):
+                    cfg = _compose_fast(strategy, selection, bases)
+                else:
+                    cfg = _compose_hydra(strategy, override_texts=[o.text for o in group_overrides])
+            except Exception as exc:  # Hydra raises many types; each becomes a diagnostic
+                diagnostics.append(
+                    Diagnostic(
+                        strategy.path,
+                        1,
+                        "",
+                        f"composition failed: {_first_line(exc)}",
+                        "compose.failed",
+                    )
+                )
+                continue
+            for override, reason in _apply_leaf_overrides(cfg, leaf_overrides):
+                diagnostics.append(
+                    Diagnostic(COMMAND_LINE, 0, override.text, reason, "override.invalid")
+                )
+            sources = (
+                [tree.files["qcompile"]]
+                + [f for g, o in selection.items() if (f := tree.get(g, o)) is not None]
+                + [strategy]
+            )
+            composed.append(
+                ComposedStrategy(strategy.name, strategy, cfg, selection, sources, overrides)
+            )
+    if any(d.severity == "error" for d in diagnostics):
+        raise DiagnosticsError(diagnostics)
+    return composed
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
+def _declared_id(config: ConfigFile) -> str:
+    """The strategy id as written in the file, read without composing (for --strategy)."""
+    try:
+        data = load_data(config)
+    except Exception:
+        return ""
+    strategy = data.get("strategy")
+    return str(strategy.get("id", "")) if isinstance(strategy, dict) else ""
+
+
+def _check_defaults(strategy: ConfigFile, tree: ConfTree) -> list[Diagnostic]:
+    problems: list[Diagnostic] = []
+    if not strategy.valid:
+        return problems
+    if strategy.package != "":
+        problems.append(
+            Diagnostic(
+                strategy.path,
+                1,
+                "",
+                "a strategy file must start with '# @package _global_'",
+                "conf.strategy_package",
+                "its defaults then select /universe, /costs, /data and /deployment at the top level",
+            )
+        )
+    for entry in strategy.defaults:
+        if entry.option == SELF or not entry.group:
+            continue
+        if entry.group not in tree.groups():
+            problems.append(
+                Diagnostic(
+                    strategy.path,
+                    entry.line,
+                    f"defaults.{entry.group}",
+                    f"no config group '{entry.group}'",
+                    "defaults.unknown_group",
+                    did_you_mean(entry.group, tree.groups()),
+                )
+            )
+        elif entry.option not in tree.options(entry.group):
+            problems.append(
+                Diagnostic(
+                    strategy.path,
+                    entry.line,
+                    f"defaults.{entry.group}",
+                    f"no option '{entry.option}' in group '{entry.group}'",
+                    "defaults.unknown_option",
+                    did_you_mean(entry.option, tree.options(entry.group)),
+                )
+            )
+    return problems
+
+
+def _apply_group_overrides(
+    selection: dict[str, str], overrides: list[Override]
+) -> tuple[dict[str, str], list[Diagnostic]]:
+    selection = dict(selection)
+    problems: list[Diagnostic] = []
+    for override in overrides:
+        present = override.key in selection
+        if override.kind == "delete":
+            selection.pop(override.key, None)
+        elif override.kind == "change" and not present:
+            problems.append(
+                Diagnostic(
+                    COMMAND_LINE,
+                    0,
+                    override.text,
+                    f"group '{override.key}' is not selected by this strategy",
+                    "override.group_not_selected",
+                    f"use +{override.text} to add it",
+                )
+            )
+        elif override.kind == "add" and present:
+            problems.append(
+                Diagnostic(
+                    COMMAND_LINE,
+                    0,
+                    override.text,
+                    f"group '{override.key}' is already selected",
+                    "override.group_selected",
+                    f"use {override.text.lstrip('+')} to change it",
+                )
+            )
+        else:
+            selection[override.key] = str(override.value)
+    return selection, problems
+
+
+def _compose_fast(
+    strategy: ConfigFile,
+    selection: dict[str, str],
+    bases: dict[tuple[tuple[str, str], ...], DictConfig],
+) -> DictConfig:
+    from hydra import compose
+    from omegaconf import OmegaConf
+
+    key = tuple(selection.items())
+    if key not in bases:
+        base = compose(config_name="qcompile", overrides=[f"+{g}={o}" for g, o in key])
+        OmegaConf.set_struct(base, False)  # Hydra merges a config's own keys with struct off too
+        bases[key] = base
+    cfg = OmegaConf.merge(bases[key], load_data(strategy))
+    OmegaConf.set_struct(cfg, True)
+    return cfg  # type: ignore[return-value]
+
+
+def _compose_hydra(strategy: ConfigFile, override_texts: list[str]) -> DictConfig:
+    from hydra import compose
+
+    return compose(
+        config_name="qcompile", overrides=[f"+strategy={strategy.name}", *override_texts]
+    )

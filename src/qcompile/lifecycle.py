@@ -1,0 +1,227 @@
+"""Lifecycle gates: Ideation -> Research -> Validation -> Production (source document §2.1).
+
+Consumes a strategy's resolved config, its lock pins and its backtest evidence (if any report has
+run); produces the list of unmet requirements for a phase. The requirement vocabulary is fixed
+here; which requirements each phase needs is configured in ``conf/qcompile.yaml`` under ``gates``.
+Evidence that does not exist is reported missing, never assumed.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+PHASES = ("ideation", "research", "validation", "production")
+
+# requirement -> (what it means, the config key a problem points at)
+REQUIREMENTS: dict[str, tuple[str, str]] = {
+    "brief.alpha_thesis": ("research brief states the alpha thesis", "strategy.alpha_thesis"),
+    "brief.expected_signal": (
+        "research brief states the expected signal characteristics",
+        "strategy.brief.expected_signal",
+    ),
+    "brief.data_requirements": (
+        "research brief states the estimated data requirements",
+        "strategy.brief.data_requirements",
+    ),
+    "signoff.brief": ("researcher signed the research brief", "strategy.signoffs.brief"),
+    "evidence.backtest": (
+        "a backtest report with evidence exists for this version",
+        "strategy.version",
+    ),
+    "evidence.fresh": (
+        "the backtest evidence was produced from the current pinned inputs",
+        "strategy.version",
+    ),
+    "evidence.minimum_sample": (
+        "the backtest meets the minimum sample for the strategy type",
+        "strategy.type",
+    ),
+    "signoff.report": ("researcher signed the backtest report", "strategy.signoffs.report"),
+    "evidence.out_of_sample": ("an out-of-sample test was run", "strategy.backtest.out_of_sample"),
+    "evidence.robustness": (
+        "every robustness check listed in the passport has a result",
+        "strategy.validation.robustness_checks",
+    ),
+    "evidence.no_critical_failures": ("validation found no critical failure", "strategy.version"),
+    "signoff.validation": (
+        "peer reviewer signed the validation report",
+        "strategy.signoffs.validation",
+    ),
+    "checklist.complete": ("every deployment checklist item is signed off", "strategy.checklist"),
+    "pins.complete": (
+        "strategy, signal and data-source versions are all pinned, with the local data fingerprint",
+        "data.local",
+    ),
+    "signoff.checklist": (
+        "quant engineer signed the deployment checklist",
+        "strategy.signoffs.checklist",
+    ),
+}
+
+# The source document's §5 checklist, §5.1-5.4 (§5.5 is the sign-offs above), by stable id.
+CHECKLIST_ITEMS: dict[str, str] = {
+    "code.signal_matches_backtest": "Signal logic matches the backtest exactly",
+    "code.parameters_externalised": "All parameters are externalised in the configuration file",
+    "code.no_hardcoded_secrets": "No hard-coded data, symbols or API keys in the strategy logic",
+    "code.state_persistence": "State persistence is implemented for all critical state",
+    "code.safe_state": "Safe state is triggered on disconnection",
+    "code.signal_coverage": "Unit tests cover signal generation with >= 80 % code coverage",
+    "code.integration_tests": "Integration tests verify connection, heartbeat and reconnection",
+    "data.endpoints_verified": "Data source endpoints are verified and accessible",
+    "data.lookback_covered": "Historical lookback covers the backtest period without gaps",
+    "data.api_permissions": "API key has permissions for all required endpoints",
+    "data.stream_authenticated": "WebSocket connection is established and authenticated",
+    "data.rate_limits_tested": "Rate-limit handling is tested under simulated load",
+    "data.state_recovery_verified": "State recovery from persisted state is verified end to end",
+    "monitoring.heartbeat": "Heartbeat is running and reaching the monitoring system",
+    "monitoring.alert_thresholds": "Alert thresholds: max drawdown, win-rate streak, feed heartbeat",
+    "monitoring.alerts_tested": "Slack or email alerts are tested and confirmed functional",
+    "monitoring.dashboard": "Dashboard shows positions, daily PnL, open orders, signal cursor",
+    "docs.passport": "Metadata passport is complete and stored in the repository",
+    "docs.report_linked": "Backtest report is in the repository and linked from the passport",
+    "docs.runbook": "Runbook: starting, monitoring and stopping the strategy",
+    "docs.rollback": "Rollback procedure to restore the previous version",
+    "docs.on_call": "On-call contact list is posted in the operations channel",
+}
+
+
+@dataclass(frozen=True)
+class Unmet:
+    """One requirement a phase needs that the strategy does not meet."""
+
+    phase: str
+    requirement: str
+    detail: str
+    key: str
+
+
+def evidence_path(reports_dir: Path, strategy_id: str, version: str) -> Path:
+    return reports_dir / strategy_id / version / "evidence.json"
+
+
+def load_evidence(path: Path) -> tuple[dict[str, Any] | None, str]:
+    """The evidence document, or None with the reason it is unusable."""
+    if not path.is_file():
+        return None, "no backtest has run for this version"
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        return None, f"evidence file is unreadable: {exc}"
+    if not isinstance(document, dict):
+        return None, "evidence file is not a JSON object"
+    return document, ""
+
+
+def requirements_for(phase: str, gates: dict[str, list[str]]) -> list[tuple[str, str]]:
+    """(phase, requirement) pairs a strategy in ``phase`` must meet, earliest phase first."""
+    needed = []
+    for earlier in PHASES[1 : PHASES.index(phase) + 1]:
+        needed.extend((earlier, r) for r in gates.get(earlier, []))
+    return needed
+
+
+def next_phase(phase: str) -> str | None:
+    index = PHASES.index(phase)
+    return PHASES[index + 1] if index + 1 < len(PHASES) else None
+
+
+def evaluate(
+    phase: str,
+    gates: dict[str, list[str]],
+    strategy: dict[str, Any],
+    pins: dict[str, Any],
+    evidence: dict[str, Any] | None,
+    evidence_problem: str,
+    expected_inputs: dict[str, Any],
+) -> list[Unmet]:
+    """Every unmet requirement for ``phase`` (cumulative), in gate order."""
+    unmet = []
+    for gate_phase, requirement in requirements_for(phase, gates):
+        detail = _check(requirement, strategy, pins, evidence, evidence_problem, expected_inputs)
+        if detail:
+            unmet.append(Unmet(gate_phase, requirement, detail, REQUIREMENTS[requirement][1]))
+    return unmet
+
+
+def _check(
+    requirement: str,
+    strategy: dict[str, Any],
+    pins: dict[str, Any],
+    evidence: dict[str, Any] | None,
+    evidence_problem: str,
+    expected_inputs: dict[str, Any],
+) -> str:
+    """Empty when met, else what is missing."""
+    group, _, item = requirement.partition(".")
+    if group == "brief":
+        value = (
+            strategy.get("alpha_thesis")
+            if item == "alpha_thesis"
+            else (strategy.get("brief") or {}).get(item)
+        )
+        return (
+            ""
+            if isinstance(value, str) and value.strip()
+            else f"missing {REQUIREMENTS[requirement][1]}"
+        )
+    if group == "signoff":
+        record = (strategy.get("signoffs") or {}).get(item)
+        if not isinstance(record, dict) or not record.get("by") or not record.get("at"):
+            return f"no {item} sign-off with a timestamp"
+        return ""
+    if group == "checklist":
+        signed = strategy.get("checklist") or {}
+        missing = [i for i in CHECKLIST_ITEMS if i not in signed]
+        return (
+            f"{len(missing)} checklist item(s) not signed: {', '.join(missing)}" if missing else ""
+        )
+    if group == "pins":
+        missing = [name for name, value in sorted(_flat(pins)) if value in (None, "")]
+        return f"unpinned: {', '.join(missing)}" if missing else ""
+    if evidence is None:
+        return evidence_problem
+    if item == "backtest":
+        return ""
+    if item == "fresh":
+        recorded = evidence.get("inputs") if isinstance(evidence.get("inputs"), dict) else {}
+        stale = [k for k, v in sorted(expected_inputs.items()) if recorded.get(k) != v]
+        return (
+            f"evidence is stale: {', '.join(stale)} changed since the report ran" if stale else ""
+        )
+    if item == "minimum_sample":
+        sample = evidence.get("minimum_sample") or {}
+        if sample.get("met") is True:
+            return ""
+        return (
+            f"sample too small: {sample.get('trades', '?')} trades over {sample.get('years', '?')} "
+            f"years, needs {sample.get('required_trades', '?')} over {sample.get('required_years', '?')}"
+        )
+    if item == "out_of_sample":
+        return "" if evidence.get("out_of_sample") else "no out-of-sample result in the evidence"
+    if item == "robustness":
+        done = evidence.get("robustness") if isinstance(evidence.get("robustness"), dict) else {}
+        wanted = (strategy.get("validation") or {}).get("robustness_checks") or []
+        missing = [c for c in wanted if c not in done]
+        if not done:
+            return "no robustness results in the evidence"
+        return f"no result for: {', '.join(missing)}" if missing else ""
+    if item == "no_critical_failures":
+        failures = evidence.get("critical_failures")
+        if failures is None:
+            return "the evidence does not record critical failures"
+        return f"critical failures: {'; '.join(map(str, failures))}" if failures else ""
+    raise AssertionError(f"unhandled requirement {requirement}")  # REQUIREMENTS and _check disagree
+
+
+def _flat(data: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    items: list[tuple[str, Any]] = []
+    for key, value in data.items():
+        name = f"{prefix}.{key}" if prefix else key
+        if isinstance(value, dict):
+            items.extend(_flat(value, name))
+        else:
+            items.append((name, value))
+    return items

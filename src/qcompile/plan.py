@@ -1,0 +1,248 @@
+"""Stage 4 (plan): compiled strategies -> the list of artefacts to render, with their contexts.
+
+Consumes :class:`CompiledStrategy` records (config, lock, gate results); produces, per strategy,
+the artefacts under ``generated/<id>/`` and a hash of everything they are rendered from, plus the
+portfolio index. All logic that decides *what* an artefact says lives here, in Python; the
+templates only place these values.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from qcompile import __version__
+from qcompile.compose import ComposedStrategy
+from qcompile.hashing import sha256_file, sha256_json
+from qcompile.lifecycle import Unmet, next_phase
+from qcompile.lock import Lock
+from qcompile.render import TEMPLATES_DIR, template_names
+
+REGENERATE = "qcompile build"
+STRATEGY_TEMPLATES = ("passport.yaml.j2", "config.yaml.j2", "params.yaml.j2")
+INDEX_TEMPLATE = "index.md.j2"
+
+
+@dataclass
+class CompiledStrategy:
+    """Everything the compiler knows about one strategy after compose, validate, lock and gates."""
+
+    composed: ComposedStrategy
+    data: dict[str, Any]
+    lock: Lock
+    evidence_file: str  # relative to the root; may not exist
+    evidence_present: bool
+    unmet_next: list[Unmet] = field(default_factory=list)
+
+    @property
+    def id(self) -> str:
+        return str(self.data["strategy"]["id"])
+
+
+@dataclass(frozen=True)
+class Artefact:
+    path: str  # relative to generated/
+    template: str
+    context: dict[str, Any]
+
+
+@dataclass
+class StrategyPlan:
+    id: str
+    source: str
+    inputs_sha256: str
+    artefacts: list[Artefact]
+    summary: dict[str, Any]
+
+
+def compiler_sha256() -> str:
+    """Hash of the compiler's own modules and templates: a changed compiler re-renders everything,
+    even when a development install did not bump the version."""
+    package = Path(__file__).parent
+    files = sorted(package.glob("*.py")) + [TEMPLATES_DIR / name for name in template_names()]
+    return sha256_json({p.relative_to(package).as_posix(): sha256_file(p) for p in files})
+
+
+def _header(compiled: CompiledStrategy) -> dict[str, Any]:
+    return {
+        "generator": f"qcompile {__version__}",
+        "source": compiled.composed.file.path,
+        "overrides": compiled.composed.override_texts,
+        "regenerate": REGENERATE,
+    }
+
+
+def passport(compiled: CompiledStrategy) -> dict[str, Any]:
+    """The source document's §2.2 passport, every field filled from config and lock."""
+    data, pins = compiled.data, compiled.lock.pins
+    strategy, source, universe, costs = (
+        data["strategy"],
+        data["data"],
+        data["universe"],
+        data["costs"],
+    )
+    deployment, backtest = data["deployment"], strategy["backtest"]
+    record = strategy.get("deployment_record") or {}
+    following = next_phase(strategy["status"])
+    return {
+        "identity": {
+            "strategy_id": strategy["id"],
+            "name": strategy["name"],
+            "version": strategy["version"],
+            "status": strategy["status"],
+            "type": strategy["type"],
+        },
+        "research": {
+            "researcher": strategy["researcher"],
+            "hypothesis_date": strategy["hypothesis_date"],
+            "alpha_thesis": strategy["alpha_thesis"],
+            "brief": strategy["brief"],
+        },
+        "signal": {
+            "signal": {
+                **strategy["signal"],
+                "source_sha256": pins["signal"]["source_sha256"],
+                "module": pins["signal"]["module"],
+            },
+            "rules": strategy["rules"],
+        },
+        "data_sources": [
+            {
+                "source": source["vendor"],
+                "api_version": source["api_version"],
+                "protocol": pins["data"]["protocol"],
+                "endpoints": source["endpoints"],
+                "markets": source["markets"],
+                "interval": source["interval"],
+                "adjustment": source["adjustment"],
+                "timestamp_convention": pins["data"]["timestamp"],
+                "lookback_years": source.get("lookback_years"),
+                "local_path": (source.get("local") or {}).get("path"),
+                "fingerprint": pins["data"]["fingerprint"],
+            }
+        ],
+        "backtest": {
+            "start_date": backtest["start_date"],
+            "end_date": backtest["end_date"],
+            "out_of_sample": backtest.get("out_of_sample"),
+            "universe": universe["name"],
+            "universe_as_of": universe["as_of"],
+            "initial_capital": backtest["initial_capital"],
+            "slippage_bps": costs["slippage_bps"],
+            "commission_per_share": costs["commission_per_share"],
+            "min_commission": costs.get("min_commission"),
+            "execution": backtest.get("execution", "next_open"),
+            "report": compiled.evidence_file.removesuffix("evidence.json") + "report.md",
+        },
+        "validation": {
+            "robustness_checks": (strategy.get("validation") or {}).get("robustness_checks", []),
+            "evidence": compiled.evidence_file if compiled.evidence_present else None,
+        },
+        "deployment": {
+            "target": deployment["name"],
+            "deployment_date": record.get("deployment_date"),
+            "parameters_file": f"generated/{strategy['id']}/params.yaml",
+            "signal_version": f"{strategy['signal']['name']}@{strategy['signal']['version']}",
+            "monitoring_alerts": record.get("monitoring_alerts", []),
+            "last_review_date": record.get("last_review_date"),
+            "on_call": deployment["on_call"],
+        },
+        "signoffs": strategy.get("signoffs") or {},
+        "checklist": strategy.get("checklist") or {},
+        "lifecycle": {
+            "phase": strategy["status"],
+            "next_phase": following,
+            "next_gate_missing": [f"{u.requirement}: {u.detail}" for u in compiled.unmet_next],
+        },
+        "pins": pins,
+    }
+
+
+def runtime_parameters(compiled: CompiledStrategy) -> dict[str, Any]:
+    """What the backtest harness and the production runner read at start-up: nothing else."""
+    data, pins = compiled.data, compiled.lock.pins
+    strategy, source = data["strategy"], data["data"]
+    return {
+        "strategy": {k: strategy[k] for k in ("id", "name", "version", "type")},
+        "signal": {
+            "name": strategy["signal"]["name"],
+            "version": strategy["signal"]["version"],
+            "source_sha256": pins["signal"]["source_sha256"],
+            "packages": data["project"]["signal_packages"],
+            "params": strategy["signal"]["params"],
+        },
+        "universe": {"name": data["universe"]["name"], "symbols": data["universe"]["symbols"]},
+        "costs": {k: v for k, v in data["costs"].items() if k != "name"},
+        "backtest": {
+            "start_date": strategy["backtest"]["start_date"],
+            "end_date": strategy["backtest"]["end_date"],
+            "out_of_sample": strategy["backtest"].get("out_of_sample"),
+            "initial_capital": strategy["backtest"]["initial_capital"],
+            "execution": strategy["backtest"].get("execution", "next_open"),
+            "sizing": strategy["backtest"].get("sizing") or {"method": "equal_weight"},
+            "seed": strategy["backtest"].get("seed", 0),
+            "reports_dir": data["project"].get("reports_dir", "reports"),
+        },
+        "data": dict(source),
+        "deployment": {k: v for k, v in data["deployment"].items() if k not in ("name", "on_call")},
+        "pins": pins,
+    }
+
+
+def plan_strategy(compiled: CompiledStrategy) -> StrategyPlan:
+    strategy_id = compiled.id
+    header = _header(compiled)
+    contexts = {
+        "passport.yaml.j2": {"header": header, "passport": passport(compiled)},
+        "config.yaml.j2": {"header": header, "config": compiled.data, "strategy_id": strategy_id},
+        "params.yaml.j2": {
+            "header": header,
+            "params": runtime_parameters(compiled),
+            "strategy_id": strategy_id,
+        },
+    }
+    artefacts = [
+        Artefact(f"{strategy_id}/{t.removesuffix('.j2')}", t, contexts[t])
+        for t in STRATEGY_TEMPLATES
+    ]
+    strategy = compiled.data["strategy"]
+    summary = {
+        "id": strategy_id,
+        "name": strategy["name"],
+        "phase": strategy["status"],
+        "version": strategy["version"],
+        "signal": f"{strategy['signal']['name']}@{strategy['signal']['version']}",
+        "signal_sha256": compiled.lock.pins["signal"]["source_sha256"],
+        "data": "{vendor} {api_version} {interval} ({unit}, {timezone}, {stamping})".format(
+            vendor=compiled.data["data"]["vendor"],
+            api_version=compiled.data["data"]["api_version"],
+            interval=compiled.data["data"]["interval"],
+            **compiled.lock.pins["data"]["timestamp"],
+        ),
+        "data_fingerprint": (compiled.lock.pins["data"]["fingerprint"] or {}).get("content_sha256"),
+        "last_review_date": (strategy.get("deployment_record") or {}).get("last_review_date"),
+        "next_phase": next_phase(strategy["status"]),
+        "next_gate_missing": [u.requirement for u in compiled.unmet_next],
+        "source": compiled.composed.file.path,
+    }
+    inputs = sha256_json({"contexts": contexts, "compiler": compiler_sha256()})
+    return StrategyPlan(strategy_id, compiled.composed.file.path, inputs, artefacts, summary)
+
+
+def plan_index(project_name: str, summaries: list[dict[str, Any]]) -> Artefact:
+    ordered = sorted(summaries, key=lambda s: s["id"])
+    return Artefact(
+        "index.md",
+        INDEX_TEMPLATE,
+        {
+            "generator": f"qcompile {__version__}",
+            "regenerate": REGENERATE,
+            "project_name": project_name,
+            "strategies": ordered,
+            "phase_counts": {
+                p: sum(1 for s in ordered if s["phase"] == p)
+                for p in ("ideation", "research", "validation", "production")
+            },
+        },
+    )

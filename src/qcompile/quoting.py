@@ -1,0 +1,104 @@
+"""The only ways a value reaches generated text: shell words, Python literals and YAML.
+
+Templates never interpolate raw values into code. Each filter either produces text that the
+target language reads back as exactly the original value, or refuses the value.
+"""
+
+from __future__ import annotations
+
+import math
+import shlex
+from typing import Any
+
+import yaml
+
+
+class QuotingError(ValueError):
+    """A value that cannot be represented safely in the target language."""
+
+
+def shquote(value: Any) -> str:
+    """One POSIX shell word that expands to ``str(value)`` and nothing else."""
+    if value is None or isinstance(value, dict | list | tuple | set):
+        raise QuotingError(f"cannot pass {type(value).__name__} to a shell script as one word")
+    text = str(value).lower() if isinstance(value, bool) else str(value)
+    if "\x00" in text:
+        raise QuotingError("a shell word cannot contain a NUL byte")
+    return shlex.quote(text)
+
+
+def pyliteral(value: Any) -> str:
+    """A Python expression that evaluates to ``value`` (plain data only)."""
+    if value is None or isinstance(value, bool | int | str):
+        return repr(value)
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "float('nan')"
+        if math.isinf(value):
+            return "float('inf')" if value > 0 else "float('-inf')"
+        return repr(value)
+    if isinstance(value, list | tuple):
+        items = ", ".join(pyliteral(v) for v in value)
+        return (
+            f"[{items}]"
+            if isinstance(value, list)
+            else f"({items}{',' if len(value) == 1 else ''})"
+        )
+    if isinstance(value, dict):
+        pairs = ", ".join(f"{pyliteral(k)}: {pyliteral(v)}" for k, v in sorted(value.items()))
+        return "{" + pairs + "}"
+    raise QuotingError(f"cannot write {type(value).__name__} as a Python literal")
+
+
+class _Dumper(yaml.SafeDumper):
+    """Safe YAML whose multi-line or control-character strings come out double-quoted."""
+
+
+def _represent_str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
+    style = '"' if any(ord(c) < 32 or c in "\x7f\u2028\u2029\x85" for c in value) else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+
+def _represent_list(dumper: yaml.SafeDumper, value: list[Any]) -> yaml.SequenceNode:
+    short_scalars = all(
+        v is None
+        or isinstance(v, bool | int | float)
+        or (isinstance(v, str) and len(v) <= 40 and "\n" not in v)
+        for v in value
+    )
+    return dumper.represent_sequence("tag:yaml.org,2002:seq", value, flow_style=short_scalars)
+
+
+_Dumper.add_representer(str, _represent_str)
+_Dumper.add_representer(list, _represent_list)
+
+
+def yaml_inline(value: Any) -> str:
+    """A YAML value on one line (flow style) that loads back as ``value``."""
+    text = yaml.dump(
+        value,
+        Dumper=_Dumper,
+        default_flow_style=True,
+        width=1 << 30,
+        allow_unicode=True,
+        sort_keys=True,
+    )
+    return text.removesuffix("\n...\n").removesuffix("\n")
+
+
+def yaml_block(value: Any, indent: int = 0) -> str:
+    """A YAML block, every line indented by ``indent`` spaces.
+
+    Keys keep their insertion order (the compiler builds every mapping in a fixed order); short
+    lists of scalars stay on one line, mappings are always blocks.
+    """
+    text = yaml.dump(
+        value,
+        Dumper=_Dumper,
+        default_flow_style=False,
+        width=100,
+        allow_unicode=True,
+        sort_keys=False,
+    ).removesuffix("...\n")
+    pad = " " * indent
+    return "\n".join(pad + line if line else line for line in text.rstrip("\n").splitlines())

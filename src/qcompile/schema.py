@@ -1,0 +1,545 @@
+"""The config model: one cerberus schema per config group, documented field by field.
+
+Each field carries ``meta.doc``; ``qcompile docs`` turns these schemas into
+docs/config-reference.md, so the reference cannot drift from what validation enforces.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+PHASES = ("ideation", "research", "validation", "production")
+STRATEGY_TYPES = ("intraday", "daily", "weekly")
+INTERVALS = ("1m", "5m", "15m", "30m", "1h", "4h", "12h", "1d", "1w", "1M")
+SIGNOFF_ARTEFACTS = ("brief", "report", "validation", "checklist")
+SIGNOFF_ROLES = {
+    "brief": "researcher",
+    "report": "researcher",
+    "validation": "peer_reviewer",
+    "checklist": "quant_engineer",
+}
+ID_PATTERN = r"STR-\d{4}-\d{4}"
+SEMVER_PATTERN = (
+    r"(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)"
+    r"(-[0-9A-Za-z-]+(\.[0-9A-Za-z-]+)*)?(\+[0-9A-Za-z-]+(\.[0-9A-Za-z-]+)*)?"
+)
+DATE_PATTERN = r"\d{4}-\d{2}-\d{2}"
+TIMESTAMP_PATTERN = r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[+-]\d{2}:\d{2})"
+EMAIL_PATTERN = r"[^@\s]+@[^@\s]+\.[^@\s]+"
+IDENTIFIER_PATTERN = r"[A-Za-z_][A-Za-z0-9_]*"
+SYMBOL_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._-]*"
+
+
+def _doc(text: str, **rules: Any) -> dict[str, Any]:
+    return {**rules, "meta": {"doc": text}}
+
+
+def _text(doc: str, required: bool = True, **rules: Any) -> dict[str, Any]:
+    return _doc(doc, type="string", required=required, empty=False, **rules)
+
+
+def _date(doc: str, required: bool = True, nullable: bool = False) -> dict[str, Any]:
+    return _doc(
+        doc,
+        type="string",
+        regex=DATE_PATTERN,
+        required=required,
+        nullable=nullable,
+        check_with="calendar_date",
+    )
+
+
+def _signoff() -> dict[str, Any]:
+    return {
+        "type": "dict",
+        "schema": {
+            "by": _text("Email of the person signing.", regex=EMAIL_PATTERN),
+            "at": _text(
+                "UTC timestamp of the sign-off, ISO 8601 (2026-01-20T14:03:00Z).",
+                regex=TIMESTAMP_PATTERN,
+            ),
+            "sha256": _doc(
+                "Hash of the signed artefact, written by `qcompile signoff`.",
+                type="string",
+                regex=r"[0-9a-f]{64}",
+                required=False,
+            ),
+        },
+    }
+
+
+def _number(doc: str, minimum: float | None = None, required: bool = True, **rules: Any) -> dict:
+    extra = {"min": minimum} if minimum is not None else {}
+    return _doc(doc, type="number", required=required, **extra, **rules)
+
+
+PROJECT_SCHEMA: dict[str, Any] = {
+    "project": _doc(
+        "Project-wide settings.",
+        type="dict",
+        required=True,
+        schema={
+            "name": _text("Team or portfolio name shown on the portfolio index."),
+            "signal_packages": _doc(
+                "Python packages scanned for `@signal` functions, in order; the first definition of a "
+                "name wins. The team's own package goes here beside `qcompile.signals`.",
+                type="list",
+                required=True,
+                empty=False,
+                schema={"type": "string", "regex": r"[\w.]+"},
+            ),
+            "reports_dir": _text(
+                "Where backtest reports and their evidence live, relative to the root.",
+                required=False,
+            ),
+            "review_interval_days": _doc(
+                "A production strategy without a full review for longer "
+                "than this is flagged (the one-year rule).",
+                type="integer",
+                min=1,
+                required=False,
+            ),
+        },
+    ),
+    "gates": _doc(
+        "What each phase requires, cumulatively: a strategy declared in a phase must meet the "
+        "requirements listed for that phase and every earlier one. See the lifecycle reference for "
+        "the requirement vocabulary.",
+        type="dict",
+        required=True,
+        schema={
+            phase: _doc(
+                f"Requirements to be in {phase}.",
+                type="list",
+                required=True,
+                schema={"type": "string", "check_with": "gate_requirement"},
+            )
+            for phase in PHASES[1:]
+        },
+    ),
+}
+
+STRATEGY_SCHEMA: dict[str, Any] = {
+    "strategy": _doc(
+        "The metadata passport (source document §2.2).",
+        type="dict",
+        required=True,
+        schema={
+            "id": _text(
+                "Strategy id, STR-YYYY-NNNN, unique across the portfolio.", regex=ID_PATTERN
+            ),
+            "name": _text("Human name."),
+            "version": _text(
+                "Strategy version, semantic (1.3.2); bump it when logic or parameters change.",
+                regex=SEMVER_PATTERN,
+            ),
+            "status": _doc(
+                "Lifecycle phase; the gates of this phase and all earlier ones must pass.",
+                type="string",
+                required=True,
+                allowed=list(PHASES),
+            ),
+            "type": _doc(
+                "Strategy type: sets the minimum sample (intraday 500 trades/1 y, daily "
+                "200/3 y, weekly 100/5 y).",
+                type="string",
+                required=True,
+                allowed=list(STRATEGY_TYPES),
+            ),
+            "researcher": _text("Email of the owning researcher.", regex=EMAIL_PATTERN),
+            "hypothesis_date": _date("Date the hypothesis was formed."),
+            "alpha_thesis": _text("The alpha thesis in one or two sentences."),
+            "brief": _doc(
+                "The one-page research brief (Ideation's deliverable).",
+                type="dict",
+                required=True,
+                schema={
+                    "expected_signal": _text("Expected signal characteristics.", required=False),
+                    "data_requirements": _text("Estimated data requirements.", required=False),
+                },
+            ),
+            "signal": _doc(
+                "The signal function and its parameters.",
+                type="dict",
+                required=True,
+                schema={
+                    "name": _text(
+                        "Registered signal name (see the signal library).", regex=IDENTIFIER_PATTERN
+                    ),
+                    "version": _text(
+                        "Signal version the strategy was built on; must match the library.",
+                        regex=SEMVER_PATTERN,
+                    ),
+                    "params": _doc(
+                        "Parameter values passed to the signal function.",
+                        type="dict",
+                        required=True,
+                        keysrules={"type": "string", "regex": IDENTIFIER_PATTERN},
+                    ),
+                    "ranges": _doc(
+                        "Tested range of each parameter: a list of values.",
+                        type="dict",
+                        required=False,
+                        keysrules={"type": "string"},
+                        valuesrules={"type": "list", "empty": False},
+                    ),
+                },
+            ),
+            "rules": _doc(
+                "Entry and exit logic in words, precise enough to reimplement.",
+                type="dict",
+                required=True,
+                schema={
+                    "entry": _text("Entry rule."),
+                    "exit": _text("Exit rule: stop-loss, take-profit or time-based."),
+                },
+            ),
+            "backtest": _doc(
+                "Backtest settings.",
+                type="dict",
+                required=True,
+                schema={
+                    "start_date": _date("First day of the backtest window."),
+                    "end_date": _date("Last day of the backtest window."),
+                    "out_of_sample": _doc(
+                        "Held-out period, inside the window, not used to choose parameters.",
+                        type="dict",
+                        required=False,
+                        nullable=True,
+                        schema={
+                            "start_date": _date("First held-out day."),
+                            "end_date": _date("Last held-out day."),
+                        },
+                    ),
+                    "initial_capital": _number(
+                        "Starting equity in the account currency.", minimum=1
+                    ),
+                    "execution": _doc(
+                        "When a signal computed on bar t's close trades: next_open (default) "
+                        "or same_close (only where the strategy can act at the close).",
+                        type="string",
+                        required=False,
+                        allowed=["next_open", "same_close"],
+                    ),
+                    "sizing": _doc(
+                        "Position sizing.",
+                        type="dict",
+                        required=False,
+                        schema={
+                            "method": _doc(
+                                "fixed_fraction of equity per position, or equal_weight across "
+                                "the universe.",
+                                type="string",
+                                required=True,
+                                allowed=["fixed_fraction", "equal_weight"],
+                            ),
+                            "fraction": _number(
+                                "Fraction of equity per position (fixed_fraction).",
+                                minimum=0,
+                                required=False,
+                                max=1,
+                            ),
+                            "fractional_shares": _doc(
+                                "Allow fractional share quantities.", type="boolean", required=False
+                            ),
+                        },
+                    ),
+                    "seed": _doc(
+                        "Seed for Monte Carlo and any other resampling.",
+                        type="integer",
+                        required=False,
+                        min=0,
+                    ),
+                },
+            ),
+            "validation": _doc(
+                "Validation record: checks planned or done.",
+                type="dict",
+                required=False,
+                schema={
+                    "robustness_checks": _doc(
+                        "Robustness checks the report must carry.",
+                        type="list",
+                        required=False,
+                        schema={
+                            "type": "string",
+                            "allowed": [
+                                "parameter_sensitivity",
+                                "survivorship_bias",
+                                "look_ahead_bias",
+                                "monte_carlo",
+                                "walk_forward",
+                            ],
+                        },
+                    ),
+                },
+            ),
+            "deployment_record": _doc(
+                "Production deployment record.",
+                type="dict",
+                required=False,
+                schema={
+                    "deployment_date": _date("Date first deployed.", required=False, nullable=True),
+                    "monitoring_alerts": _doc(
+                        "Alerts configured for this strategy.",
+                        type="list",
+                        required=False,
+                        schema={"type": "string", "regex": IDENTIFIER_PATTERN},
+                    ),
+                    "last_review_date": _date(
+                        "Date of the last full code review.", required=False, nullable=True
+                    ),
+                },
+            ),
+            "signoffs": _doc(
+                "Sign-offs by artefact: brief and report (researcher), validation (peer "
+                "reviewer), checklist (quant engineer).",
+                type="dict",
+                required=False,
+                schema={a: _signoff() for a in SIGNOFF_ARTEFACTS},
+            ),
+            "checklist": _doc(
+                "Manual deployment-checklist items signed off, by item id.",
+                type="dict",
+                required=False,
+                keysrules={"type": "string", "check_with": "checklist_item"},
+                valuesrules=_signoff(),
+            ),
+        },
+    ),
+}
+
+UNIVERSE_SCHEMA: dict[str, Any] = {
+    "universe": _doc(
+        "The tradable universe.",
+        type="dict",
+        required=True,
+        schema={
+            "name": _text("Universe name, e.g. NASDAQ-100."),
+            "as_of": _date("Date the initial set is taken as of."),
+            "symbols": _doc(
+                "Initial set of symbols.",
+                type="list",
+                required=True,
+                empty=False,
+                schema={"type": "string", "regex": SYMBOL_PATTERN},
+            ),
+            "filters": _doc(
+                "Filter criteria in words or numbers (market cap, liquidity, sectors).",
+                type="dict",
+                required=False,
+            ),
+            "rebalance": _doc(
+                "Rebalancing frequency.",
+                type="string",
+                required=True,
+                allowed=["daily", "weekly", "monthly", "quarterly", "none"],
+            ),
+            "snapshot_date": _date("Snapshot date of the latest rebalance.", required=False),
+            "survivorship": _doc(
+                "point_in_time (delisted members included), as_of (membership on "
+                "as_of), or survivors_only (biased; the report warns).",
+                type="string",
+                required=True,
+                allowed=["point_in_time", "as_of", "survivors_only"],
+            ),
+        },
+    ),
+}
+
+COSTS_SCHEMA: dict[str, Any] = {
+    "costs": _doc(
+        "Cost model, charged on both legs.",
+        type="dict",
+        required=True,
+        schema={
+            "name": _text("Cost model name."),
+            "slippage_bps": _number("Slippage per fill in basis points of price.", minimum=0),
+            "commission_per_share": _number("Commission per share per fill.", minimum=0),
+            "min_commission": _number("Minimum commission per order.", minimum=0, required=False),
+        },
+    ),
+}
+
+DATA_SCHEMA: dict[str, Any] = {
+    "data": _doc(
+        "Data source: its version is part of every strategy's pinned identity.",
+        type="dict",
+        required=True,
+        schema={
+            "vendor": _text("Data vendor."),
+            "api_version": _text("Vendor API version."),
+            "protocol": _doc(
+                "Wire protocol variant: documented, or article (the source document's example).",
+                type="string",
+                required=False,
+                allowed=["documented", "article"],
+            ),
+            "endpoints": _doc(
+                "Endpoints used, e.g. kline/1d.",
+                type="list",
+                required=True,
+                empty=False,
+                schema={"type": "string"},
+            ),
+            "markets": _doc(
+                "Markets, e.g. US.EQUITY.",
+                type="list",
+                required=True,
+                empty=False,
+                schema={"type": "string"},
+            ),
+            "interval": _doc(
+                "Bar interval.", type="string", required=True, allowed=list(INTERVALS)
+            ),
+            "symbols": _doc(
+                "Symbols this source provides.",
+                type="list",
+                required=True,
+                empty=False,
+                schema={"type": "string", "regex": SYMBOL_PATTERN},
+            ),
+            "adjustment": _doc(
+                "Price adjustment of the bars.",
+                type="string",
+                required=True,
+                allowed=["raw", "split", "split_dividend"],
+            ),
+            "timestamp": _doc(
+                "Timestamp convention, checked on every bar and message.",
+                type="dict",
+                required=True,
+                schema={
+                    "unit": _doc(
+                        "Integer timestamp unit.",
+                        type="string",
+                        required=True,
+                        allowed=["s", "ms", "us", "ns"],
+                    ),
+                    "timezone": _text("IANA timezone of the timestamps, e.g. UTC."),
+                    "stamping": _doc(
+                        "Whether a bar is stamped at its open or its close.",
+                        type="string",
+                        required=True,
+                        allowed=["bar_open", "bar_close"],
+                    ),
+                },
+            ),
+            "local": _doc(
+                "Local copy of the history.",
+                type="dict",
+                required=False,
+                schema={
+                    "path": _text("Directory relative to the project root, one file per symbol."),
+                    "format": _doc(
+                        "File format.", type="string", required=True, allowed=["parquet", "csv"]
+                    ),
+                },
+            ),
+            "rest_base": _text("REST base URL.", required=False, regex=r"https?://\S+"),
+            "ws_base": _text("WebSocket base URL.", required=False, regex=r"wss?://\S+"),
+            "api_key": _doc(
+                "API key reference: always ${oc.env:NAME}, never a literal.",
+                type="string",
+                required=False,
+                nullable=True,
+            ),
+            "lookback_years": _number(
+                "Years of history the strategy needs.", minimum=0, required=False
+            ),
+        },
+    ),
+}
+
+DEPLOYMENT_SCHEMA: dict[str, Any] = {
+    "deployment": _doc(
+        "Where and how strategies run in production.",
+        type="dict",
+        required=True,
+        schema={
+            "name": _text("Deployment target name."),
+            "broker": _doc(
+                "Broker implementation.", type="string", required=True, allowed=["paper"]
+            ),
+            "state_store": _doc(
+                "Durable state store.",
+                type="dict",
+                required=True,
+                schema={
+                    "kind": _doc(
+                        "file (atomic writes) or redis (several instances).",
+                        type="string",
+                        required=True,
+                        allowed=["file", "redis"],
+                    ),
+                    "path": _text(
+                        "Directory for the file store, relative to the working directory.",
+                        required=False,
+                    ),
+                    "url": _doc(
+                        "Redis URL reference, ${oc.env:NAME}.", type="string", required=False
+                    ),
+                },
+            ),
+            "heartbeat_interval_s": _number(
+                "Seconds between feed pings and liveness heartbeats.", minimum=1
+            ),
+            "alerts": _doc(
+                "Alert sinks.",
+                type="list",
+                required=True,
+                schema={
+                    "type": "dict",
+                    "schema": {
+                        "kind": {
+                            "type": "string",
+                            "required": True,
+                            "allowed": ["log", "webhook", "email"],
+                        },
+                        "url": {"type": "string", "required": False},
+                        "to": {
+                            "type": "list",
+                            "required": False,
+                            "schema": {"type": "string", "regex": EMAIL_PATTERN},
+                        },
+                        "smtp_host": {"type": "string", "required": False},
+                        "smtp_port": {"type": "integer", "required": False, "min": 1, "max": 65535},
+                    },
+                },
+            ),
+            "on_call": _doc(
+                "On-call contacts, first is primary.",
+                type="list",
+                required=True,
+                empty=False,
+                schema={
+                    "type": "dict",
+                    "schema": {
+                        "name": {"type": "string", "required": True, "empty": False},
+                        "email": {"type": "string", "required": True, "regex": EMAIL_PATTERN},
+                        "phone": {"type": "string", "required": False},
+                    },
+                },
+            ),
+        },
+    ),
+}
+
+# The composed config is validated against all groups at once; keys are the top-level packages.
+COMPOSED_SCHEMA: dict[str, Any] = {
+    **PROJECT_SCHEMA,
+    **STRATEGY_SCHEMA,
+    **UNIVERSE_SCHEMA,
+    **COSTS_SCHEMA,
+    **DATA_SCHEMA,
+    **DEPLOYMENT_SCHEMA,
+}
+
+GROUP_SCHEMAS: dict[str, dict[str, Any]] = {
+    "qcompile.yaml": PROJECT_SCHEMA,
+    "strategy": STRATEGY_SCHEMA,
+    "universe": UNIVERSE_SCHEMA,
+    "costs": COSTS_SCHEMA,
+    "data": DATA_SCHEMA,
+    "deployment": DEPLOYMENT_SCHEMA,
+}

@@ -1,0 +1,65 @@
+"""The signal registry: signals are plain functions registered with a name and a version.
+
+A signal takes a polars frame of bars (one row per symbol and timestamp, sorted) and keyword
+parameters, and returns the frame with a ``signal`` column holding the target position
+(-1 short, 0 flat, 1 long) decided at that bar's close. The compiler never imports this module:
+it finds ``@signal(...)`` decorators by reading the source, and pins a hash of it.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+SignalFunction = Callable[..., Any]
+
+
+@dataclass(frozen=True)
+class SignalSpec:
+    name: str
+    version: str
+    function: SignalFunction
+
+
+_REGISTRY: dict[str, SignalSpec] = {}
+
+
+class SignalError(LookupError):
+    """A signal reference that the registry cannot satisfy."""
+
+
+def signal(name: str, version: str) -> Callable[[SignalFunction], SignalFunction]:
+    """Register ``function`` as signal ``name`` at semantic ``version``."""
+
+    def register(function: SignalFunction) -> SignalFunction:
+        existing = _REGISTRY.get(name)
+        if existing is not None and existing.function.__qualname__ != function.__qualname__:
+            raise SignalError(f"signal {name!r} is registered twice")
+        _REGISTRY[name] = SignalSpec(name, version, function)
+        return function
+
+    return register
+
+
+def load_packages(packages: list[str]) -> None:
+    """Import every module of the given packages so that their signals register."""
+    for package_name in packages:
+        package = importlib.import_module(package_name)
+        for module in pkgutil.iter_modules(getattr(package, "__path__", []), package_name + "."):
+            importlib.import_module(module.name)
+
+
+def get_signal(name: str, version: str, packages: list[str]) -> SignalSpec:
+    """The registered signal, checked against the version the strategy pinned."""
+    load_packages(packages)
+    spec = _REGISTRY.get(name)
+    if spec is None:
+        raise SignalError(f"no signal named {name!r} in {', '.join(packages)}")
+    if spec.version != version:
+        raise SignalError(
+            f"signal {name!r} is at version {spec.version}, the strategy pins {version}"
+        )
+    return spec

@@ -1,0 +1,181 @@
+"""Stage 0 (read): parse every YAML file under conf/ once, remembering where each key lives.
+
+Consumes the project's ``conf/`` tree; produces :class:`ConfigFile` records holding the parsed
+data, the ``# @package`` placement, the defaults list with line numbers, and a map from each
+composed key path to its line. Hydra's composed config forgets lines; this map is how every
+diagnostic gets its ``file:line``. Syntax errors and duplicate keys become diagnostics here.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from qcompile.errors import Diagnostic
+
+try:  # the C loader is ~10x faster; line numbers do not depend on which loader runs
+    _Loader: type = yaml.CSafeLoader
+except AttributeError:  # pragma: no cover - PyYAML built without libyaml
+    _Loader = yaml.SafeLoader
+
+_PACKAGE_HEADER = re.compile(r"^#\s*@package\s+(\S+)\s*$")
+
+
+@dataclass(frozen=True)
+class DefaultsEntry:
+    """One entry of a config's defaults list: ``/costs: retail`` or ``_self_``."""
+
+    group: str  # "costs"; "" for a plain config name or _self_
+    option: str  # "retail", "_self_", or a config name
+    line: int
+    absolute: bool
+    override: bool
+
+
+@dataclass
+class ConfigFile:
+    """A parsed YAML file with its placement in the composed config."""
+
+    path: str  # relative to the project root, e.g. conf/strategy/x.yaml
+    group: str  # "strategy"; "" for the primary config
+    name: str  # "x"
+    package: str  # dotted prefix its keys land under; "" for _global_
+    text: str
+    lines: dict[str, int] = field(default_factory=dict)
+    defaults: list[DefaultsEntry] = field(default_factory=list)
+    valid: bool = True
+
+    def line_of(self, key: str) -> int:
+        """Line of ``key`` or of its nearest ancestor defined in this file, else 0."""
+        probe = key
+        while probe:
+            if probe in self.lines:
+                return self.lines[probe]
+            probe = parent_key(probe)
+        return 0
+
+
+def parent_key(key: str) -> str:
+    """``a.b[2]`` -> ``a.b``; ``a.b`` -> ``a``; ``a`` -> ``""``."""
+    if key.endswith("]"):
+        return key[: key.rindex("[")]
+    return key.rpartition(".")[0]
+
+
+def join_key(prefix: str, part: str | int) -> str:
+    if isinstance(part, int):
+        return f"{prefix}[{part}]"
+    return f"{prefix}.{part}" if prefix else str(part)
+
+
+def _package_of(text: str, group: str) -> str:
+    for raw in text.splitlines()[:5]:
+        match = _PACKAGE_HEADER.match(raw.strip())
+        if match:
+            package = match.group(1)
+            if package == "_global_":
+                return ""
+            return package.removeprefix("_global_.")
+    return group.replace("/", ".")
+
+
+def _walk(node: yaml.Node, prefix: str, lines: dict[str, int], problems: list[tuple[int, str]]):
+    if isinstance(node, yaml.MappingNode):
+        seen: dict[str, int] = {}
+        for key_node, value_node in node.value:
+            key = str(key_node.value)
+            line = key_node.start_mark.line + 1
+            if key in seen:
+                problems.append(
+                    (line, f"duplicate key '{key}' (first defined on line {seen[key]})")
+                )
+                continue
+            seen[key] = line
+            path = join_key(prefix, key)
+            lines[path] = line
+            _walk(value_node, path, lines, problems)
+    elif isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            path = join_key(prefix, index)
+            lines[path] = item.start_mark.line + 1
+            _walk(item, path, lines, problems)
+
+
+def _defaults_entries(node: yaml.Node) -> list[DefaultsEntry]:
+    entries: list[DefaultsEntry] = []
+    if not isinstance(node, yaml.SequenceNode):
+        return entries
+    for item in node.value:
+        line = item.start_mark.line + 1
+        if isinstance(item, yaml.ScalarNode):
+            entries.append(DefaultsEntry("", str(item.value), line, False, False))
+        elif isinstance(item, yaml.MappingNode) and len(item.value) == 1:
+            key_node, value_node = item.value[0]
+            key = str(key_node.value)
+            override = key.startswith("override ")
+            key = key.removeprefix("override ").strip()
+            absolute = key.startswith("/")
+            group = key.lstrip("/").split("@", 1)[0]
+            option = value_node.value if isinstance(value_node, yaml.ScalarNode) else ""
+            entries.append(DefaultsEntry(group, str(option), line, absolute, override))
+    return entries
+
+
+def read_config_file(root: Path, path: Path, conf_dir: Path) -> tuple[ConfigFile, list[Diagnostic]]:
+    """Parse one file; YAML problems come back as diagnostics, never as exceptions."""
+    rel = path.relative_to(root).as_posix()
+    group_path = path.parent.relative_to(conf_dir).as_posix()
+    group = "" if group_path == "." else group_path
+    text = path.read_text(encoding="utf-8")
+    config = ConfigFile(rel, group, path.stem, _package_of(text, group) if group else "", text)
+    diagnostics: list[Diagnostic] = []
+    try:
+        node = yaml.compose(text, Loader=_Loader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+        line = mark.line + 1 if mark is not None else 0
+        problem = getattr(exc, "problem", None) or str(exc)
+        diagnostics.append(
+            Diagnostic(rel, line, "", f"YAML syntax error: {problem}", "yaml.syntax")
+        )
+        config.valid = False
+        return config, diagnostics
+    if node is None:
+        return config, diagnostics
+    if not isinstance(node, yaml.MappingNode):
+        diagnostics.append(
+            Diagnostic(
+                rel, node.start_mark.line + 1, "", "top level must be a mapping", "yaml.root"
+            )
+        )
+        config.valid = False
+        return config, diagnostics
+    problems: list[tuple[int, str]] = []
+    body = []
+    for key_node, value_node in node.value:
+        if key_node.value == "defaults":
+            config.defaults = _defaults_entries(value_node)
+            config.lines["defaults"] = key_node.start_mark.line + 1
+        else:
+            body.append((key_node, value_node))
+    node.value = body
+    _walk(node, config.package, config.lines, problems)
+    for line, message in problems:
+        diagnostics.append(Diagnostic(rel, line, "", message, "yaml.duplicate_key"))
+        config.valid = False
+    return config, diagnostics
+
+
+def load_data(config: ConfigFile) -> dict[str, Any]:
+    """The file's mapping as plain data (without ``defaults``), parsed the way OmegaConf does."""
+    from omegaconf import OmegaConf
+
+    data = OmegaConf.create(config.text) if config.text.strip() else OmegaConf.create({})
+    container = OmegaConf.to_container(data, resolve=False)
+    assert isinstance(container, dict)
+    container.pop("defaults", None)
+    return container
