@@ -154,9 +154,8 @@ def compile_project(
     for composed in composed_list:
         data, problems = resolve(composed)
         problems += schema_diagnostics(composed, data)
-        problems += cross_field_diagnostics(composed, data)
-        diagnostics += problems
-        valid[id(composed)] = not problems
+        valid[id(composed)] = not problems  # lock and gates need schema-valid data, nothing more
+        diagnostics += problems + cross_field_diagnostics(composed, data)
         resolved.append((composed, data))
     diagnostics += duplicate_id_diagnostics(resolved)
 
@@ -201,7 +200,7 @@ def compile_project(
         for item in unmet:
             file, line = composed.locate("strategy.status")
             detail = item.detail + (
-                f" ({project.rel(path)})" if item.requirement.startswith("evidence") else ""
+                f" ({project.rel(path)})" if item.requirement == "evidence.backtest" else ""
             )
             diagnostics.append(
                 Diagnostic(

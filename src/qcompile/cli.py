@@ -17,7 +17,7 @@ from typing import Any
 import click
 
 from qcompile import __version__
-from qcompile.errors import DiagnosticsError, QcompileError, StaleError
+from qcompile.errors import COMMAND_LINE, DiagnosticsError, QcompileError, StaleError
 
 EXIT_STALE = 1
 EXIT_CONFIG = 2
@@ -36,11 +36,13 @@ _STRATEGY = click.option(
 def _print_diagnostics(error: DiagnosticsError) -> None:
     for diagnostic in error.diagnostics:
         click.echo(diagnostic.render(), err=True)
-    files = {d.file for d in error.diagnostics}
+    files = {d.file for d in error.diagnostics} - {COMMAND_LINE}
     count = len(error.errors)
+    places = [f"{len(files)} file{'s' if len(files) != 1 else ''}"] if files else []
+    if any(d.file == COMMAND_LINE for d in error.diagnostics):
+        places.append("the command line")
     click.echo(
-        f"{count} error{'s' if count != 1 else ''} in {len(files)} "
-        f"file{'s' if len(files) != 1 else ''}; nothing was written.",
+        f"{count} error{'s' if count != 1 else ''} in {' and '.join(places)}; nothing was written.",
         err=True,
     )
 

@@ -227,8 +227,9 @@ def compose_strategies(
     diagnostics.extend(problems)
     group_overrides = [o for o in overrides if o.is_group]
     leaf_overrides = [o for o in overrides if not o.is_group]
-    for override in group_overrides:
+    for override in list(group_overrides):
         if override.kind != "delete" and override.value not in tree.options(override.key):
+            group_overrides.remove(override)  # compose on without it to report every other problem
             hint = did_you_mean(str(override.value), tree.options(override.key))
             diagnostics.append(
                 Diagnostic(
@@ -258,10 +259,18 @@ def compose_strategies(
                     hint,
                 )
             )
+    broken = set()
     for strategy in strategies:
-        diagnostics.extend(_check_defaults(strategy, tree))
-    if any(d.severity == "error" for d in diagnostics):
-        raise DiagnosticsError(diagnostics)
+        problems = _check_defaults(strategy, tree)
+        diagnostics.extend(problems)
+        # a selected file with a YAML error was reported by the reader: skip, don't pile on
+        selected = [tree.get(g, o) for g, o in _selection_of(strategy).items()]
+        if problems or not strategy.valid or any(f is not None and not f.valid for f in selected):
+            broken.add(strategy.name)
+    primary = tree.files.get("qcompile")
+    if primary is None or not primary.valid:
+        raise DiagnosticsError(diagnostics)  # nothing composes without the primary config
+    strategies = [s for s in strategies if s.name not in broken]
 
     composed: list[ComposedStrategy] = []
     with hydra_session(project):

@@ -182,7 +182,7 @@ def _check(
         missing = [name for name, value in sorted(_flat(pins)) if value in (None, "")]
         return f"unpinned: {', '.join(missing)}" if missing else ""
     if evidence is None:
-        return evidence_problem
+        return evidence_problem if item == "backtest" else "needs the backtest evidence first"
     if item == "backtest":
         return ""
     if item == "fresh":

@@ -66,7 +66,9 @@ def _represent_list(dumper: yaml.SafeDumper, value: list[Any]) -> yaml.SequenceN
         or (isinstance(v, str) and len(v) <= 40 and "\n" not in v)
         for v in value
     )
-    return dumper.represent_sequence("tag:yaml.org,2002:seq", value, flow_style=short_scalars)
+    return dumper.represent_sequence(
+        "tag:yaml.org,2002:seq", value, flow_style=True if short_scalars else None
+    )
 
 
 _Dumper.add_representer(str, _represent_str)
