@@ -81,8 +81,10 @@ def inputs_digest(project: Project, overrides: list[str], only: list[str] | None
     cache = FingerprintCache(project.cache_dir / "fingerprints.json")
     data: dict[str, Any] = {}
     for path in sorted((project.conf_dir / "data").glob("*.yaml")):
+        if "@package" in path.read_text(encoding="utf-8"):
+            return None  # placed elsewhere than data.*: only a full compose knows where
         source = _raw_yaml(path)
-        local = source.get("data", {}).get("local") if isinstance(source, dict) else None
+        local = source.get("local") if isinstance(source, dict) else None
         if not isinstance(local, dict):
             continue
         if "${" in str(local):

@@ -13,6 +13,7 @@ last, package redirects) is composed by Hydra directly. Tests check both paths a
 from __future__ import annotations
 
 import difflib
+import re
 from collections.abc import Iterable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -45,10 +46,22 @@ class ComposedStrategy:
 
     name: str  # file stem under conf/strategy/
     file: ConfigFile
-    config: DictConfig
+    data: dict[str, Any]  # composed, unresolved, as plain data; treat as read-only
     selection: dict[str, str]  # group -> option, after overrides
     sources: list[ConfigFile]  # in merge order: primary, groups, the strategy file
     overrides: list[Override] = field(default_factory=list)
+    _config: DictConfig | None = field(default=None, repr=False)
+
+    @property
+    def config(self) -> DictConfig:
+        """The composed config as OmegaConf nodes, built on first use: creating nodes costs far
+        more than composing, and most strategies need none (no interpolation, no override)."""
+        if self._config is None:
+            from omegaconf import OmegaConf
+
+            self._config = OmegaConf.create(self.data)
+            OmegaConf.set_struct(self._config, True)  # as Hydra leaves it
+        return self._config
 
     def locate(self, key: str) -> tuple[str, int]:
         """The file and line that last set ``key`` (or its nearest ancestor)."""
@@ -157,7 +170,9 @@ def parse_overrides(texts: list[str], tree: ConfTree) -> tuple[list[Override], l
     return overrides, diagnostics
 
 
-def _fast_path_ok(config: ConfigFile) -> bool:
+def _fast_path_ok(config: ConfigFile, selection: dict[str, str], tree: ConfTree) -> bool:
+    """Whether composing this strategy from separately composed options is exactly Hydra's result:
+    absolute group entries then ``_self_``, and every selected option placed at its group's key."""
     if config.package != "":
         return False
     for index, entry in enumerate(config.defaults):
@@ -165,6 +180,10 @@ def _fast_path_ok(config: ConfigFile) -> bool:
             if index != len(config.defaults) - 1:
                 return False
         elif not entry.absolute or entry.override or not entry.group:
+            return False
+    for group, option in selection.items():
+        file = tree.get(group, option)
+        if file is None or file.package != group.replace("/", "."):
             return False
     return True
 
@@ -273,19 +292,37 @@ def compose_strategies(
     strategies = [s for s in strategies if s.name not in broken]
 
     composed: list[ComposedStrategy] = []
+    selections: dict[str, dict[str, str]] = {}
+    for strategy in strategies:
+        selection, problems = _apply_group_overrides(_selection_of(strategy), group_overrides)
+        diagnostics.extend(problems)
+        if not problems:
+            selections[strategy.name] = selection
+    fast = {
+        s.name
+        for s in strategies
+        if s.name in selections and _fast_path_ok(s, selections[s.name], tree)
+    }
+    needed = sorted({pair for name in fast for pair in selections[name].items()})
     with hydra_session(project):
-        bases: dict[tuple[tuple[str, str], ...], DictConfig] = {}
+        primary_data: dict[str, Any] = {}
+        options: dict[tuple[str, str], Any] = {}
+        try:
+            if fast:
+                primary_data, options = _compose_options(needed)
+        except Exception:  # compose each strategy on its own below, to say which one fails
+            fast = set()
         for strategy in strategies:
-            selection = _selection_of(strategy)
-            selection, problems = _apply_group_overrides(selection, group_overrides)
-            diagnostics.extend(problems)
-            if problems:
+            if strategy.name not in selections:
                 continue
+            selection = selections[strategy.name]
             try:
-                if _fast_path_ok(strategy):
-                    cfg = _compose_fast(strategy, selection, bases)
+                if strategy.name in fast:
+                    data = _merged(_base(primary_data, options, selection), load_data(strategy))
                 else:
-                    cfg = _compose_hydra(strategy, override_texts=[o.text for o in group_overrides])
+                    data = _compose_hydra(
+                        strategy, override_texts=[o.text for o in group_overrides]
+                    )
             except Exception as exc:  # Hydra raises many types; each becomes a diagnostic
                 diagnostics.append(
                     Diagnostic(
@@ -297,18 +334,19 @@ def compose_strategies(
                     )
                 )
                 continue
-            for override, reason in _apply_leaf_overrides(cfg, leaf_overrides):
-                diagnostics.append(
-                    Diagnostic(COMMAND_LINE, 0, override.text, reason, "override.invalid")
-                )
             sources = (
                 [tree.files["qcompile"]]
                 + [f for g, o in selection.items() if (f := tree.get(g, o)) is not None]
                 + [strategy]
             )
-            composed.append(
-                ComposedStrategy(strategy.name, strategy, cfg, selection, sources, overrides)
-            )
+            result = ComposedStrategy(strategy.name, strategy, data, selection, sources, overrides)
+            if leaf_overrides:
+                for override, reason in _apply_leaf_overrides(result.config, leaf_overrides):
+                    diagnostics.append(
+                        Diagnostic(COMMAND_LINE, 0, override.text, reason, "override.invalid")
+                    )
+                result.data = _container(result.config)
+            composed.append(result)
     if any(d.severity == "error" for d in diagnostics):
         raise DiagnosticsError(diagnostics)
     return composed
@@ -331,6 +369,18 @@ def _declared_id(config: ConfigFile) -> str:
 def _check_defaults(strategy: ConfigFile, tree: ConfTree) -> list[Diagnostic]:
     problems: list[Diagnostic] = []
     if not strategy.valid:
+        return problems
+    if not re.fullmatch(r"[A-Za-z0-9_-]+", strategy.name):
+        problems.append(
+            Diagnostic(
+                strategy.path,
+                0,
+                "",
+                "a strategy file name may only hold letters, digits, '_' and '-'",
+                "conf.strategy_filename",
+                "the name is used on command lines (qcompile show NAME)",
+            )
+        )
         return problems
     if strategy.package != "":
         problems.append(
@@ -407,27 +457,56 @@ def _apply_group_overrides(
     return selection, problems
 
 
-def _compose_fast(
-    strategy: ConfigFile,
-    selection: dict[str, str],
-    bases: dict[tuple[tuple[str, str], ...], DictConfig],
-) -> DictConfig:
-    from hydra import compose
+def _merged(base: Any, body: Any) -> Any:
+    """OmegaConf's merge on plain data: mappings merge key by key, anything else replaces."""
+    if isinstance(base, dict) and isinstance(body, dict):
+        merged = dict(base)
+        for key, value in body.items():
+            merged[key] = _merged(base[key], value) if key in base else value
+        return merged
+    return body  # shared, not copied: composed data is read-only from here on
+
+
+def _container(cfg: DictConfig) -> dict[str, Any]:
     from omegaconf import OmegaConf
 
-    key = tuple(selection.items())
-    if key not in bases:
-        base = compose(config_name="qcompile", overrides=[f"+{g}={o}" for g, o in key])
-        OmegaConf.set_struct(base, False)  # Hydra merges a config's own keys with struct off too
-        bases[key] = base
-    cfg = OmegaConf.merge(bases[key], load_data(strategy))
-    OmegaConf.set_struct(cfg, True)
-    return cfg  # type: ignore[return-value]
+    data = OmegaConf.to_container(cfg, resolve=False)
+    assert isinstance(data, dict)
+    return data  # type: ignore[return-value]
 
 
-def _compose_hydra(strategy: ConfigFile, override_texts: list[str]) -> DictConfig:
+_SLOT = "_qcompile_option_{}"
+
+
+def _compose_options(
+    needed: list[tuple[str, str]],
+) -> tuple[dict[str, Any], dict[tuple[str, str], Any]]:
+    """One Hydra compose for the primary config and every needed group option, each option under
+    a slot of its own (``+costs@slot=retail``); strategies are then assembled from the parts."""
     from hydra import compose
 
-    return compose(
-        config_name="qcompile", overrides=[f"+strategy={strategy.name}", *override_texts]
+    slots = {pair: _SLOT.format(index) for index, pair in enumerate(needed)}
+    overrides = [f"+{group}@{slot}={option}" for (group, option), slot in slots.items()]
+    data = _container(compose(config_name="qcompile", overrides=overrides))
+    options = {pair: data.pop(slot, None) for pair, slot in slots.items()}
+    return data, options
+
+
+def _base(
+    primary: dict[str, Any], options: dict[tuple[str, str], Any], selection: dict[str, str]
+) -> dict[str, Any]:
+    """The primary config with each selected option at its group's key, in defaults order."""
+    base = primary
+    for group, option in selection.items():
+        part = options.get((group, option))
+        if part is not None:
+            base = _merged(base, {group: part})
+    return base
+
+
+def _compose_hydra(strategy: ConfigFile, override_texts: list[str]) -> dict[str, Any]:
+    from hydra import compose
+
+    return _container(
+        compose(config_name="qcompile", overrides=[f"+strategy={strategy.name}", *override_texts])
     )

@@ -9,6 +9,7 @@ templates only place these values.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +57,7 @@ class StrategyPlan:
     summary: dict[str, Any]
 
 
+@cache
 def compiler_sha256() -> str:
     """Hash of the compiler's own modules and templates: a changed compiler re-renders everything,
     even when a development install did not bump the version."""

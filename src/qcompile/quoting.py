@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import shlex
+from functools import lru_cache
 from typing import Any
 
 import yaml
@@ -50,16 +51,16 @@ def pyliteral(value: Any) -> str:
     raise QuotingError(f"cannot write {type(value).__name__} as a Python literal")
 
 
-class _Dumper(yaml.SafeDumper):
+class _Dumper(getattr(yaml, "CSafeDumper", yaml.SafeDumper)):  # type: ignore[misc]
     """Safe YAML whose multi-line or control-character strings come out double-quoted."""
 
 
-def _represent_str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
+def _represent_str(dumper: Any, value: str) -> yaml.ScalarNode:
     style = '"' if any(ord(c) < 32 or c in "\x7f\u2028\u2029\x85" for c in value) else None
     return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
 
 
-def _represent_list(dumper: yaml.SafeDumper, value: list[Any]) -> yaml.SequenceNode:
+def _represent_list(dumper: Any, value: list[Any]) -> yaml.SequenceNode:
     short_scalars = all(
         v is None
         or isinstance(v, bool | int | float)
@@ -88,19 +89,77 @@ def yaml_inline(value: Any) -> str:
     return text.removesuffix("\n...\n").removesuffix("\n")
 
 
+@lru_cache(maxsize=65536)
+def _scalar(value: Any) -> str:
+    # PyYAML decides the quoting of every scalar; the cache matters because the same keys and
+    # values recur across every strategy of a portfolio
+    return yaml_inline(value)
+
+
+def _is_scalar(value: Any) -> bool:
+    return value is None or isinstance(value, bool | int | float | str)
+
+
+def _scalar_cached(value: Any) -> str:
+    if isinstance(value, bool) or value is None:
+        return "true" if value is True else "false" if value is False else "null"
+    if isinstance(value, int):
+        return str(value)
+    return _scalar(value)
+
+
+def _flow_list(value: list[Any]) -> bool:
+    return all(
+        _is_scalar(v) and not (isinstance(v, str) and (len(v) > 40 or "\n" in v)) for v in value
+    )
+
+
+def _block_lines(value: Any, pad: str, lines: list[str]) -> None:
+    """Append ``value`` (a non-empty mapping or list) as block YAML lines indented by ``pad``."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            head = f"{pad}{_scalar_cached(key)}:"
+            if isinstance(item, dict) and item:
+                lines.append(head)
+                _block_lines(item, pad + "  ", lines)
+            elif isinstance(item, list) and item and not _flow_list(item):
+                lines.append(head)
+                _block_lines(item, pad, lines)
+            else:
+                lines.append(f"{head} {_inline(item)}")
+        return
+    for item in value:
+        if isinstance(item, dict) and item:
+            nested: list[str] = []
+            _block_lines(item, pad + "  ", nested)
+            lines.append(f"{pad}- {nested[0][len(pad) + 2 :]}")
+            lines.extend(nested[1:])
+        elif isinstance(item, list) and item and not _flow_list(item):
+            nested = []
+            _block_lines(item, pad + "  ", nested)
+            lines.append(f"{pad}- {nested[0][len(pad) + 2 :]}")
+            lines.extend(nested[1:])
+        else:
+            lines.append(f"{pad}- {_inline(item)}")
+
+
+def _inline(value: Any) -> str:
+    if _is_scalar(value):
+        return _scalar_cached(value)
+    if isinstance(value, list) and _flow_list(value):
+        return "[" + ", ".join(_scalar_cached(v) for v in value) + "]"
+    return yaml_inline(value)  # empty containers and anything unusual: let PyYAML decide
+
+
 def yaml_block(value: Any, indent: int = 0) -> str:
     """A YAML block, every line indented by ``indent`` spaces.
 
     Keys keep their insertion order (the compiler builds every mapping in a fixed order); short
-    lists of scalars stay on one line, mappings are always blocks.
+    lists of scalars stay on one line, mappings are always blocks. The layout is ours; every
+    scalar is quoted by PyYAML, so a value can never change the document's structure.
     """
-    text = yaml.dump(
-        value,
-        Dumper=_Dumper,
-        default_flow_style=False,
-        width=100,
-        allow_unicode=True,
-        sort_keys=False,
-    ).removesuffix("...\n")
-    pad = " " * indent
-    return "\n".join(pad + line if line else line for line in text.rstrip("\n").splitlines())
+    if not isinstance(value, dict | list) or not value:
+        return " " * indent + _inline(value)
+    lines: list[str] = []
+    _block_lines(value, " " * indent, lines)
+    return "\n".join(lines)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +49,8 @@ class ConfigFile:
     lines: dict[str, int] = field(default_factory=dict)
     defaults: list[DefaultsEntry] = field(default_factory=list)
     valid: bool = True
+    data: dict[str, Any] | None = field(default=None, repr=False)
+    node: yaml.MappingNode | None = field(default=None, repr=False)
 
     def line_of(self, key: str) -> int:
         """Line of ``key`` or of its nearest ancestor defined in this file, else 0."""
@@ -134,7 +137,7 @@ def read_config_file(root: Path, path: Path, conf_dir: Path) -> tuple[ConfigFile
     config = ConfigFile(rel, group, path.stem, _package_of(text, group) if group else "", text)
     diagnostics: list[Diagnostic] = []
     try:
-        node = yaml.compose(text, Loader=_Loader)
+        node = yaml.compose(text, Loader=_omegaconf_loader())
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
         line = mark.line + 1 if mark is not None else 0
@@ -163,6 +166,7 @@ def read_config_file(root: Path, path: Path, conf_dir: Path) -> tuple[ConfigFile
         else:
             body.append((key_node, value_node))
     node.value = body
+    config.node = node
     _walk(node, config.package, config.lines, problems)
     for line, message in problems:
         diagnostics.append(Diagnostic(rel, line, "", message, "yaml.duplicate_key"))
@@ -170,12 +174,32 @@ def read_config_file(root: Path, path: Path, conf_dir: Path) -> tuple[ConfigFile
     return config, diagnostics
 
 
-def load_data(config: ConfigFile) -> dict[str, Any]:
-    """The file's mapping as plain data (without ``defaults``), parsed the way OmegaConf does."""
-    from omegaconf import OmegaConf
+@cache
+def _omegaconf_loader() -> type:
+    """PyYAML's C loader with OmegaConf's scalar rules (YAML 1.2 floats, no timestamps).
 
-    data = OmegaConf.create(config.text) if config.text.strip() else OmegaConf.create({})
-    container = OmegaConf.to_container(data, resolve=False)
-    assert isinstance(container, dict)
-    container.pop("defaults", None)
-    return container
+    OmegaConf parses with a pure-Python loader; the C parser with the same implicit resolvers
+    yields the same values about ten times faster. A test checks both agree on every example file.
+    """
+    from omegaconf._utils import get_yaml_loader  # the resolver table is not public API
+
+    class Loader(_Loader):  # type: ignore[misc, valid-type]
+        pass
+
+    Loader.yaml_implicit_resolvers = {
+        k: list(v) for k, v in get_yaml_loader().yaml_implicit_resolvers.items()
+    }
+    return Loader
+
+
+def load_data(config: ConfigFile) -> dict[str, Any]:
+    """The file's mapping as plain data (without ``defaults``), parsed the way OmegaConf does.
+
+    Constructed once per file; callers must not mutate the result.
+    """
+    if config.data is None:
+        if config.node is None:  # empty file, or one the reader rejected
+            config.data = {}
+        else:  # built from the node the reader composed: each file is parsed exactly once
+            config.data = _omegaconf_loader()("").construct_document(config.node)
+    return config.data

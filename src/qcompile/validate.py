@@ -8,10 +8,12 @@ literal secrets, cross-field rules and duplicate ids. Nothing here stops at the 
 
 from __future__ import annotations
 
+import copy
 import datetime as dt
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import cache
 from typing import Any
 
 from cerberus import Validator
@@ -101,17 +103,24 @@ def _leaves(data: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
 
 
 def resolve(composed: ComposedStrategy) -> tuple[dict[str, Any], list[Diagnostic]]:
-    """Resolve interpolations leaf by leaf so that every broken one is reported."""
+    """Resolve interpolations leaf by leaf so that every broken one is reported.
+
+    A bare ``${oc.env:NAME}`` stays as it is without OmegaConf: it is a secret reference.
+    """
     from omegaconf import DictConfig, ListConfig, OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
     diagnostics: list[Diagnostic] = []
-    raw = OmegaConf.to_container(composed.config, resolve=False)
-    assert isinstance(raw, dict)
+    pending = [
+        (key, value)
+        for key, value in _leaves(composed.data)
+        if isinstance(value, str) and "${" in value and not SECRET_REFERENCE.match(value)
+    ]
+    if not pending:
+        return composed.data, diagnostics  # shared, read-only: no stage mutates config data
+    raw = copy.deepcopy(composed.data)
     with secrets_unresolved():
-        for key, value in list(_leaves(raw)):
-            if not (isinstance(value, str) and "${" in value):
-                continue
+        for key, value in pending:
             try:
                 resolved = OmegaConf.select(composed.config, key, throw_on_missing=True)
                 if isinstance(resolved, DictConfig | ListConfig):
@@ -165,6 +174,36 @@ class _Validator(Validator):
         if value not in CHECKLIST_ITEMS:
             hint = did_you_mean(value, CHECKLIST_ITEMS)
             self._error(field, f"unknown checklist item {value!r}" + (f"; {hint}" if hint else ""))
+
+
+# The strategy's own section is unique to it; everything else (project settings, gates, universe,
+# costs, data source, deployment) is shared by many strategies and is validated once per distinct
+# combination. Two validators, built once each: cerberus checks a schema when it is constructed.
+_PARTS = {
+    "strategy": ("strategy",),
+    "shared": tuple(section for section in COMPOSED_SCHEMA if section != "strategy"),
+}
+_PART_ERRORS: dict[tuple[str, str], list[Any]] = {}
+
+
+@cache
+def _part_validator(part: str) -> _Validator:
+    return _Validator({section: COMPOSED_SCHEMA[section] for section in _PARTS[part]})
+
+
+def _schema_errors(data: dict[str, Any]) -> list[Any]:
+    from qcompile.hashing import canonical_json
+
+    errors: list[Any] = []
+    for part, sections in _PARTS.items():
+        document = {section: data[section] for section in sections if section in data}
+        memo = (part, canonical_json(document))
+        if memo not in _PART_ERRORS:
+            validator = _part_validator(part)
+            validator.validate(document, normalize=False)
+            _PART_ERRORS[memo] = list(_flatten(validator._errors))  # structured errors
+        errors.extend(_PART_ERRORS[memo])
+    return errors
 
 
 def _flatten(errors: Any) -> Iterator[Any]:
@@ -246,10 +285,15 @@ def _describe(error: Any, key: str) -> tuple[str, str, str]:
 
 
 def schema_diagnostics(composed: ComposedStrategy, data: dict[str, Any]) -> list[Diagnostic]:
-    validator = _Validator(COMPOSED_SCHEMA)
-    validator.validate(data)
     diagnostics = []
-    for error in _flatten(validator._errors):  # cerberus' structured errors (message text aside)
+    for section in data:
+        if section not in COMPOSED_SCHEMA:
+            file, line = composed.locate(section)
+            hint = did_you_mean(str(section), COMPOSED_SCHEMA)
+            diagnostics.append(
+                Diagnostic(file, line, section, "unknown key", "schema.unknown_key", hint)
+            )
+    for error in _schema_errors(data):
         key = _path_key(error.document_path)
         message, code, hint = _describe(error, key)
         file, line = composed.locate(key)

@@ -1,0 +1,116 @@
+"""Build speed on a synthetic portfolio of 100 strategies.
+
+Times, in the same run on the same machine:
+  * naive     - one Hydra compose from scratch per strategy (initialise + compose) in a fresh
+                process: the loop a team writes first (it neither validates nor renders);
+  * cold      - `qcompile build` in a fresh process with no generated/ and no cache;
+  * no-change - `qcompile build` again with nothing changed.
+Goals (issue 2): cold >= 10x faster than naive; no-change <= 0.3 s.
+
+    python benchmarks/build_speed.py [--strategies 100] [--repeat 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+UNIVERSES = ["us_megacap", "us_tech"]
+COSTS = ["retail", "institutional", "zero"]
+DEPLOYMENTS = ["paper", "live_redis"]
+SIGNALS = [  # (name, params, ranges)
+    ("ma_crossover", "fast: {a}\n      slow: {b}", "fast: [{a}]\n      slow: [{b}]"),
+    ("zscore_reversion", "window: {a}\n      entry_z: 2.0\n      exit_z: 0.5", "window: [{a}]"),
+    ("breakout", "lookback: {b}\n      exit_lookback: {a}", "lookback: [{b}]"),
+]
+
+
+def make_project(root: Path, count: int) -> None:
+    shutil.copytree(REPO / "conf", root / "conf")
+    template = (REPO / "conf/strategy/ma_trend.yaml").read_text()
+    for old in (root / "conf/strategy").glob("*.yaml"):
+        old.unlink()
+    for index in range(count):
+        name, params, ranges = SIGNALS[index % len(SIGNALS)]
+        a, b = 5 + index % 20, 60 + index % 50
+        text = template.replace("STR-2026-0007", f"STR-2027-{index:04d}")
+        text = text.replace("/universe: us_megacap", f"/universe: {UNIVERSES[index % 2]}")
+        text = text.replace("/costs: retail", f"/costs: {COSTS[index % 3]}")
+        text = text.replace("/deployment: paper", f"/deployment: {DEPLOYMENTS[index % 2]}")
+        text = text.replace("name: ma_crossover", f"name: {name}")
+        text = text.replace("fast: 20\n      slow: 100", params.format(a=a, b=b))
+        text = text.replace(
+            "fast: [5, 10, 20, 30, 40, 50]\n      slow: [50, 100, 150, 200]",
+            ranges.format(a=a, b=b),
+        )
+        text = text.replace("name: Mega-cap MA Trend", f"name: Synthetic {index}")
+        (root / f"conf/strategy/s{index:04d}.yaml").write_text(text)
+
+
+NAIVE = """
+import sys
+from pathlib import Path
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+
+root = Path(sys.argv[1])
+for name in sorted(p.stem for p in (root / "conf/strategy").glob("*.yaml")):
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(root / "conf"), version_base="1.3"):
+        compose(config_name="qcompile", overrides=[f"+strategy={name}"])
+"""
+
+
+def naive_loop(root: Path) -> float:
+    """A fresh process that composes each strategy from scratch: compose only, no validation,
+    no rendering, so the comparison flatters the naive loop."""
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-c", NAIVE, str(root)], check=True, capture_output=True)
+    return time.perf_counter() - start
+
+
+def qcompile_build(root: Path) -> float:
+    start = time.perf_counter()
+    subprocess.run(
+        [sys.executable, "-m", "qcompile.cli", "build"], cwd=root, check=True, capture_output=True
+    )
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--strategies", type=int, default=100)
+    parser.add_argument("--repeat", type=int, default=3)
+    args = parser.parse_args()
+    naive, cold, unchanged = [], [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp) / "project"
+        make_project(root, args.strategies)
+        naive_loop(root)  # warm the file cache for both
+        for _ in range(args.repeat):
+            naive.append(naive_loop(root))
+            shutil.rmtree(root / "generated", ignore_errors=True)
+            shutil.rmtree(root / ".qcompile", ignore_errors=True)
+            cold.append(qcompile_build(root))
+            unchanged.append(qcompile_build(root))
+    n, c, u = (statistics.median(x) for x in (naive, cold, unchanged))
+    print(f"build speed, {args.strategies} strategies, median of {args.repeat} runs")
+    print(f"{'measurement':<44}{'seconds':>10}{'vs naive':>10}")
+    print(f"{'naive loop: one Hydra compose per strategy':<44}{n:>10.3f}{1.0:>9.1f}x")
+    print(f"{'qcompile build, cold (fresh process)':<44}{c:>10.3f}{n / c:>9.1f}x")
+    print(f"{'qcompile build, nothing changed':<44}{u:>10.3f}{n / u:>9.1f}x")
+    print(
+        f"goals: cold >= 10x faster than naive: {'met' if n / c >= 10 else 'NOT met'}; "
+        f"no-change <= 0.3 s: {'met' if u <= 0.3 else 'NOT met'}"
+    )
+
+
+if __name__ == "__main__":
+    main()

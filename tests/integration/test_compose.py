@@ -1,0 +1,112 @@
+"""The fast compose path (one Hydra compose per group selection) equals Hydra composing directly."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from qcompile.compose import compose_strategies, hydra_session, parse_overrides, read_conf_tree
+from qcompile.project import Project
+
+CASES = [
+    [],
+    ["costs=zero"],
+    ["costs=institutional", "universe=us_tech", "strategy.backtest.initial_capital=1234"],
+    ["+strategy.note=hello", "~strategy.rules.exit"],
+    ["++data.lookback_years=9"],
+]
+
+
+@pytest.mark.parametrize("overrides", CASES, ids=[" ".join(c) or "none" for c in CASES])
+def test_fast_path_equals_direct_hydra_compose(example: Path, overrides: list[str]) -> None:
+    from hydra import compose
+
+    project = Project(example)
+    tree = read_conf_tree(project)
+    fast = compose_strategies(project, tree, overrides)
+    assert len(fast) == 4
+    with hydra_session(project):
+        for composed in fast:
+            direct = compose(
+                config_name="qcompile", overrides=[f"+strategy={composed.name}", *overrides]
+            )
+            assert OmegaConf.to_container(composed.config) == OmegaConf.to_container(direct), (
+                composed.name
+            )
+
+
+def test_overrides_are_classified_with_hydras_grammar(example: Path) -> None:
+    tree = read_conf_tree(Project(example))
+    parsed, problems = parse_overrides(["costs=zero", "+x.y=[1,2]", "~a.b", "++c=3"], tree)
+    assert problems == []
+    assert [(o.key, o.kind, o.value, o.is_group) for o in parsed] == [
+        ("costs", "change", "zero", True),
+        ("x.y", "add", [1, 2], False),
+        ("a.b", "delete", None, False),
+        ("c", "force_add", 3, False),
+    ]
+
+
+def _count_composes(monkeypatch) -> list[list[str]]:
+    import hydra
+
+    calls: list[list[str]] = []
+    real = hydra.compose
+
+    def counting(*args, **kwargs):
+        calls.append(kwargs.get("overrides", []))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(hydra, "compose", counting)
+    return calls
+
+
+def test_one_hydra_compose_serves_every_strategy(example: Path, monkeypatch) -> None:
+    calls = _count_composes(monkeypatch)
+    project = Project(example)
+    assert len(compose_strategies(project, read_conf_tree(project), [])) == 4
+    assert len(calls) == 1
+    # every option the strategies select, each composed once under its own slot
+    assert sorted(o.split("=")[1] for o in calls[0]) == [
+        "institutional",
+        "live_redis",
+        "paper",
+        "retail",
+        "tickdb_us_daily",
+        "us_megacap",
+        "us_tech",
+    ]
+
+
+def test_unusual_defaults_fall_back_to_hydra_and_still_agree(example: Path, monkeypatch) -> None:
+    from hydra import compose
+
+    strategy = example / "conf/strategy/breakout.yaml"
+    text = (
+        strategy.read_text()
+        .replace("  - _self_\n", "")
+        .replace("defaults:\n", "defaults:\n  - _self_\n")
+    )
+    strategy.write_text(
+        text.replace(
+            "  initial_capital: 250000", "  initial_capital: 250000\ncosts:\n  slippage_bps: 9"
+        )
+    )
+    zero = example / "conf/costs/zero.yaml"
+    zero.write_text(
+        "# @package _global_\ncosts:\n  name: zero\n  slippage_bps: 0\n  commission_per_share: 0\n"
+    )
+    calls = _count_composes(monkeypatch)
+    project = Project(example)
+    composed = compose_strategies(project, read_conf_tree(project), ["costs=zero"])
+    assert len(calls) == 4  # zero.yaml places itself (@package _global_): each composed by Hydra
+    with hydra_session(project):
+        for item in composed:
+            direct = compose(
+                config_name="qcompile", overrides=[f"+strategy={item.name}", "costs=zero"]
+            )
+            assert item.data == OmegaConf.to_container(direct), item.name
+    breakout = next(c for c in composed if c.name == "breakout")
+    assert breakout.data["costs"]["slippage_bps"] == 0  # _self_ first: the costs group wins

@@ -1,0 +1,137 @@
+"""Gate evaluation against known strategies and evidence documents."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from qcompile.lifecycle import CHECKLIST_ITEMS, evaluate, load_evidence, requirements_for
+
+GATES = {
+    "research": ["brief.alpha_thesis", "brief.expected_signal", "signoff.brief"],
+    "validation": [
+        "evidence.backtest",
+        "evidence.fresh",
+        "evidence.minimum_sample",
+        "signoff.report",
+    ],
+    "production": [
+        "evidence.out_of_sample",
+        "evidence.robustness",
+        "evidence.no_critical_failures",
+        "signoff.validation",
+        "checklist.complete",
+        "pins.complete",
+    ],
+}
+SIGNED = {"by": "a@x.com", "at": "2026-01-01T00:00:00Z"}
+INPUTS = {"config_sha256": "c", "data_sha256": "d", "signal_source_sha256": "s"}
+PINS = {
+    "strategy": {"version": "1.0.0"},
+    "signal": {"source_sha256": "s"},
+    "data": {"fingerprint": {"x": 1}},
+}
+
+
+def _strategy(**extra) -> dict:
+    return {
+        "alpha_thesis": "t",
+        "brief": {"expected_signal": "e"},
+        "signoffs": {"brief": SIGNED},
+        **extra,
+    }
+
+
+def _evidence(**extra) -> dict:
+    return {
+        "inputs": dict(INPUTS),
+        "minimum_sample": {"met": True},
+        "out_of_sample": {"sharpe": 1.0},
+        "robustness": {"parameter_sensitivity": {}, "look_ahead_bias": {}},
+        "critical_failures": [],
+        **extra,
+    }
+
+
+def _unmet(phase: str, strategy: dict, evidence: dict | None, pins: dict = PINS) -> list[str]:
+    return [
+        u.requirement
+        for u in evaluate(phase, GATES, strategy, pins, evidence, "no backtest", INPUTS)
+    ]
+
+
+def test_gates_are_cumulative() -> None:
+    assert [r for _, r in requirements_for("research", GATES)] == GATES["research"]
+    assert len(requirements_for("production", GATES)) == sum(len(v) for v in GATES.values())
+    assert requirements_for("ideation", GATES) == []
+
+
+def test_ideation_needs_nothing_and_research_needs_a_signed_brief() -> None:
+    assert _unmet("ideation", {}, None) == []
+    assert _unmet("research", _strategy(), None) == []
+    assert _unmet("research", {"alpha_thesis": "  "}, None) == GATES["research"]
+
+
+def test_missing_evidence_is_reported_not_invented() -> None:
+    result = evaluate("validation", GATES, _strategy(), PINS, None, "no backtest has run", INPUTS)
+    assert [(u.requirement, u.detail) for u in result] == [
+        ("evidence.backtest", "no backtest has run"),
+        ("evidence.fresh", "needs the backtest evidence first"),
+        ("evidence.minimum_sample", "needs the backtest evidence first"),
+        ("signoff.report", "no report sign-off with a timestamp"),
+    ]
+
+
+def test_validation_passes_with_fresh_sufficient_evidence_and_a_signed_report() -> None:
+    assert (
+        _unmet("validation", _strategy(signoffs={"brief": SIGNED, "report": SIGNED}), _evidence())
+        == []
+    )
+
+
+def test_stale_and_insufficient_evidence_fail() -> None:
+    stale = _evidence(
+        inputs={**INPUTS, "data_sha256": "other"}, minimum_sample={"met": False, "trades": 12}
+    )
+    result = evaluate(
+        "validation",
+        GATES,
+        _strategy(signoffs={"brief": SIGNED, "report": SIGNED}),
+        PINS,
+        stale,
+        "",
+        INPUTS,
+    )
+    assert [(u.requirement, u.detail) for u in result] == [
+        ("evidence.fresh", "evidence is stale: data_sha256 changed since the report ran"),
+        ("evidence.minimum_sample", "sample too small: 12 trades over ? years, needs ? over ?"),
+    ]
+
+
+def test_production_needs_checklist_pins_and_clean_validation() -> None:
+    signoffs = {"brief": SIGNED, "report": SIGNED, "validation": SIGNED}
+    checklist = dict.fromkeys(CHECKLIST_ITEMS, SIGNED)
+    strategy = _strategy(
+        signoffs=signoffs,
+        checklist=checklist,
+        validation={"robustness_checks": ["parameter_sensitivity", "monte_carlo"]},
+    )
+    failing = _evidence(critical_failures=["look-ahead bias at bar 17"])
+    unpinned = {**PINS, "data": {"fingerprint": None}}
+    assert _unmet("production", strategy, failing, unpinned) == [
+        "evidence.robustness",
+        "evidence.no_critical_failures",
+        "pins.complete",
+    ]
+    strategy["validation"]["robustness_checks"] = ["parameter_sensitivity"]
+    assert _unmet("production", strategy, _evidence()) == []
+    del strategy["checklist"]["docs.runbook"]
+    assert _unmet("production", strategy, _evidence()) == ["checklist.complete"]
+
+
+def test_load_evidence_explains_what_is_wrong(tmp_path: Path) -> None:
+    assert load_evidence(tmp_path / "nope.json") == (None, "no backtest has run for this version")
+    bad = tmp_path / "evidence.json"
+    bad.write_text("[1, 2]")
+    assert load_evidence(bad) == (None, "evidence file is not a JSON object")
+    bad.write_text("{")
+    assert load_evidence(bad)[1].startswith("evidence file is unreadable")
