@@ -92,13 +92,6 @@ PROJECT_SCHEMA: dict[str, Any] = {
                 "Where backtest reports and their evidence live, relative to the root.",
                 required=False,
             ),
-            "review_interval_days": _doc(
-                "A production strategy without a full review for longer "
-                "than this is flagged (the one-year rule).",
-                type="integer",
-                min=1,
-                required=False,
-            ),
         },
     ),
     "gates": _doc(
