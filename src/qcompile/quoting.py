@@ -96,6 +96,12 @@ def _scalar(value: Any) -> str:
     return yaml_inline(value)
 
 
+@lru_cache(maxsize=16384)
+def _flow_sequence(typed: tuple[tuple[type, Any], ...]) -> str:
+    # typed keys: 1, 1.0 and True are equal as cache keys but not as YAML
+    return yaml_inline([value for _, value in typed])
+
+
 def _is_scalar(value: Any) -> bool:
     return value is None or isinstance(value, bool | int | float | str)
 
@@ -147,7 +153,8 @@ def _inline(value: Any) -> str:
     if _is_scalar(value):
         return _scalar_cached(value)
     if isinstance(value, list) and _flow_list(value):
-        return "[" + ", ".join(_scalar_cached(v) for v in value) + "]"
+        # a flow sequence has indicators ([ ] { } ,) of its own: PyYAML quotes for that context
+        return _flow_sequence(tuple((type(v), v) for v in value))
     return yaml_inline(value)  # empty containers and anything unusual: let PyYAML decide
 
 
