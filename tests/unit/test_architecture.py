@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tests.conftest import cli_process
+
 PACKAGE = Path(__file__).resolve().parents[2] / "src" / "qcompile"
 RUNTIME_PACKAGES = ("qcompile.signals",)  # grows with the backtest and live runtimes
 COMPILER_MODULES = sorted(p.stem for p in PACKAGE.glob("*.py") if p.stem not in ("__init__", "cli"))
@@ -54,22 +56,11 @@ def test_cli_start_up_imports_no_heavy_module() -> None:
 
 
 def test_help_works_without_a_project(tmp_path: Path) -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "qcompile.cli", "--help"],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-    )
+    result = cli_process(tmp_path, "--help")
     assert result.returncode == 0 and "build" in result.stdout
 
 
 def test_outside_a_project_is_a_clear_error(tmp_path: Path) -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "qcompile.cli", "build"],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        env={"PATH": "/usr/bin:/bin"},
-    )
+    result = cli_process(tmp_path, "build")
     assert result.returncode == 2
     assert "no conf/qcompile.yaml" in result.stderr and "Traceback" not in result.stderr
