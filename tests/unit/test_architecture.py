@@ -10,8 +10,9 @@ from pathlib import Path
 from tests.conftest import cli_process
 
 PACKAGE = Path(__file__).resolve().parents[2] / "src" / "qcompile"
-RUNTIME_PACKAGES = ("qcompile.signals",)  # grows with the backtest and live runtimes
-COMPILER_MODULES = sorted(p.stem for p in PACKAGE.glob("*.py") if p.stem not in ("__init__", "cli"))
+RUNTIME_PACKAGES = ("qcompile.signals", "qcompile.backtest")  # grows with the live runtime
+SHARED_MODULES = ("__init__", "cli", "errors", "hashing")  # the error base and hashes serve both
+COMPILER_MODULES = sorted(p.stem for p in PACKAGE.glob("*.py") if p.stem not in SHARED_MODULES)
 
 
 def _within(name: str, packages: tuple[str, ...]) -> bool:

@@ -1,0 +1,215 @@
+"""The backtest engine: bars + target positions -> fills, trades and an equity curve.
+
+Conventions (stated in every report):
+
+* A signal computed from bar t's close is executed at bar t+1's open (``next_open``), or at bar
+  t's close where the strategy declares ``same_close``. Targets are -1 short, 0 flat, 1 long.
+* Each symbol trades in its own sleeve: ``equal_weight`` gives every symbol initial_capital / N;
+  ``fixed_fraction`` gives each symbol ``fraction`` of the initial capital, the rest stays cash.
+  A trade invests the whole sleeve equity at entry: shares = sleeve equity / entry fill, rounded
+  down to whole shares unless fractional shares are allowed. Shares stay fixed for the trade.
+* Costs on both legs: fills are worse than the reference price by ``slippage_bps`` (buys higher,
+  sells lower), and each fill pays max(min_commission, commission_per_share x shares).
+* A position still open at a symbol's last bar (the end of the window, or a delisting) is closed
+  at that bar's close, with costs.
+* Equity is marked at every bar's close; the portfolio holds the sleeves plus unallocated cash.
+
+This module is the reference implementation: one explicit loop per symbol, written to be read.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import polars as pl
+
+
+@dataclass(frozen=True)
+class Costs:
+    slippage_bps: float = 0.0
+    commission_per_share: float = 0.0
+    min_commission: float = 0.0
+
+    def commission(self, shares: float) -> float:
+        if shares == 0:
+            return 0.0
+        return max(self.min_commission, self.commission_per_share * abs(shares))
+
+    def fill(self, price: float, buying: bool) -> float:
+        slip = self.slippage_bps / 10_000.0
+        return price * (1.0 + slip) if buying else price * (1.0 - slip)
+
+
+@dataclass(frozen=True)
+class Settings:
+    initial_capital: float
+    costs: Costs = field(default_factory=Costs)
+    execution: str = "next_open"  # or same_close
+    sizing: str = "equal_weight"  # or fixed_fraction
+    fraction: float | None = None
+    fractional_shares: bool = False
+
+
+@dataclass(frozen=True)
+class Trade:
+    symbol: str
+    side: int  # 1 long, -1 short
+    entry_time: int
+    entry_price: float  # the fill, slippage included
+    exit_time: int
+    exit_price: float
+    shares: float
+    costs: float  # commissions plus slippage, both legs
+    pnl: float  # net of all costs
+    entry_equity: float  # sleeve equity committed at entry
+
+    @property
+    def return_pct(self) -> float:
+        return self.pnl / self.entry_equity if self.entry_equity else 0.0
+
+
+@dataclass
+class Result:
+    equity: pl.DataFrame  # timestamp, equity, gross_exposure (position value / equity)
+    trades: list[Trade]
+    per_symbol: dict[str, pl.DataFrame]  # timestamp, position, equity of each sleeve
+
+
+def _sleeve_capital(settings: Settings, symbols: int) -> float:
+    if settings.sizing == "fixed_fraction":
+        if settings.fraction is None:
+            raise ValueError("fixed_fraction sizing needs a fraction")
+        return settings.initial_capital * settings.fraction
+    return settings.initial_capital / symbols
+
+
+def _affordable(budget: float, fill: float, costs: Costs, fractional: bool) -> float:
+    """The most shares whose cost plus commission fits in ``budget``."""
+    count = budget / (fill + costs.commission_per_share)
+    if costs.commission(count) > costs.commission_per_share * count:  # the minimum applies
+        count = (budget - costs.min_commission) / fill
+    if not fractional:
+        count = math.floor(count)
+        while count > 0 and count * fill + costs.commission(count) > budget:
+            count -= 1
+    return max(count, 0.0)
+
+
+def _run_symbol(
+    symbol: str, bars: pl.DataFrame, capital: float, settings: Settings
+) -> tuple[list[Trade], pl.DataFrame]:
+    times = bars["timestamp"].to_list()
+    opens, closes = bars["open"].to_list(), bars["close"].to_list()
+    targets = [int(t) for t in bars["signal"].fill_null(0).to_list()]
+    costs = settings.costs
+    cash = capital  # sleeve cash; a long holds shares bought with it, a short holds the proceeds
+    side, shares, entry_price, entry_time, entry_equity, paid = 0, 0.0, 0.0, 0, 0.0, 0.0
+    trades: list[Trade] = []
+    positions, equity, exposure = [], [], []
+
+    def close_position(time: int, price: float) -> None:
+        nonlocal cash, side, shares, paid
+        fill = costs.fill(price, buying=side < 0)
+        commission = costs.commission(shares)
+        cash += side * shares * fill - commission
+        slippage = shares * (abs(fill - price) + abs(entry_price - entry_reference))
+        pnl = side * shares * (fill - entry_price) - paid - commission
+        trades.append(
+            Trade(
+                symbol,
+                side,
+                entry_time,
+                entry_price,
+                time,
+                fill,
+                shares,
+                paid + commission + slippage,
+                pnl,
+                entry_equity,
+            )
+        )
+        side, shares, paid = 0, 0.0, 0.0
+
+    entry_reference = 0.0
+    for index, time in enumerate(times):
+        if settings.execution == "next_open":
+            wanted = targets[index - 1] if index > 0 else 0
+            price = opens[index]
+        else:
+            wanted, price = targets[index], closes[index]
+        if wanted != side:
+            if side != 0:
+                close_position(time, price)
+            if wanted != 0 and index < len(times) - 1:  # never open on the last bar
+                fill = costs.fill(price, buying=wanted > 0)
+                budget = cash  # the whole sleeve
+                count = _affordable(budget, fill, costs, settings.fractional_shares)
+                if count > 0:
+                    commission = costs.commission(count)
+                    side, shares, entry_price, entry_time = wanted, float(count), fill, time
+                    entry_reference, entry_equity, paid = price, budget, commission
+                    cash -= wanted * count * fill + commission
+        mark = side * shares * closes[index]
+        if index == len(times) - 1 and side != 0:  # end of data: close at the last close
+            close_position(time, closes[index])
+            mark = 0.0
+        value = cash + mark
+        positions.append(side)
+        equity.append(value)
+        exposure.append(abs(shares * closes[index]))
+    frame = pl.DataFrame(
+        {"timestamp": times, "position": positions, "equity": equity, "gross": exposure},
+        schema={
+            "timestamp": pl.Int64,
+            "position": pl.Int8,
+            "equity": pl.Float64,
+            "gross": pl.Float64,
+        },
+    )
+    return trades, frame
+
+
+def run(bars: pl.DataFrame, settings: Settings) -> Result:
+    """Backtest ``bars`` (symbol, timestamp, open, close, signal; sorted) under ``settings``."""
+    symbols = bars["symbol"].unique(maintain_order=True).sort().to_list()
+    if not symbols:
+        raise ValueError("no bars to backtest")
+    capital = _sleeve_capital(settings, len(symbols))
+    idle_cash = settings.initial_capital - capital * len(symbols)
+    trades: list[Trade] = []
+    sleeves: dict[str, pl.DataFrame] = {}
+    for symbol in symbols:
+        symbol_trades, frame = _run_symbol(
+            symbol, bars.filter(pl.col("symbol") == symbol), capital, settings
+        )
+        trades.extend(symbol_trades)
+        sleeves[symbol] = frame
+    clock = pl.concat([f.select("timestamp") for f in sleeves.values()]).unique().sort("timestamp")
+    equity = pl.lit(idle_cash)
+    gross = pl.lit(0.0)
+    combined = clock
+    for number, frame in enumerate(sleeves.values()):
+        # a sleeve is cash before its first bar and keeps its last value after its last bar
+        aligned = clock.join(
+            frame.select(
+                "timestamp",
+                pl.col("equity").alias(f"e{number}"),
+                pl.col("gross").alias(f"g{number}"),
+            ),
+            on="timestamp",
+            how="left",
+        ).with_columns(
+            pl.col(f"e{number}").forward_fill().fill_null(capital),
+            pl.col(f"g{number}").fill_null(0.0),
+        )
+        combined = combined.join(aligned, on="timestamp")
+        equity = equity + pl.col(f"e{number}")
+        gross = gross + pl.col(f"g{number}")
+    curve = (
+        combined.select("timestamp", equity.alias("equity"), gross.alias("gross"))
+        .with_columns(gross_exposure=pl.col("gross") / pl.col("equity"))
+        .drop("gross")
+    )
+    trades.sort(key=lambda t: (t.entry_time, t.symbol))
+    return Result(curve, trades, sleeves)
