@@ -81,3 +81,35 @@ def edit(path: Path, old: str, new: str) -> None:
     text = path.read_text(encoding="utf-8")
     assert old in text, f"{old!r} not in {path}"
     path.write_text(text.replace(old, new, 1), encoding="utf-8")
+
+
+def write_random_walk_bars(root: Path, symbols: list[str], start: str = "2013-01-02",
+                           end: str = "2025-12-31", seed: int = 7) -> Path:
+    """Deterministic synthetic daily bars (weekdays, UTC ms) for tests that need local data."""
+    import datetime as dt
+    import random
+
+    import polars as pl
+
+    directory = root / "data/us_daily"
+    directory.mkdir(parents=True, exist_ok=True)
+    day, last = dt.date.fromisoformat(start), dt.date.fromisoformat(end)
+    days = []
+    while day <= last:
+        if day.weekday() < 5:
+            days.append(day)
+        day += dt.timedelta(days=1)
+    for number, symbol in enumerate(symbols):
+        rng = random.Random(seed * 1000 + number)
+        price, rows = 50.0 + 10 * number, []
+        for day in days:
+            opening = price * (1 + rng.gauss(0, 0.004))
+            closing = opening * (1 + rng.gauss(0.0003, 0.015))
+            high = max(opening, closing) * (1 + abs(rng.gauss(0, 0.004)))
+            low = min(opening, closing) * (1 - abs(rng.gauss(0, 0.004)))
+            stamp = int(dt.datetime(day.year, day.month, day.day, tzinfo=dt.UTC).timestamp() * 1000)
+            rows.append((stamp, opening, high, low, closing, float(rng.randint(10_000, 90_000))))
+            price = closing
+        pl.DataFrame(rows, schema=["timestamp", "open", "high", "low", "close", "volume"],
+                     orient="row").write_parquet(directory / f"{symbol}.parquet")
+    return directory

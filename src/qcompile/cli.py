@@ -141,6 +141,19 @@ def show(strategy: str, overrides: tuple[str, ...]) -> None:
     click.echo(composed_yaml(_project(), strategy, list(overrides)), nl=False)
 
 
+@main.command()
+@click.argument("strategy")
+@_OVERRIDES
+@_handled
+def backtest(strategy: str, overrides: tuple[str, ...]) -> None:
+    """Backtest STRATEGY on its local data and write reports/<id>/<version>/report.md and
+    evidence.json (with OVERRIDES: an experiment under .../runs/<hash>/)."""
+    from qcompile.workflows import backtest as run_backtest
+
+    _, summary = run_backtest(_project(), strategy, list(overrides))
+    click.echo(summary)
+
+
 @main.command(name="list")
 @_OVERRIDES
 @_handled

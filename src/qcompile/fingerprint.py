@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from qcompile.hashing import sha256_file, sha256_json
+from qcompile.hashing import files_sha256, sha256_file
 
 TIMESTAMP_COLUMN = "timestamp"
 
@@ -114,9 +114,9 @@ def fingerprint(
     files = data_files(directory, file_format) if directory.is_dir() else []
     if not files:
         return None
-    rows, firsts, lasts, schema, hashes = 0, [], [], {}, []
+    rows, firsts, lasts, schema = 0, [], [], {}
     for file in files:
-        sha = file_sha256(file, cache)
+        file_sha256(file, cache)
         entry = cache.entries[str(file.resolve())]
         if entry.get("stats") is None:
             entry["stats"] = _file_stats(file, file_format)
@@ -127,12 +127,11 @@ def fingerprint(
             firsts.append(stats["first"])
             lasts.append(stats["last"])
         schema = schema or stats["schema"]
-        hashes.append((file.relative_to(directory).as_posix(), sha))
     return DataFingerprint(
         len(files),
         rows,
         min(firsts) if firsts else None,
         max(lasts) if lasts else None,
         schema,
-        sha256_json(hashes),
+        files_sha256(directory, files, lambda f: file_sha256(f, cache)),
     )

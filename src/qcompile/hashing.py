@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,3 +32,10 @@ def sha256_file(path: Path) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def files_sha256(
+    directory: Path, files: list[Path], file_hash: Callable[[Path], str] = sha256_file
+) -> str:
+    """Content hash of a data set: its files' paths (relative to ``directory``) and contents."""
+    return sha256_json([(f.relative_to(directory).as_posix(), file_hash(f)) for f in sorted(files)])

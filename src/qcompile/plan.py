@@ -21,7 +21,7 @@ from qcompile.lock import Lock
 from qcompile.render import TEMPLATES_DIR, template_names
 
 REGENERATE = "qcompile build"
-STRATEGY_TEMPLATES = ("passport.yaml.j2", "config.yaml.j2", "params.yaml.j2")
+STRATEGY_TEMPLATES = ("passport.yaml.j2", "config.yaml.j2", "params.yaml.j2", "backtest.py.j2")
 INDEX_TEMPLATE = "index.md.j2"
 
 
@@ -173,8 +173,21 @@ def runtime_parameters(compiled: CompiledStrategy) -> dict[str, Any]:
             "source_sha256": pins["signal"]["source_sha256"],
             "packages": data["project"]["signal_packages"],
             "params": strategy["signal"]["params"],
+            "ranges": strategy["signal"].get("ranges") or {},
         },
-        "universe": {"name": data["universe"]["name"], "symbols": data["universe"]["symbols"]},
+        "universe": {
+            k: data["universe"].get(k)
+            for k in (
+                "name",
+                "as_of",
+                "symbols",
+                "filters",
+                "rebalance",
+                "snapshot_date",
+                "survivorship",
+            )
+        },
+        "rules": strategy["rules"],
         "costs": {k: v for k, v in data["costs"].items() if k != "name"},
         "backtest": {
             "start_date": strategy["backtest"]["start_date"],
@@ -189,6 +202,8 @@ def runtime_parameters(compiled: CompiledStrategy) -> dict[str, Any]:
         "data": dict(source),
         "deployment": {k: v for k, v in data["deployment"].items() if k not in ("name", "on_call")},
         "pins": pins,
+        # what a report's evidence must record as its inputs for the gates to accept it
+        "evidence_inputs": compiled.lock.backtest_inputs,
     }
 
 
@@ -203,6 +218,7 @@ def plan_strategy(compiled: CompiledStrategy) -> StrategyPlan:
             "params": runtime_parameters(compiled),
             "strategy_id": strategy_id,
         },
+        "backtest.py.j2": {"header": header, "strategy_id": strategy_id},
     }
     artefacts = [
         Artefact(f"{strategy_id}/{t.removesuffix('.j2')}", t, contexts[t])

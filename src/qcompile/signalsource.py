@@ -1,4 +1,4 @@
-"""Find signal functions by reading source, never by importing it.
+"""Find signal functions by reading source, never by importing it (shared with the runtime).
 
 Consumes the ``project.signal_packages`` list; produces a :class:`SignalSource` per ``@signal``
 function: its name, declared version, parameters, file and line, and a hash of its source. The
@@ -127,6 +127,21 @@ def _parameters(function: ast.FunctionDef) -> tuple[tuple[str, ...], tuple[str, 
     return tuple(required), tuple(optional)
 
 
+def _hash_function(statement: ast.FunctionDef, definitions: dict[str, ast.stmt]) -> str:
+    return sha256_text("\n".join(_normalised(node) for node in _closure(statement, definitions)))
+
+
+def function_sha256(path: Path, function: str) -> str | None:
+    """The pinned hash of ``function`` in the module at ``path``: what the runtime checks before it
+    runs a signal, so the code that runs is the code that was locked."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    definitions = _module_definitions(tree)
+    for statement in tree.body:
+        if isinstance(statement, ast.FunctionDef) and statement.name == function:
+            return _hash_function(statement, definitions)
+    return None
+
+
 def scan_file(path: Path, module: str, display: str) -> list[SignalSource]:
     tree = ast.parse(path.read_text(encoding="utf-8"), filename=display)
     definitions = _module_definitions(tree)
@@ -138,7 +153,6 @@ def scan_file(path: Path, module: str, display: str) -> list[SignalSource]:
             declared = _decorator_args(decorator)
             if declared is None:
                 continue
-            body = "\n".join(_normalised(node) for node in _closure(statement, definitions))
             required, optional = _parameters(statement)
             found.append(
                 SignalSource(
@@ -150,7 +164,7 @@ def scan_file(path: Path, module: str, display: str) -> list[SignalSource]:
                     statement.name,
                     required,
                     optional,
-                    sha256_text(body),
+                    _hash_function(statement, definitions),
                 )
             )
     return found

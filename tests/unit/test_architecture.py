@@ -11,7 +11,8 @@ from tests.conftest import cli_process
 
 PACKAGE = Path(__file__).resolve().parents[2] / "src" / "qcompile"
 RUNTIME_PACKAGES = ("qcompile.signals", "qcompile.backtest")  # grows with the live runtime
-SHARED_MODULES = ("__init__", "cli", "errors", "hashing")  # the error base and hashes serve both
+# errors, hashing and signalsource serve both halves; workflows is the glue the CLI calls
+SHARED_MODULES = ("__init__", "cli", "errors", "hashing", "signalsource", "workflows")
 COMPILER_MODULES = sorted(p.stem for p in PACKAGE.glob("*.py") if p.stem not in SHARED_MODULES)
 
 

@@ -1,0 +1,285 @@
+"""Run one strategy's backtest from its generated parameters file and write the report.
+
+Consumes ``generated/<id>/params.yaml`` (the only strategy-specific input) and the local data it
+names; produces ``reports/<id>/<version>/report.md`` and ``evidence.json``. Before anything runs,
+the signal's source and the data's content are checked against the pins: a report is only ever
+produced from exactly the inputs the lock describes, so its evidence can be trusted by the gates.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import inspect
+import json
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import yaml
+
+from qcompile import __version__
+from qcompile.backtest import robustness
+from qcompile.backtest.data import Convention, load_bars, symbol_files
+from qcompile.backtest.engine import Costs, Result, Settings, run
+from qcompile.backtest.metrics import FORMULAS, Metrics, bar_returns, compute
+from qcompile.errors import QcompileError
+from qcompile.hashing import files_sha256
+from qcompile.signals import get_signal
+from qcompile.signalsource import function_sha256
+
+MINIMUM_SAMPLE = {"intraday": (500, 1), "daily": (200, 3), "weekly": (100, 5)}  # trades, years
+DAY_MS = 86_400_000
+YEAR_MS = 365.25 * DAY_MS
+
+
+class BacktestError(QcompileError):
+    """The backtest cannot run as pinned (signal or data changed, missing data)."""
+
+
+@dataclass(frozen=True)
+class Report:
+    directory: Path
+    markdown: Path
+    evidence: Path
+    metrics: Metrics
+    eligible: bool
+
+
+def _ms(day: str, end_of_day: bool = False) -> int:
+    moment = dt.datetime.fromisoformat(day).replace(tzinfo=dt.UTC)
+    return int(moment.timestamp() * 1000) + (DAY_MS - 1 if end_of_day else 0)
+
+
+def _date(ms: int) -> str:
+    return dt.datetime.fromtimestamp(ms / 1000, tz=dt.UTC).date().isoformat()
+
+
+def periods_per_year(interval: str) -> float:
+    """Bars per year: 252 trading days; intraday bars over a 6.5-hour US session."""
+    if interval == "1d":
+        return 252.0
+    if interval == "1w":
+        return 52.0
+    if interval == "1M":
+        return 12.0
+    minutes = {"1m": 1, "5m": 5, "15m": 15, "30m": 30, "1h": 60, "4h": 240, "12h": 720}[interval]
+    return 252.0 * max(1.0, 390.0 / minutes)
+
+
+def _signal_function(params: dict[str, Any]) -> Any:
+    pinned = params["signal"]
+    spec = get_signal(pinned["name"], pinned["version"], pinned["packages"])
+    source = inspect.getsourcefile(spec.function)
+    actual = function_sha256(Path(source), spec.function.__name__) if source else None
+    if actual != pinned["source_sha256"]:
+        raise BacktestError(
+            f"signal {pinned['name']}@{pinned['version']} differs from the pinned source "
+            f"(pinned {str(pinned['source_sha256'])[:12]}, found {str(actual)[:12]}); run `qcompile build`"
+        )
+    return spec.function
+
+
+def _check_data(params: dict[str, Any], root: Path) -> tuple[Path, str]:
+    source = params["data"]
+    local = source.get("local") or {}
+    if not local.get("path"):
+        raise BacktestError(
+            f"data source {source['vendor']} declares no local history (data.local)"
+        )
+    directory = root / local["path"]
+    files = list(symbol_files(directory, local["format"]).values()) if directory.is_dir() else []
+    if not files:
+        raise BacktestError(
+            f"no {local['format']} files in {local['path']}; download or generate the data first"
+        )
+    fingerprint = params["pins"]["data"]["fingerprint"] or {}
+    actual = files_sha256(directory, files)
+    if fingerprint.get("content_sha256") != actual:
+        raise BacktestError(
+            f"the data in {local['path']} changed since it was pinned; run `qcompile build`"
+        )
+    return directory, actual
+
+
+def _run(
+    bars: pl.DataFrame,
+    signal: Any,
+    signal_params: dict[str, Any],
+    settings: Settings,
+    start: int,
+    end: int,
+) -> tuple[pl.DataFrame, Result]:
+    with_signal = signal(bars.filter(pl.col("timestamp") <= end), **signal_params)
+    window = with_signal.filter(pl.col("timestamp") >= start)
+    return with_signal, run(window, settings)
+
+
+def _metrics(result: Result, ppy: float) -> Metrics:
+    return compute(
+        result.equity["equity"].to_list(),
+        [t.pnl for t in result.trades],
+        result.equity["gross_exposure"].to_list(),
+        ppy,
+    )
+
+
+def _settings(params: dict[str, Any]) -> Settings:
+    backtest, costs = params["backtest"], params["costs"]
+    sizing = backtest.get("sizing") or {}
+    return Settings(
+        initial_capital=float(backtest["initial_capital"]),
+        costs=Costs(
+            float(costs["slippage_bps"]),
+            float(costs["commission_per_share"]),
+            float(costs.get("min_commission") or 0.0),
+        ),
+        execution=backtest.get("execution", "next_open"),
+        sizing=sizing.get("method", "equal_weight"),
+        fraction=sizing.get("fraction"),
+        fractional_shares=bool(sizing.get("fractional_shares", False)),
+    )
+
+
+def backtest(params_file: Path, root: Path, output_dir: Path | None = None) -> Report:
+    """Run the pinned backtest of one strategy and write its report and evidence to
+    ``output_dir`` (default: <reports_dir>/<id>/<version>/, where the gates look)."""
+    params = yaml.safe_load(params_file.read_text(encoding="utf-8"))
+    strategy, backtest_settings, source = params["strategy"], params["backtest"], params["data"]
+    signal_function = _signal_function(params)
+    directory, data_sha = _check_data(params, root)
+    timestamp = source["timestamp"]
+    bars = load_bars(
+        directory,
+        source["local"]["format"],
+        params["universe"]["symbols"],
+        Convention(timestamp["unit"], timestamp["timezone"], timestamp["stamping"]),
+        root,
+    )
+    start, end = (
+        _ms(backtest_settings["start_date"]),
+        _ms(backtest_settings["end_date"], end_of_day=True),
+    )
+    settings = _settings(params)
+    chosen = params["signal"]["params"]
+    ppy = periods_per_year(source["interval"])
+    full, result = _run(bars, signal_function, chosen, settings, start, end)
+    metrics = _metrics(result, ppy)
+
+    oos = backtest_settings.get("out_of_sample")
+    in_sample = out_of_sample = None
+    if oos:
+        oos_start, oos_end = _ms(oos["start_date"]), _ms(oos["end_date"], end_of_day=True)
+        in_sample = _metrics(
+            _run(bars, signal_function, chosen, settings, start, oos_start - 1)[1], ppy
+        )
+        out_of_sample = _metrics(
+            _run(bars, signal_function, chosen, settings, oos_start, oos_end)[1], ppy
+        )
+
+    traded = result.equity["timestamp"]
+    years = (traded.max() - traded.min()) / YEAR_MS if traded.len() else 0.0  # type: ignore[operator]
+    needed_trades, needed_years = MINIMUM_SAMPLE[strategy["type"]]
+    sample = {
+        "trades": metrics.trade_count,
+        "years": round(years, 2),
+        "required_trades": needed_trades,
+        "required_years": needed_years,
+        "met": metrics.trade_count >= needed_trades and years >= needed_years,
+    }
+
+    seed = int(backtest_settings.get("seed", 0))
+    grid = []
+    for combo in robustness.parameter_grid(params["signal"].get("ranges") or {}, chosen):
+        combo_metrics = _metrics(_run(bars, signal_function, combo, settings, start, end)[1], ppy)
+        grid.append(
+            {
+                "params": combo,
+                "total_return": combo_metrics.total_return,
+                "sharpe": combo_metrics.sharpe,
+                "trades": combo_metrics.trade_count,
+            }
+        )
+    window_bars = bars.filter(pl.col("timestamp").is_between(start, end))
+    checks = {
+        "parameter_sensitivity": {"grid": grid, "combinations": len(grid)},
+        "monte_carlo": robustness.monte_carlo(
+            [t.return_pct for t in result.trades],
+            bar_returns(result.equity["equity"].to_list()),
+            seed,
+        ),
+        "look_ahead_bias": robustness.look_ahead(
+            lambda b: signal_function(b, **chosen), bars.filter(pl.col("timestamp") <= end), full
+        ),
+        "survivorship_bias": robustness.survivorship(
+            window_bars, end, params["universe"]["survivorship"], params["universe"]["as_of"]
+        ),
+    }
+    critical = []
+    if not checks["look_ahead_bias"]["passed"]:
+        bar = checks["look_ahead_bias"]["first_offending_bar"]
+        critical.append(
+            f"look-ahead: {bar['symbol']} at {_date(bar['timestamp'])} changes when later data is removed"
+        )
+
+    evidence = {
+        "strategy_id": strategy["id"],
+        "strategy_version": strategy["version"],
+        "qcompile_version": __version__,
+        "seed": seed,
+        "inputs": {**params["evidence_inputs"], "data_sha256": data_sha},
+        "conventions": {
+            "execution": settings.execution,
+            "sizing": settings.sizing,
+            "fractional_shares": settings.fractional_shares,
+            "periods_per_year": ppy,
+        },
+        "metrics": metrics.as_dict(),
+        "in_sample": in_sample.as_dict() if in_sample else None,
+        "out_of_sample": out_of_sample.as_dict() if out_of_sample else None,
+        "minimum_sample": sample,
+        "robustness": checks,
+        "critical_failures": critical,
+        "eligible_for_production": sample["met"] and not critical,
+    }
+    target = (
+        output_dir or root / backtest_settings["reports_dir"] / strategy["id"] / strategy["version"]
+    )
+    target.mkdir(parents=True, exist_ok=True)
+    evidence_path = target / "evidence.json"
+    _write(evidence_path, json.dumps(evidence, indent=2, sort_keys=True) + "\n")
+    from qcompile.backtest.report import markdown
+
+    report_path = target / "report.md"
+    _write(report_path, markdown(params, evidence, result, bars, FORMULAS, _date))
+    return Report(target, report_path, evidence_path, metrics, evidence["eligible_for_production"])
+
+
+def _write(path: Path, text: str) -> None:
+    temporary = path.with_name(f".{path.name}.{os.getpid()}")
+    temporary.write_text(text, encoding="utf-8")
+    os.replace(temporary, path)
+
+
+def main(params_file: Path, root: Path) -> int:
+    """Entry point of the generated harness: run, print where the report is, exit 0 or 2."""
+    try:
+        report = backtest(params_file, root)
+    except QcompileError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(summary(report, root))
+    return 0
+
+
+def summary(report: Report, root: Path) -> str:
+    m = report.metrics
+    where = report.directory.resolve().relative_to(root.resolve()).as_posix()
+    sharpe = "n/a" if m.sharpe is None else f"{m.sharpe:.2f}"
+    return (
+        f"wrote {where}/report.md and evidence.json: total return {m.total_return * 100:.2f} %, "
+        f"Sharpe {sharpe}, {m.trade_count} trades, "
+        f"{'eligible' if report.eligible else 'not eligible'} for production"
+    )
