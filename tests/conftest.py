@@ -83,8 +83,13 @@ def edit(path: Path, old: str, new: str) -> None:
     path.write_text(text.replace(old, new, 1), encoding="utf-8")
 
 
-def write_random_walk_bars(root: Path, symbols: list[str], start: str = "2013-01-02",
-                           end: str = "2025-12-31", seed: int = 7) -> Path:
+def write_random_walk_bars(
+    root: Path,
+    symbols: list[str],
+    start: str = "2013-01-02",
+    end: str = "2025-12-31",
+    seed: int = 7,
+) -> Path:
     """Deterministic synthetic daily bars (weekdays, UTC ms) for tests that need local data."""
     import datetime as dt
     import random
@@ -110,6 +115,7 @@ def write_random_walk_bars(root: Path, symbols: list[str], start: str = "2013-01
             stamp = int(dt.datetime(day.year, day.month, day.day, tzinfo=dt.UTC).timestamp() * 1000)
             rows.append((stamp, opening, high, low, closing, float(rng.randint(10_000, 90_000))))
             price = closing
-        pl.DataFrame(rows, schema=["timestamp", "open", "high", "low", "close", "volume"],
-                     orient="row").write_parquet(directory / f"{symbol}.parquet")
+        pl.DataFrame(
+            rows, schema=["timestamp", "open", "high", "low", "close", "volume"], orient="row"
+        ).write_parquet(directory / f"{symbol}.parquet")
     return directory

@@ -28,16 +28,29 @@ def test_backtest_writes_report_and_evidence(with_data: Path) -> None:
     directory = with_data / "reports/STR-2026-0007/2.1.0"
     evidence = json.loads((directory / "evidence.json").read_text())
     assert evidence["strategy_id"] == "STR-2026-0007" and evidence["seed"] == 7
-    assert set(evidence["robustness"]) == {"parameter_sensitivity", "monte_carlo", "look_ahead_bias",
-                                           "survivorship_bias"}
+    assert set(evidence["robustness"]) == {
+        "parameter_sensitivity",
+        "monte_carlo",
+        "look_ahead_bias",
+        "survivorship_bias",
+    }
     assert evidence["robustness"]["look_ahead_bias"]["passed"] is True
     assert evidence["robustness"]["parameter_sensitivity"]["combinations"] == 24  # 6 fast x 4 slow
     assert evidence["out_of_sample"]["trade_count"] >= 0
     assert evidence["minimum_sample"]["required_trades"] == 200
     report = (directory / "report.md").read_text()
-    for section in ("## Reproducibility", "## Data provenance", "## Universe", "## Signal",
-                    "## Performance", "## Sensitivity and robustness", "### Out-of-sample",
-                    "### Parameter sensitivity", "### Monte Carlo", "## Trades"):
+    for section in (
+        "## Reproducibility",
+        "## Data provenance",
+        "## Universe",
+        "## Signal",
+        "## Performance",
+        "## Sensitivity and robustness",
+        "### Out-of-sample",
+        "### Parameter sensitivity",
+        "### Monte Carlo",
+        "## Trades",
+    ):
         assert section in report
     assert f"`{evidence['inputs']['data_sha256']}`" in report
     if not evidence["minimum_sample"]["met"]:
@@ -49,7 +62,9 @@ def test_running_again_gives_identical_bytes(with_data: Path) -> None:
     directory = with_data / "reports/STR-2026-0007/2.1.0"
     first = {p.name: p.read_bytes() for p in directory.iterdir()}
     harness = with_data / "generated/STR-2026-0007/backtest.py"
-    run = subprocess.run([sys.executable, str(harness)], cwd=with_data, capture_output=True, text=True)
+    run = subprocess.run(
+        [sys.executable, str(harness)], cwd=with_data, capture_output=True, text=True
+    )
     assert run.returncode == 0, run.stderr
     assert {p.name: p.read_bytes() for p in directory.iterdir()} == first
 
@@ -65,8 +80,10 @@ def test_evidence_feeds_the_gates_and_goes_stale(with_data: Path) -> None:
     edit(with_data / "conf/strategy/ma_trend.yaml", "status: research", "status: validation")
     result = cli(with_data, "build")
     assert result.exit_code == 2
-    assert ("phase 'validation' requires evidence.fresh: evidence is stale: config_sha256 changed since "
-            "the report ran [gate.evidence.fresh]") in result.output
+    assert (
+        "phase 'validation' requires evidence.fresh: evidence is stale: config_sha256 changed since "
+        "the report ran [gate.evidence.fresh]"
+    ) in result.output
 
 
 def test_experiments_with_overrides_do_not_replace_the_evidence(with_data: Path) -> None:
@@ -79,7 +96,11 @@ def test_experiments_with_overrides_do_not_replace_the_evidence(with_data: Path)
 def test_changed_data_refuses_to_run_until_rebuilt(with_data: Path) -> None:
     write_random_walk_bars(with_data, ["AAPL"], seed=99)
     harness = with_data / "generated/STR-2026-0007/backtest.py"
-    run = subprocess.run([sys.executable, str(harness)], cwd=with_data, capture_output=True, text=True)
+    run = subprocess.run(
+        [sys.executable, str(harness)], cwd=with_data, capture_output=True, text=True
+    )
     assert run.returncode == 2
-    assert "the data in data/us_daily changed since it was pinned; run `qcompile build`" in run.stderr
+    assert (
+        "the data in data/us_daily changed since it was pinned; run `qcompile build`" in run.stderr
+    )
     assert "Traceback" not in run.stderr

@@ -14,7 +14,7 @@ from tests.conftest import cli, cli_process, edit, tree_digest
 IDS = ["STR-2026-0007", "STR-2026-0042", "STR-2026-0051", "STR-2026-0063"]
 
 
-def test_build_writes_one_folder_per_strategy_with_passport_config_and_params(
+def test_build_writes_one_folder_per_strategy(
     example: Path,
 ) -> None:
     result = cli(example, "build")
@@ -23,6 +23,7 @@ def test_build_writes_one_folder_per_strategy_with_passport_config_and_params(
     assert sorted(p.name for p in generated.iterdir() if p.is_dir()) == IDS
     for strategy_id in IDS:
         assert sorted(p.name for p in (generated / strategy_id).iterdir()) == [
+            "backtest.py",
             "config.yaml",
             "params.yaml",
             "passport.yaml",

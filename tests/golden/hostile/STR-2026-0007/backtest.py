@@ -9,7 +9,7 @@ from pathlib import Path
 
 from qcompile.backtest.runner import main
 
-STRATEGY_ID = 'STR-2026-0007'
+STRATEGY_ID = "STR-2026-0007"
 PARAMS = Path(__file__).with_name("params.yaml")
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
