@@ -154,6 +154,25 @@ def backtest(strategy: str, overrides: tuple[str, ...]) -> None:
     click.echo(summary)
 
 
+@main.command()
+@click.argument("strategy")
+@click.option(
+    "--start", metavar="YYYY-MM-DD", help="First day (default: backtest start minus lookback)."
+)
+@click.option("--end", metavar="YYYY-MM-DD", help="Last day (default: backtest end).")
+@_handled
+def download(strategy: str, start: str | None, end: str | None) -> None:
+    """Download STRATEGY's universe from its data source's REST API into its local data path.
+
+    The API key comes from the environment variable that data.api_key references."""
+    from qcompile.workflows import download as run_download
+
+    rows = run_download(_project(), strategy, start, end)
+    for symbol, count in rows.items():
+        click.echo(f"{symbol:>10}  {count} bars")
+    click.echo("Run `qcompile build` to pin the new data's fingerprint.")
+
+
 @main.command(name="list")
 @_OVERRIDES
 @_handled

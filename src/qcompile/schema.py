@@ -429,6 +429,11 @@ DATA_SCHEMA: dict[str, Any] = {
                     ),
                 },
             ),
+            "symbol_suffix": _doc(
+                "Appended to a universe symbol to form the vendor's symbol (.US gives AAPL.US).",
+                type="string",
+                required=False,
+            ),
             "rest_base": _text("REST base URL.", required=False, regex=r"https?://\S+"),
             "ws_base": _text("WebSocket base URL.", required=False, regex=r"wss?://\S+"),
             "api_key": _doc(

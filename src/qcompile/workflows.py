@@ -47,3 +47,48 @@ def backtest(project: Project, strategy: str, overrides: list[str]) -> tuple[obj
         params_file.write_text(yaml.safe_dump(params, sort_keys=False), encoding="utf-8")
         report = run_backtest(params_file, project.root, target)
     return report, summary(report, project.root)
+
+
+def download(project: Project, strategy: str, start: str | None, end: str | None) -> dict[str, int]:
+    """Download a strategy's universe from its data source's REST API into its local path.
+
+    The window defaults to the backtest window plus ``lookback_years`` before it, for indicator
+    warm-up. The API key is read from the environment variable its config references.
+    """
+    import datetime as dt
+    import os
+
+    from qcompile.build import compile_project
+    from qcompile.marketdata.download import download as run_download
+    from qcompile.marketdata.rest import RestClient
+    from qcompile.validate import SECRET_REFERENCE
+
+    (compiled,) = compile_project(project, [], [strategy]).strategies
+    data, backtest = compiled.data["data"], compiled.data["strategy"]["backtest"]
+    if not data.get("rest_base") or not (data.get("local") or {}).get("path"):
+        raise QcompileError(
+            f"data source {data['vendor']} needs rest_base and local.path to download"
+        )
+    reference = SECRET_REFERENCE.match(str(data.get("api_key") or ""))
+    if not reference:
+        raise QcompileError("data.api_key must reference an environment variable: ${oc.env:NAME}")
+    key = os.environ.get(reference.group(1))
+    if not key:
+        raise QcompileError(f"environment variable {reference.group(1)} is not set")
+
+    def ms(day: str) -> int:
+        return int(dt.datetime.fromisoformat(day).replace(tzinfo=dt.UTC).timestamp() * 1000)
+
+    first = dt.date.fromisoformat(backtest["start_date"])
+    lookback = float(data.get("lookback_years") or 0)
+    default_start = (first - dt.timedelta(days=round(365.25 * lookback))).isoformat()
+    client = RestClient(data["rest_base"], key)
+    return run_download(
+        client,
+        compiled.data["universe"]["symbols"],
+        data.get("symbol_suffix", ""),
+        data["interval"],
+        ms(start or default_start),
+        ms(end or backtest["end_date"]) + 86_399_999,
+        project.root / data["local"]["path"],
+    )

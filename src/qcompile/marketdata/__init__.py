@@ -1,0 +1,1 @@
+"""Market-data access: the TickDB REST client and the downloader into the local Parquet layout."""
