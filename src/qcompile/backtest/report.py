@@ -106,3 +106,29 @@ def markdown(
         "date": date,
     }
     return _environment().get_template("report.md.j2").render(**context)
+
+
+def html(markdown_text: str, title: str, result: Result, evidence: dict[str, Any]) -> str:
+    """A self-contained page: the report's Markdown as HTML plus its charts as inline SVG."""
+    from markdown_it import MarkdownIt
+
+    from qcompile.backtest import charts
+
+    timestamps = result.equity["timestamp"].to_list()
+    equity = result.equity["equity"].to_list()
+    trade_returns = [t.return_pct for t in result.trades]
+    figures = [
+        charts.equity_chart(timestamps, equity),
+        charts.drawdown_chart(timestamps, equity),
+        charts.monthly_returns_chart(timestamps, equity),
+        charts.trade_distribution_chart(trade_returns),
+        charts.monte_carlo_fan(trade_returns, evidence["seed"]),
+        charts.parameter_heatmap(evidence["robustness"]["parameter_sensitivity"]["grid"]),
+    ]
+    # the Markdown was written by us with every value escaped for table cells; raw HTML stays off
+    body = MarkdownIt("commonmark", {"html": False}).enable("table").render(markdown_text)
+    return (
+        _environment()
+        .get_template("report.html.j2")
+        .render(title=title, charts=[f for f in figures if f], body=body)
+    )

@@ -143,7 +143,9 @@ def _settings(params: dict[str, Any]) -> Settings:
     )
 
 
-def backtest(params_file: Path, root: Path, output_dir: Path | None = None) -> Report:
+def backtest(
+    params_file: Path, root: Path, output_dir: Path | None = None, html_report: bool = True
+) -> Report:
     """Run the pinned backtest of one strategy and write its report and evidence to
     ``output_dir`` (default: <reports_dir>/<id>/<version>/, where the gates look)."""
     params = yaml.safe_load(params_file.read_text(encoding="utf-8"))
@@ -253,7 +255,13 @@ def backtest(params_file: Path, root: Path, output_dir: Path | None = None) -> R
     from qcompile.backtest.report import markdown
 
     report_path = target / "report.md"
-    _write(report_path, markdown(params, evidence, result, bars, FORMULAS, _date))
+    text = markdown(params, evidence, result, bars, FORMULAS, _date)
+    _write(report_path, text)
+    if html_report:
+        from qcompile.backtest.report import html
+
+        title = f"Backtest report: {strategy['name']} ({strategy['id']} v{strategy['version']})"
+        _write(target / "report.html", html(text, title, result, evidence))
     return Report(target, report_path, evidence_path, metrics, evidence["eligible_for_production"])
 
 
@@ -279,7 +287,7 @@ def summary(report: Report, root: Path) -> str:
     where = report.directory.resolve().relative_to(root.resolve()).as_posix()
     sharpe = "n/a" if m.sharpe is None else f"{m.sharpe:.2f}"
     return (
-        f"wrote {where}/report.md and evidence.json: total return {m.total_return * 100:.2f} %, "
+        f"wrote {where}/report.md, report.html and evidence.json: total return {m.total_return * 100:.2f} %, "
         f"Sharpe {sharpe}, {m.trade_count} trades, "
         f"{'eligible' if report.eligible else 'not eligible'} for production"
     )
