@@ -24,7 +24,9 @@ def with_data(example: Path) -> Path:
 def test_backtest_writes_report_and_evidence(with_data: Path) -> None:
     result = cli(with_data, "backtest", "STR-2026-0007")
     assert result.exit_code == 0, result.output
-    assert result.output.startswith("wrote reports/STR-2026-0007/2.1.0/report.md, report.html and evidence.json")
+    assert result.output.startswith(
+        "wrote reports/STR-2026-0007/2.1.0/report.md, report.html and evidence.json"
+    )
     directory = with_data / "reports/STR-2026-0007/2.1.0"
     evidence = json.loads((directory / "evidence.json").read_text())
     assert evidence["strategy_id"] == "STR-2026-0007" and evidence["seed"] == 7
