@@ -7,42 +7,24 @@ outputs are code and YAML, which is why every value goes through a quoting filte
 
 from __future__ import annotations
 
-import re
 from functools import cache
 from pathlib import Path
 from typing import Any
 
 import jinja2
 
+from qcompile import templating
 from qcompile.quoting import pyliteral, shquote, yaml_block, yaml_inline
 
 TEMPLATES_DIR = Path(__file__).parent / "templates"
 
 
-def markdown_cell(value: Any) -> str:
-    """Text that stays inside one Markdown table cell and renders no HTML."""
-    text = re.sub(r"\s+", " ", str(value)).strip()
-    return text.replace("\\", "\\\\").replace("|", "\\|").replace("<", "&lt;").replace(">", "&gt;")
-
-
 @cache
 def environment() -> jinja2.Environment:
-    env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(TEMPLATES_DIR),
-        undefined=jinja2.StrictUndefined,
-        autoescape=False,
-        keep_trailing_newline=True,
-        trim_blocks=True,
-        lstrip_blocks=True,
+    return templating.environment(
+        TEMPLATES_DIR,
+        {"shquote": shquote, "pyliteral": pyliteral, "yaml": yaml_inline, "yaml_block": yaml_block},
     )
-    env.filters.update(
-        shquote=shquote,
-        pyliteral=pyliteral,
-        yaml=yaml_inline,
-        yaml_block=yaml_block,
-        md=markdown_cell,
-    )
-    return env
 
 
 def template_names() -> list[str]:

@@ -7,7 +7,6 @@ running the same inputs again gives the same bytes.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from functools import cache
 from pathlib import Path
@@ -16,6 +15,7 @@ from typing import Any
 import jinja2
 import polars as pl
 
+from qcompile import templating
 from qcompile.backtest.engine import Result
 
 TEMPLATES = Path(__file__).parent / "templates"
@@ -29,24 +29,9 @@ def number(value: float | None, digits: int = 3) -> str:
     return "n/a" if value is None else f"{value:.{digits}f}"
 
 
-def cell(value: Any) -> str:
-    """Text that stays inside one Markdown table cell."""
-    text = re.sub(r"\s+", " ", str(value)).strip()
-    return text.replace("|", "\\|").replace("<", "&lt;").replace(">", "&gt;")
-
-
 @cache
 def _environment() -> jinja2.Environment:
-    env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(TEMPLATES),
-        undefined=jinja2.StrictUndefined,
-        autoescape=False,
-        keep_trailing_newline=True,
-        trim_blocks=True,
-        lstrip_blocks=True,
-    )
-    env.filters.update(percent=percent, number=number, cell=cell)
-    return env
+    return templating.environment(TEMPLATES, {"percent": percent, "number": number})
 
 
 def markdown(
