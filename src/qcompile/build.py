@@ -39,6 +39,7 @@ class BuildOutcome:
     report: WriteReport
     up_to_date: bool = False  # the input digest matched: nothing was compiled
     strategies: list[str] = field(default_factory=list)
+    warnings: list[Diagnostic] = field(default_factory=list)
 
 
 def read_manifest(project: Project) -> dict[str, Any]:
@@ -129,6 +130,7 @@ class Compilation:
     strategies: list[Any]  # list[CompiledStrategy]
     project_settings: dict[str, Any]
     signals: dict[str, Any]  # name -> SignalSource
+    warnings: list[Diagnostic] = field(default_factory=list)
 
 
 def compile_project(
@@ -136,7 +138,7 @@ def compile_project(
 ) -> Compilation:
     """Compose, validate, lock and check gates; raise DiagnosticsError listing every problem."""
     from qcompile.compose import compose_strategies, read_conf_tree
-    from qcompile.lifecycle import evaluate, evidence_path, load_evidence, next_phase
+    from qcompile.lifecycle import evaluate, evidence_path, load_evidence, next_phase, stale_inputs
     from qcompile.lock import drift_diagnostics, lock_strategy
     from qcompile.plan import CompiledStrategy
     from qcompile.signalsource import scan_packages
@@ -182,6 +184,7 @@ def compile_project(
     fingerprints: dict[tuple[str, str], DataFingerprint | None] = {}
     reports_dir = project.root / settings.get("reports_dir", "reports")
     compiled = []
+    warnings: list[Diagnostic] = []
     for composed, data in resolved:
         if not valid[id(composed)]:
             continue
@@ -214,6 +217,19 @@ def compile_project(
                     f"needed since {item.phase}; see docs/lifecycle.md",
                 )
             )
+        stale = stale_inputs(evidence, lock.backtest_inputs) if evidence is not None else []
+        if stale:
+            warnings.append(
+                Diagnostic(
+                    project.rel(path),
+                    0,
+                    "",
+                    f"report is stale: {', '.join(stale)} changed since it ran; "
+                    f"re-run `qcompile backtest {strategy['id']}`",
+                    "report.stale",
+                    severity="warning",
+                )
+            )
         following = next_phase(strategy["status"])
         unmet_next = (
             [
@@ -236,7 +252,7 @@ def compile_project(
     diagnostics += drift_diagnostics(signals, used, previous)
     if any(d.severity == "error" for d in diagnostics):
         raise DiagnosticsError(diagnostics)
-    return Compilation(compiled, settings, signals)
+    return Compilation(compiled, settings, signals, sorted(warnings))
 
 
 def render_outputs(
@@ -344,8 +360,16 @@ def build(
         stale = stale_files(project.generated_dir, outputs)
         if stale:
             raise StaleError([f"generated/{p}" for p in stale])
-        return BuildOutcome(WriteReport(unchanged=sorted(outputs)), strategies=strategies)
-    return BuildOutcome(write_tree(project.generated_dir, outputs), strategies=strategies)
+        return BuildOutcome(
+            WriteReport(unchanged=sorted(outputs)),
+            strategies=strategies,
+            warnings=compilation.warnings,
+        )
+    return BuildOutcome(
+        write_tree(project.generated_dir, outputs),
+        strategies=strategies,
+        warnings=compilation.warnings,
+    )
 
 
 __all__ = [

@@ -95,6 +95,8 @@ def build(overrides: tuple[str, ...], only: tuple[str, ...], check: bool) -> Non
     from qcompile.build import build as run_build
 
     outcome = run_build(_project(), list(overrides), list(only) or None, check=check)
+    for warning in outcome.warnings:
+        click.echo(warning.render(), err=True)
     report = outcome.report
     if check:
         click.echo(f"generated/ is up to date ({len(outcome.strategies)} strategies).")
@@ -127,6 +129,8 @@ def validate(overrides: tuple[str, ...], only: tuple[str, ...]) -> None:
     from qcompile.build import compile_project
 
     compilation = compile_project(_project(), list(overrides), list(only) or None)
+    for warning in compilation.warnings:
+        click.echo(warning.render(), err=True)
     click.echo(f"{len(compilation.strategies)} strategies valid.")
 
 

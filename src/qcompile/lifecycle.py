@@ -115,6 +115,12 @@ def load_evidence(path: Path) -> tuple[dict[str, Any] | None, str]:
     return document, ""
 
 
+def stale_inputs(evidence: dict[str, Any], expected_inputs: dict[str, Any]) -> list[str]:
+    """The pinned inputs that differ from those the evidence was produced from."""
+    recorded = evidence.get("inputs") if isinstance(evidence.get("inputs"), dict) else {}
+    return [k for k, v in sorted(expected_inputs.items()) if recorded.get(k) != v]
+
+
 def requirements_for(phase: str, gates: dict[str, list[str]]) -> list[tuple[str, str]]:
     """(phase, requirement) pairs a strategy in ``phase`` must meet, earliest phase first."""
     needed = []
@@ -186,8 +192,7 @@ def _check(
     if item == "backtest":
         return ""
     if item == "fresh":
-        recorded = evidence.get("inputs") if isinstance(evidence.get("inputs"), dict) else {}
-        stale = [k for k, v in sorted(expected_inputs.items()) if recorded.get(k) != v]
+        stale = stale_inputs(evidence, expected_inputs)
         return (
             f"evidence is stale: {', '.join(stale)} changed since the report ran" if stale else ""
         )

@@ -79,6 +79,12 @@ def test_evidence_feeds_the_gates_and_goes_stale(with_data: Path) -> None:
     assert "evidence: reports/STR-2026-0007/2.1.0/evidence.json" in passport
     assert "evidence.backtest" not in passport.split("next_gate_missing:")[1].split("phase:")[0]
     edit(with_data / "conf/costs/retail.yaml", "slippage_bps: 5", "slippage_bps: 7")
+    warned = cli(with_data, "build")
+    assert warned.exit_code == 0
+    assert (
+        "reports/STR-2026-0007/2.1.0/evidence.json: warning: report is stale: config_sha256 changed "
+        "since it ran; re-run `qcompile backtest STR-2026-0007` [report.stale]"
+    ) in warned.output
     edit(with_data / "conf/strategy/ma_trend.yaml", "status: research", "status: validation")
     result = cli(with_data, "build")
     assert result.exit_code == 2

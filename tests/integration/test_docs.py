@@ -98,7 +98,7 @@ def test_every_diagnostic_code_is_documented() -> None:
     source = "".join(p.read_text() for p in (REPO / "src/qcompile").glob("*.py"))
     codes.update(
         re.findall(
-            r'"((?:schema|rule|lock|secret|yaml|override|defaults|conf|config|cli|compose)'
+            r'"((?:schema|rule|lock|secret|yaml|override|defaults|conf|config|cli|compose|report)'
             r'\.[a-z_]+)"',
             source,
         )
