@@ -103,7 +103,9 @@ def test_every_diagnostic_code_is_documented() -> None:
             source,
         )
     )
-    codes = {c for c in codes if c.rsplit(".", 1)[1] not in ("md", "html", "json", "yaml", "py", "j2")}
+    codes = {
+        c for c in codes if c.rsplit(".", 1)[1] not in ("md", "html", "json", "yaml", "py", "j2")
+    }
     assert len(codes) > 30
     for code in sorted(codes):
         if code.startswith("gate."):

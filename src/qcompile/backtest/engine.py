@@ -76,7 +76,7 @@ class Result:
     per_symbol: dict[str, pl.DataFrame]  # timestamp, position, equity of each sleeve
 
 
-def _sleeve_capital(settings: Settings, symbols: int) -> float:
+def sleeve_capital(settings: Settings, symbols: int) -> float:
     if settings.sizing == "fixed_fraction":
         if settings.fraction is None:
             raise ValueError("fixed_fraction sizing needs a fraction")
@@ -175,8 +175,7 @@ def run(bars: pl.DataFrame, settings: Settings) -> Result:
     symbols = bars["symbol"].unique(maintain_order=True).sort().to_list()
     if not symbols:
         raise ValueError("no bars to backtest")
-    capital = _sleeve_capital(settings, len(symbols))
-    idle_cash = settings.initial_capital - capital * len(symbols)
+    capital = sleeve_capital(settings, len(symbols))
     trades: list[Trade] = []
     sleeves: dict[str, pl.DataFrame] = {}
     for symbol in symbols:
@@ -185,11 +184,20 @@ def run(bars: pl.DataFrame, settings: Settings) -> Result:
         )
         trades.extend(symbol_trades)
         sleeves[symbol] = frame
+    trades.sort(key=lambda t: (t.entry_time, t.symbol))
+    return Result(combine_sleeves(sleeves, settings, capital), trades, sleeves)
+
+
+def combine_sleeves(
+    sleeves: dict[str, pl.DataFrame], settings: Settings, capital: float
+) -> pl.DataFrame:
+    """The portfolio's equity and gross exposure per timestamp: every sleeve plus idle cash."""
+    idle_cash = settings.initial_capital - capital * len(sleeves)
     clock = pl.concat([f.select("timestamp") for f in sleeves.values()]).unique().sort("timestamp")
     equity = pl.lit(idle_cash)
     gross = pl.lit(0.0)
     combined = clock
-    for number, frame in enumerate(sleeves.values()):
+    for number, (_, frame) in enumerate(sorted(sleeves.items())):  # a fixed summation order
         # a sleeve is cash before its first bar and keeps its last value after its last bar
         aligned = clock.join(
             frame.select(
@@ -211,5 +219,4 @@ def run(bars: pl.DataFrame, settings: Settings) -> Result:
         .with_columns(gross_exposure=pl.col("gross") / pl.col("equity"))
         .drop("gross")
     )
-    trades.sort(key=lambda t: (t.entry_time, t.symbol))
-    return Result(curve, trades, sleeves)
+    return curve

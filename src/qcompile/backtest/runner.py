@@ -23,8 +23,9 @@ import yaml
 from qcompile import __version__
 from qcompile.backtest import robustness
 from qcompile.backtest.data import Convention, load_bars, symbol_files
-from qcompile.backtest.engine import Costs, Result, Settings, run
+from qcompile.backtest.engine import Costs, Result, Settings
 from qcompile.backtest.metrics import FORMULAS, Metrics, bar_returns, compute
+from qcompile.backtest.vectorised import run
 from qcompile.errors import QcompileError
 from qcompile.hashing import files_sha256
 from qcompile.signals import get_signal

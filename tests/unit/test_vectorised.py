@@ -1,0 +1,74 @@
+"""The vectorised engine gives exactly the reference engine's results."""
+
+from __future__ import annotations
+
+import polars as pl
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from qcompile.backtest import engine, vectorised
+from qcompile.backtest.engine import Costs, Settings
+from tests.unit.test_engine import bars
+
+prices = st.floats(min_value=0.5, max_value=500, allow_nan=False)
+
+
+@st.composite
+def universes(draw) -> pl.DataFrame:
+    frames = []
+    for symbol in draw(
+        st.lists(st.sampled_from(["A", "B", "C"]), min_size=1, max_size=3, unique=True)
+    ):
+        length = draw(st.integers(min_value=2, max_value=25))
+        opens = draw(st.lists(prices, min_size=length, max_size=length))
+        closes = draw(st.lists(prices, min_size=length, max_size=length))
+        signal = draw(st.lists(st.sampled_from([-1, 0, 1]), min_size=length, max_size=length))
+        frames.append(
+            bars(symbol, opens, closes, signal, start=draw(st.integers(0, 5)) * 86_400_000)
+        )
+    return pl.concat(frames).sort("symbol", "timestamp")
+
+
+configurations = st.builds(
+    Settings,
+    initial_capital=st.sampled_from([50.0, 1_000.0, 1e6]),  # small budgets exercise failed entries
+    costs=st.builds(
+        Costs,
+        st.sampled_from([0.0, 7.5]),
+        st.sampled_from([0.0, 0.01]),
+        st.sampled_from([0.0, 1.0]),
+    ),
+    execution=st.sampled_from(["next_open", "same_close"]),
+    sizing=st.sampled_from(["equal_weight", "fixed_fraction"]),
+    fraction=st.just(0.3),
+    fractional_shares=st.booleans(),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(universes(), configurations)
+def test_vectorised_equals_reference(frame: pl.DataFrame, config: Settings) -> None:
+    expected = engine.run(frame, config)
+    actual = vectorised.run(frame, config)
+    assert len(actual.trades) == len(expected.trades)
+    for got, want in zip(actual.trades, expected.trades, strict=True):
+        assert (got.symbol, got.side, got.entry_time, got.exit_time) == (
+            want.symbol,
+            want.side,
+            want.entry_time,
+            want.exit_time,
+        )
+        assert (got.entry_price, got.exit_price, got.shares) == pytest.approx(
+            (want.entry_price, want.exit_price, want.shares)
+        )
+        assert (got.pnl, got.costs, got.entry_equity) == pytest.approx(
+            (want.pnl, want.costs, want.entry_equity)
+        )
+    assert actual.equity["timestamp"].to_list() == expected.equity["timestamp"].to_list()
+    assert actual.equity["equity"].to_list() == pytest.approx(expected.equity["equity"].to_list())
+    assert actual.equity["gross_exposure"].to_list() == pytest.approx(
+        expected.equity["gross_exposure"].to_list()
+    )
+    for symbol, sleeve in expected.per_symbol.items():
+        assert actual.per_symbol[symbol]["position"].to_list() == sleeve["position"].to_list()
