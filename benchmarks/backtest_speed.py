@@ -24,7 +24,7 @@ from qcompile.signals.trend import ma_crossover
 
 DAY = 86_400_000
 SETTINGS = Settings(initial_capital=1e6, costs=Costs(5, 0.005, 1.0))
-GRID = [(f, s) for f in range(5, 50, 5) for s in range(20, 210, 10) if f < s][:174]
+GRID = [(f, s) for f in range(5, 55, 5) for s in range(20, 210, 10) if f < s]  # 174 pairs
 
 
 def random_walk(symbols: int, bars: int, seed: int = 1) -> pl.DataFrame:
