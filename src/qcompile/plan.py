@@ -197,6 +197,7 @@ def runtime_parameters(compiled: CompiledStrategy) -> dict[str, Any]:
             "execution": strategy["backtest"].get("execution", "next_open"),
             "sizing": strategy["backtest"].get("sizing") or {"method": "equal_weight"},
             "seed": strategy["backtest"].get("seed", 0),
+            "walk_forward": strategy["backtest"].get("walk_forward"),
             "reports_dir": data["project"].get("reports_dir", "reports"),
         },
         "data": dict(source),

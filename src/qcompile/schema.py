@@ -243,6 +243,23 @@ STRATEGY_SCHEMA: dict[str, Any] = {
                         required=False,
                         min=0,
                     ),
+                    "walk_forward": _doc(
+                        "Anchored walk-forward analysis: the window is cut into folds + 1 equal "
+                        "segments; each fold chooses parameters (best Sharpe over the tested ranges) on "
+                        "every segment before it and trades the next one with them.",
+                        type="dict",
+                        required=False,
+                        nullable=True,
+                        schema={
+                            "folds": _doc(
+                                "Number of out-of-sample folds.",
+                                type="integer",
+                                required=True,
+                                min=2,
+                                max=20,
+                            )
+                        },
+                    ),
                 },
             ),
             "validation": _doc(

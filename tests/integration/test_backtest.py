@@ -35,7 +35,15 @@ def test_backtest_writes_report_and_evidence(with_data: Path) -> None:
         "monte_carlo",
         "look_ahead_bias",
         "survivorship_bias",
+        "walk_forward",
     }
+    folds = evidence["robustness"]["walk_forward"]["folds"]
+    assert [f["train"][0] for f in folds] == ["2015-01-02"] * 3  # anchored at the window start
+    assert [f["train"][1] < f["test"][0] for f in folds] == [
+        True
+    ] * 3  # never tested on its training
+    assert folds[-1]["test"][1] == "2024-12-31"
+    assert "### Walk-forward" in (with_data / "reports/STR-2026-0007/2.1.0/report.md").read_text()
     assert evidence["robustness"]["look_ahead_bias"]["passed"] is True
     assert evidence["robustness"]["parameter_sensitivity"]["combinations"] == 24  # 6 fast x 4 slow
     assert evidence["out_of_sample"]["trade_count"] >= 0

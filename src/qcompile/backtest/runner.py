@@ -144,6 +144,48 @@ def _settings(params: dict[str, Any]) -> Settings:
     )
 
 
+def _walk_forward(
+    bars: pl.DataFrame,
+    signal: Any,
+    params: dict[str, Any],
+    settings: Settings,
+    start: int,
+    end: int,
+    folds: int,
+    ppy: float,
+) -> dict[str, Any]:
+    """Anchored walk-forward: fold i picks the best-Sharpe parameters on segments [0, i) and trades
+    segment i with them. Out-of-sample returns compound across folds."""
+    # segment edges on day boundaries, so that no calendar day is both trained on and tested
+    edges = [start + (end - start) * k // (folds + 1) // DAY_MS * DAY_MS for k in range(folds + 2)]
+    chosen = params["signal"]["params"]
+    grid = robustness.parameter_grid(params["signal"].get("ranges") or {}, chosen) or [chosen]
+    results, growth = [], 1.0
+    for fold in range(1, folds + 1):
+        train_end, test_start, test_end = edges[fold] - 1, edges[fold], edges[fold + 1] - 1
+        if fold == folds:
+            test_end = end
+
+        def sharpe_of(combo: dict[str, Any], train_end: int = train_end) -> float:
+            value = _metrics(_run(bars, signal, combo, settings, start, train_end)[1], ppy).sharpe
+            return float("-inf") if value is None else value
+
+        best = max(grid, key=sharpe_of)  # ties keep the first, so the choice is deterministic
+        tested = _metrics(_run(bars, signal, best, settings, test_start, test_end)[1], ppy)
+        growth *= 1.0 + tested.total_return
+        results.append(
+            {
+                "train": [_date(start), _date(train_end)],
+                "test": [_date(test_start), _date(test_end)],
+                "params": best,
+                "total_return": tested.total_return,
+                "sharpe": tested.sharpe,
+                "trades": tested.trade_count,
+            }
+        )
+    return {"folds": results, "out_of_sample_return": growth - 1.0}
+
+
 def backtest(
     params_file: Path, root: Path, output_dir: Path | None = None, html_report: bool = True
 ) -> Report:
@@ -205,6 +247,7 @@ def backtest(
                 "trades": combo_metrics.trade_count,
             }
         )
+    walk = backtest_settings.get("walk_forward")
     window_bars = bars.filter(pl.col("timestamp").is_between(start, end))
     checks = {
         "parameter_sensitivity": {"grid": grid, "combinations": len(grid)},
@@ -220,6 +263,10 @@ def backtest(
             window_bars, end, params["universe"]["survivorship"], params["universe"]["as_of"]
         ),
     }
+    if walk:
+        checks["walk_forward"] = _walk_forward(
+            bars, signal_function, params, settings, start, end, int(walk["folds"]), ppy
+        )
     critical = []
     if not checks["look_ahead_bias"]["passed"]:
         bar = checks["look_ahead_bias"]["first_offending_bar"]
