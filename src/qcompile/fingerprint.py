@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from qcompile.datalayout import symbol_files
 from qcompile.hashing import files_sha256, sha256_file
 
 TIMESTAMP_COLUMN = "timestamp"
@@ -33,8 +34,7 @@ class DataFingerprint:
 
 
 def data_files(directory: Path, file_format: str) -> list[Path]:
-    suffix = ".parquet" if file_format == "parquet" else ".csv"
-    return sorted(p for p in directory.rglob(f"*{suffix}") if p.is_file())
+    return list(symbol_files(directory, file_format).values())
 
 
 class FingerprintCache:

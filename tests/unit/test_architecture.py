@@ -11,8 +11,18 @@ from tests.conftest import cli_process
 
 PACKAGE = Path(__file__).resolve().parents[2] / "src" / "qcompile"
 RUNTIME_PACKAGES = ("qcompile.signals", "qcompile.backtest", "qcompile.marketdata")
-# errors, hashing and signalsource serve both halves; workflows is the glue the CLI calls
-SHARED_MODULES = ("__init__", "cli", "errors", "hashing", "signalsource", "templating", "workflows")
+# errors, hashing, signalsource, templating and datalayout serve both halves; workflows is the
+# glue the CLI calls
+SHARED_MODULES = (
+    "__init__",
+    "cli",
+    "datalayout",
+    "errors",
+    "hashing",
+    "signalsource",
+    "templating",
+    "workflows",
+)
 COMPILER_MODULES = sorted(p.stem for p in PACKAGE.glob("*.py") if p.stem not in SHARED_MODULES)
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import polars as pl
 
+from qcompile.datalayout import symbol_files
 from qcompile.errors import QcompileError
 
 PRICE_COLUMNS = ("open", "high", "low", "close")
@@ -57,11 +58,6 @@ def detect_unit(value: int) -> str | None:
         if low <= abs(value) <= high:
             return unit
     return None
-
-
-def symbol_files(directory: Path, file_format: str) -> dict[str, Path]:
-    suffix = ".parquet" if file_format == "parquet" else ".csv"
-    return {p.stem: p for p in sorted(directory.glob(f"*{suffix}"))}
 
 
 def _read(path: Path, file_format: str) -> pl.DataFrame:

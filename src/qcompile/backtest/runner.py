@@ -22,10 +22,11 @@ import yaml
 
 from qcompile import __version__
 from qcompile.backtest import robustness
-from qcompile.backtest.data import Convention, load_bars, symbol_files
+from qcompile.backtest.data import Convention, load_bars
 from qcompile.backtest.engine import Costs, Result, Settings
 from qcompile.backtest.metrics import FORMULAS, Metrics, bar_returns, compute
 from qcompile.backtest.vectorised import run
+from qcompile.datalayout import symbol_files
 from qcompile.errors import QcompileError
 from qcompile.hashing import files_sha256
 from qcompile.signals import get_signal
@@ -91,7 +92,7 @@ def _check_data(params: dict[str, Any], root: Path) -> tuple[Path, str]:
             f"data source {source['vendor']} declares no local history (data.local)"
         )
     directory = root / local["path"]
-    files = list(symbol_files(directory, local["format"]).values()) if directory.is_dir() else []
+    files = list(symbol_files(directory, local["format"]).values())
     if not files:
         raise BacktestError(
             f"no {local['format']} files in {local['path']}; download or generate the data first"
