@@ -120,3 +120,28 @@ def test_changed_data_refuses_to_run_until_rebuilt(with_data: Path) -> None:
         "the data in data/us_daily changed since it was pinned; run `qcompile build`" in run.stderr
     )
     assert "Traceback" not in run.stderr
+
+
+def test_without_local_data_the_error_says_how_to_get_it(example: Path) -> None:
+    assert cli(example, "build").exit_code == 0
+    result = cli(example, "backtest", "ma_trend")
+    assert result.exit_code == 2
+    assert result.output == (
+        "error: no parquet files in data/us_daily; fetch them with `qcompile download STR-2026-0007` "
+        "(or copy them there), then `qcompile build`\n"
+    )
+
+
+def test_hostile_names_are_escaped_in_both_reports(with_data: Path) -> None:
+    name = "<script>alert(1)</script> | x"
+    edit(
+        with_data / "conf/strategy/ma_trend.yaml",
+        "name: Mega-cap MA Trend",
+        f"name: {json.dumps(name)}",
+    )
+    assert cli(with_data, "build").exit_code == 0
+    assert cli(with_data, "backtest", "ma_trend").exit_code == 0
+    directory = with_data / "reports/STR-2026-0007/2.1.0"
+    for report in ("report.md", "report.html"):
+        assert "<script>" not in (directory / report).read_text(), report
+    assert json.loads((directory / "evidence.json").read_text())["strategy_id"] == "STR-2026-0007"

@@ -95,7 +95,8 @@ def _check_data(params: dict[str, Any], root: Path) -> tuple[Path, str]:
     files = list(symbol_files(directory, local["format"]).values())
     if not files:
         raise BacktestError(
-            f"no {local['format']} files in {local['path']}; download or generate the data first"
+            f"no {local['format']} files in {local['path']}; fetch them with "
+            f"`qcompile download {params['strategy']['id']}` (or copy them there), then `qcompile build`"
         )
     fingerprint = params["pins"]["data"]["fingerprint"] or {}
     actual = files_sha256(directory, files)
