@@ -149,6 +149,11 @@ def _block_lines(value: Any, pad: str, lines: list[str]) -> None:
             lines.append(f"{pad}- {_inline(item)}")
 
 
+def yaml_scalar(value: Any) -> str:
+    """``yaml_inline`` through the caches: the filter templates use for one value on a line."""
+    return _inline(value)
+
+
 def _inline(value: Any) -> str:
     if _is_scalar(value):
         return _scalar_cached(value)

@@ -14,7 +14,7 @@ from typing import Any
 import jinja2
 
 from qcompile import templating
-from qcompile.quoting import pyliteral, shquote, yaml_block, yaml_inline
+from qcompile.quoting import pyliteral, shquote, yaml_block, yaml_scalar
 
 TEMPLATES_DIR = Path(__file__).parent / "templates"
 
@@ -23,7 +23,7 @@ TEMPLATES_DIR = Path(__file__).parent / "templates"
 def environment() -> jinja2.Environment:
     return templating.environment(
         TEMPLATES_DIR,
-        {"shquote": shquote, "pyliteral": pyliteral, "yaml": yaml_inline, "yaml_block": yaml_block},
+        {"shquote": shquote, "pyliteral": pyliteral, "yaml": yaml_scalar, "yaml_block": yaml_block},
     )
 
 

@@ -96,9 +96,12 @@ def write_tree(directory: Path, outputs: dict[str, bytes]) -> WriteReport:
     shutil.rmtree(staging, ignore_errors=True)
     try:
         staging.mkdir(parents=True)
+        made = {staging}
         for path in sorted(outputs):
             target = staging / path
-            target.parent.mkdir(parents=True, exist_ok=True)
+            if target.parent not in made:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                made.add(target.parent)
             if path in report.unchanged:
                 os.link(directory / path, target)
                 continue
