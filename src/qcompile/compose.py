@@ -272,8 +272,8 @@ def compose_strategies(
                 Diagnostic(
                     COMMAND_LINE,
                     0,
-                    "--strategy",
-                    f"no strategy '{name}'",
+                    "",
+                    f"no strategy '{name}' (a file name under conf/strategy/, or an id)",
                     "cli.unknown_strategy",
                     hint,
                 )
