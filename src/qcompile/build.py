@@ -264,73 +264,76 @@ def render_outputs(
 ) -> dict[str, bytes]:
     """Every file of the new generated/ tree, manifest included."""
     from qcompile.plan import plan_index, plan_strategy
+    from qcompile.quoting import shared_blocks
     from qcompile.render import render
 
-    previous = read_manifest(project)
-    old_entries: dict[str, Any] = previous.get("strategies", {})
-    outputs: dict[str, bytes] = {}
-    entries: dict[str, Any] = {}
-    if only:  # strategies not selected keep their files and index rows as they are
-        selected = {c.id for c in compilation.strategies}
-        for strategy_id, entry in old_entries.items():
-            if strategy_id in selected:
-                continue
-            files = {
-                p: (project.generated_dir / p).read_bytes()
-                for p in entry.get("outputs", {})
-                if (project.generated_dir / p).is_file()
+    with shared_blocks():  # strategies share option objects: render their YAML once
+        previous = read_manifest(project)
+        old_entries: dict[str, Any] = previous.get("strategies", {})
+        outputs: dict[str, bytes] = {}
+        entries: dict[str, Any] = {}
+        if only:  # strategies not selected keep their files and index rows as they are
+            selected = {c.id for c in compilation.strategies}
+            for strategy_id, entry in old_entries.items():
+                if strategy_id in selected:
+                    continue
+                files = {
+                    p: (project.generated_dir / p).read_bytes()
+                    for p in entry.get("outputs", {})
+                    if (project.generated_dir / p).is_file()
+                }
+                if len(files) == len(entry.get("outputs", {})):
+                    outputs.update(files)
+                    entries[strategy_id] = entry
+        for compiled in compilation.strategies:
+            plan = plan_strategy(compiled)
+            old = old_entries.get(plan.id, {})
+            reusable = old.get("inputs_sha256") == plan.inputs_sha256 and all(
+                (project.generated_dir / p).is_file()
+                and sha256_file(project.generated_dir / p) == sha
+                for p, sha in old.get("outputs", {}).items()
+            )
+            rendered = {}
+            for artefact in plan.artefacts:
+                path = f"{artefact.path}"
+                if reusable and path in old.get("outputs", {}):
+                    rendered[path] = (project.generated_dir / path).read_bytes()
+                else:
+                    rendered[path] = render(artefact.template, artefact.context)
+            outputs.update(rendered)
+            entries[plan.id] = {
+                "source": plan.source,
+                "inputs_sha256": plan.inputs_sha256,
+                "outputs": {p: sha256_bytes(b) for p, b in sorted(rendered.items())},
+                "summary": plan.summary,
             }
-            if len(files) == len(entry.get("outputs", {})):
-                outputs.update(files)
-                entries[strategy_id] = entry
-    for compiled in compilation.strategies:
-        plan = plan_strategy(compiled)
-        old = old_entries.get(plan.id, {})
-        reusable = old.get("inputs_sha256") == plan.inputs_sha256 and all(
-            (project.generated_dir / p).is_file() and sha256_file(project.generated_dir / p) == sha
-            for p, sha in old.get("outputs", {}).items()
+        index = plan_index(
+            compilation.project_settings.get("name", "Portfolio"),
+            [e["summary"] for e in entries.values()],
         )
-        rendered = {}
-        for artefact in plan.artefacts:
-            path = f"{artefact.path}"
-            if reusable and path in old.get("outputs", {}):
-                rendered[path] = (project.generated_dir / path).read_bytes()
-            else:
-                rendered[path] = render(artefact.template, artefact.context)
-        outputs.update(rendered)
-        entries[plan.id] = {
-            "source": plan.source,
-            "inputs_sha256": plan.inputs_sha256,
-            "outputs": {p: sha256_bytes(b) for p, b in sorted(rendered.items())},
-            "summary": plan.summary,
+        outputs[index.path] = render(index.template, index.context)
+        signals = dict(previous.get("signals", {}))
+        for compiled in compilation.strategies:
+            found = compiled.lock.signal
+            if found is not None:
+                signals[found.name] = {
+                    "version": found.version,
+                    "sha256": found.source_sha256,
+                    "module": found.module,
+                }
+        manifest = {
+            "generator": f"qcompile {__version__}",
+            "regenerate": "qcompile build",
+            "inputs_sha256": digest,
+            "overrides": list(overrides),
+            "signals": dict(sorted(signals.items())),
+            "strategies": dict(sorted(entries.items())),
+            "files": {index.path: sha256_bytes(outputs[index.path])},
         }
-    index = plan_index(
-        compilation.project_settings.get("name", "Portfolio"),
-        [e["summary"] for e in entries.values()],
-    )
-    outputs[index.path] = render(index.template, index.context)
-    signals = dict(previous.get("signals", {}))
-    for compiled in compilation.strategies:
-        found = compiled.lock.signal
-        if found is not None:
-            signals[found.name] = {
-                "version": found.version,
-                "sha256": found.source_sha256,
-                "module": found.module,
-            }
-    manifest = {
-        "generator": f"qcompile {__version__}",
-        "regenerate": "qcompile build",
-        "inputs_sha256": digest,
-        "overrides": list(overrides),
-        "signals": dict(sorted(signals.items())),
-        "strategies": dict(sorted(entries.items())),
-        "files": {index.path: sha256_bytes(outputs[index.path])},
-    }
-    outputs[MANIFEST] = (
-        json.dumps(manifest, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
-    ).encode()
-    return outputs
+        outputs[MANIFEST] = (
+            json.dumps(manifest, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+        ).encode()
+        return outputs
 
 
 def build(

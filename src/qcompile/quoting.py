@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import math
 import shlex
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import lru_cache
 from typing import Any
 
@@ -120,8 +122,38 @@ def _flow_list(value: list[Any]) -> bool:
     )
 
 
+# Within one build, strategies share their universe, costs, data and deployment objects (composed
+# data is read-only): their block text is made once. The memo holds each object, so an id cannot
+# be reused while it is cached, and it only lives inside ``shared_blocks()``.
+_BLOCKS: dict[tuple[int, str], tuple[Any, list[str]]] | None = None
+
+
+@contextmanager
+def shared_blocks() -> Iterator[None]:
+    """Reuse the YAML of the same (unmodified) mapping or list rendered again in this block."""
+    global _BLOCKS
+    _BLOCKS = {}
+    try:
+        yield
+    finally:
+        _BLOCKS = None
+
+
 def _block_lines(value: Any, pad: str, lines: list[str]) -> None:
     """Append ``value`` (a non-empty mapping or list) as block YAML lines indented by ``pad``."""
+    if _BLOCKS is not None:
+        cached = _BLOCKS.get((id(value), pad))
+        if cached is not None and cached[0] is value:
+            lines.extend(cached[1])
+            return
+        start = len(lines)
+        _emit_block(value, pad, lines)
+        _BLOCKS[(id(value), pad)] = (value, lines[start:])
+        return
+    _emit_block(value, pad, lines)
+
+
+def _emit_block(value: Any, pad: str, lines: list[str]) -> None:
     if isinstance(value, dict):
         for key, item in value.items():
             head = f"{pad}{_scalar_cached(key)}:"
