@@ -145,3 +145,13 @@ def test_hostile_names_are_escaped_in_both_reports(with_data: Path) -> None:
     for report in ("report.md", "report.html"):
         assert "<script>" not in (directory / report).read_text(), report
     assert json.loads((directory / "evidence.json").read_text())["strategy_id"] == "STR-2026-0007"
+
+
+def test_a_team_signal_package_in_the_project_root_backtests(team_project: Path) -> None:
+    write_random_walk_bars(team_project, SYMBOLS)
+    assert cli(team_project, "build").exit_code == 0
+    harness = team_project / "generated/STR-2026-0051/backtest.py"
+    run = subprocess.run([sys.executable, str(harness)], cwd="/", capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    evidence = json.loads((team_project / "reports/STR-2026-0051/0.1.0/evidence.json").read_text())
+    assert evidence["metrics"]["trade_count"] > 0

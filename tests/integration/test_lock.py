@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
@@ -12,29 +11,6 @@ from tests.conftest import cli, edit
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 MODULE = "team_signals/momentum.py"
-
-
-@pytest.fixture
-def team_project(example: Path) -> Path:
-    """The example project plus a team signal package in its root and a strategy using it."""
-    shutil.copytree(FIXTURES / "team_signals", example / "team_signals")
-    edit(
-        example / "conf/qcompile.yaml",
-        "signal_packages: [qcompile.signals]",
-        "signal_packages: [qcompile.signals, team_signals]",
-    )
-    text = (example / "conf/strategy/breakout.yaml").read_text()
-    text = text.replace(
-        "name: breakout\n    version: 1.0.0", "name: team_momentum\n    version: 1.0.0"
-    )
-    text = text.replace("      lookback: 40\n      exit_lookback: 20", "      window: 20")
-    text = text.replace(
-        "      lookback: [20, 40, 60]\n      exit_lookback: [10, 20]", "      window: [10, 20]"
-    )
-    (example / "conf/strategy/breakout.yaml").write_text(text)
-    result = cli(example, "build")
-    assert result.exit_code == 0, result.output
-    return example
 
 
 def _pin(root: Path) -> dict:

@@ -29,7 +29,7 @@ from qcompile.backtest.vectorised import run
 from qcompile.datalayout import symbol_files
 from qcompile.errors import QcompileError
 from qcompile.hashing import files_sha256
-from qcompile.signals import get_signal
+from qcompile.signals import SignalError, get_signal
 from qcompile.signalsource import function_sha256
 
 MINIMUM_SAMPLE = {"intraday": (500, 1), "daily": (200, 3), "weekly": (100, 5)}  # trades, years
@@ -71,9 +71,14 @@ def periods_per_year(interval: str) -> float:
     return 252.0 * max(1.0, 390.0 / minutes)
 
 
-def _signal_function(params: dict[str, Any]) -> Any:
+def _signal_function(params: dict[str, Any], root: Path) -> Any:
     pinned = params["signal"]
-    spec = get_signal(pinned["name"], pinned["version"], pinned["packages"])
+    try:
+        spec = get_signal(
+            pinned["name"], pinned["version"], pinned["packages"], [root, root / "src"]
+        )
+    except SignalError as error:
+        raise BacktestError(str(error)) from None
     source = inspect.getsourcefile(spec.function)
     actual = function_sha256(Path(source), spec.function.__name__) if source else None
     if actual != pinned["source_sha256"]:
@@ -195,7 +200,7 @@ def backtest(
     ``output_dir`` (default: <reports_dir>/<id>/<version>/, where the gates look)."""
     params = yaml.safe_load(params_file.read_text(encoding="utf-8"))
     strategy, backtest_settings, source = params["strategy"], params["backtest"], params["data"]
-    signal_function = _signal_function(params)
+    signal_function = _signal_function(params, root)
     directory, data_sha = _check_data(params, root)
     timestamp = source["timestamp"]
     bars = load_bars(

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
-from collections.abc import Callable
+import sys
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 SignalFunction = Callable[..., Any]
@@ -44,17 +46,28 @@ def signal(name: str, version: str) -> Callable[[SignalFunction], SignalFunction
     return register
 
 
-def load_packages(packages: list[str]) -> None:
-    """Import every module of the given packages so that their signals register."""
+def load_packages(packages: list[str], search: Sequence[Path] = ()) -> None:
+    """Import every module of the given packages so that their signals register.
+
+    ``search`` goes to the front of the import path first: a team's package usually sits in the
+    project root (or its src/), which is where the compiler looked for it too."""
+    for directory in reversed(search):
+        if str(directory) not in sys.path:
+            sys.path.insert(0, str(directory))
     for package_name in packages:
         package = importlib.import_module(package_name)
         for module in pkgutil.iter_modules(getattr(package, "__path__", []), package_name + "."):
             importlib.import_module(module.name)
 
 
-def get_signal(name: str, version: str, packages: list[str]) -> SignalSpec:
+def get_signal(
+    name: str, version: str, packages: list[str], search: Sequence[Path] = ()
+) -> SignalSpec:
     """The registered signal, checked against the version the strategy pinned."""
-    load_packages(packages)
+    try:
+        load_packages(packages, search)
+    except ModuleNotFoundError as error:
+        raise SignalError(f"signal package not importable: {error.name}") from None
     spec = _REGISTRY.get(name)
     if spec is None:
         raise SignalError(f"no signal named {name!r} in {', '.join(packages)}")
