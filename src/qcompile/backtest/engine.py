@@ -22,6 +22,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+import numpy as np
 import polars as pl
 
 
@@ -192,31 +193,50 @@ def combine_sleeves(
     sleeves: dict[str, pl.DataFrame], settings: Settings, capital: float
 ) -> pl.DataFrame:
     """The portfolio's equity and gross exposure per timestamp: every sleeve plus idle cash."""
-    idle_cash = settings.initial_capital - capital * len(sleeves)
-    clock = pl.concat([f.select("timestamp") for f in sleeves.values()]).unique().sort("timestamp")
-    equity = pl.lit(idle_cash)
-    gross = pl.lit(0.0)
-    combined = clock
-    for number, (_, frame) in enumerate(sorted(sleeves.items())):  # a fixed summation order
-        # a sleeve is cash before its first bar and keeps its last value after its last bar
-        aligned = clock.join(
-            frame.select(
-                "timestamp",
-                pl.col("equity").alias(f"e{number}"),
-                pl.col("gross").alias(f"g{number}"),
-            ),
-            on="timestamp",
-            how="left",
-        ).with_columns(
-            pl.col(f"e{number}").forward_fill().fill_null(capital),
-            pl.col(f"g{number}").fill_null(0.0),
-        )
-        combined = combined.join(aligned, on="timestamp")
-        equity = equity + pl.col(f"e{number}")
-        gross = gross + pl.col(f"g{number}")
-    curve = (
-        combined.select("timestamp", equity.alias("equity"), gross.alias("gross"))
-        .with_columns(gross_exposure=pl.col("gross") / pl.col("equity"))
-        .drop("gross")
+    names = sorted(sleeves)
+    return combine_arrays(
+        [sleeves[n]["timestamp"].to_numpy() for n in names],
+        [sleeves[n]["equity"].to_numpy() for n in names],
+        [sleeves[n]["gross"].to_numpy() for n in names],
+        settings.initial_capital - capital * len(names),
+        capital,
     )
-    return curve
+
+
+def combine_arrays(
+    times: list[np.ndarray],
+    equities: list[np.ndarray],
+    grosses: list[np.ndarray],
+    idle_cash: float,
+    capital: float,
+) -> pl.DataFrame:
+    """``combine_sleeves`` on arrays, sleeves in symbol order.
+
+    A sleeve is cash before its first bar and keeps its last value after its last bar. Sleeves
+    are added one by one in symbol order, so the sums do not depend on the input order.
+    """
+    clock = (
+        times[0]
+        if all(np.array_equal(t, times[0]) for t in times)
+        else np.unique(np.concatenate(times))
+    )
+    equity = np.full(len(clock), idle_cash, dtype=np.float64)
+    gross = np.zeros(len(clock), dtype=np.float64)
+    for stamps, values, exposure in zip(times, equities, grosses, strict=True):
+        if stamps is clock or np.array_equal(stamps, clock):  # the common case: a shared calendar
+            equity += values
+            gross += exposure
+            continue
+        latest = (
+            np.searchsorted(stamps, clock, side="right") - 1
+        )  # the sleeve's last bar at or before
+        equity += np.where(latest >= 0, values[np.maximum(latest, 0)], capital)
+        own = np.minimum(np.searchsorted(stamps, clock), len(stamps) - 1)
+        gross += np.where(stamps[own] == clock, exposure[own], 0.0)  # only on the sleeve's own bars
+    curve = pl.DataFrame({"timestamp": clock.astype(np.int64), "equity": equity, "gross": gross})
+    return curve.select(
+        "timestamp",
+        "equity",
+        # undefined (null) once the account has nothing left
+        gross_exposure=pl.when(pl.col("equity") > 0).then(pl.col("gross") / pl.col("equity")),
+    )

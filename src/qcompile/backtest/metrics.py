@@ -86,10 +86,11 @@ def sortino(returns: Sequence[float], periods_per_year: float) -> float | None:
 def compute(
     equity: Sequence[float],
     trade_pnls: Sequence[float],
-    gross_exposure: Sequence[float],
+    gross_exposure: Sequence[float | None],
     periods_per_year: float,
 ) -> Metrics:
-    """All metrics for one run. ``gross_exposure`` is position value / equity per bar."""
+    """All metrics for one run. ``gross_exposure`` is position value / equity per bar (None where
+    equity is gone)."""
     returns = bar_returns(equity)
     growth = equity[-1] / equity[0]
     annualised = (
@@ -112,5 +113,7 @@ def compute(
         average_loss=sum(losses) / len(losses) if losses else None,
         profit_factor=sum(wins) / lost if lost > 0 else None,
         trade_count=len(trade_pnls),
-        exposure=sum(gross_exposure) / len(gross_exposure) if gross_exposure else 0.0,
+        exposure=sum(defined) / len(defined)
+        if (defined := [g for g in gross_exposure if g is not None])
+        else 0.0,
     )

@@ -24,8 +24,8 @@ from qcompile import __version__
 from qcompile.backtest import robustness
 from qcompile.backtest.data import Convention, load_bars
 from qcompile.backtest.engine import Costs, Result, Settings
+from qcompile.backtest.fast import run
 from qcompile.backtest.metrics import FORMULAS, Metrics, bar_returns, compute
-from qcompile.backtest.vectorised import run
 from qcompile.datalayout import symbol_files
 from qcompile.errors import QcompileError
 from qcompile.hashing import files_sha256

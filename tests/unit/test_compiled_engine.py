@@ -1,4 +1,4 @@
-"""The vectorised engine gives exactly the reference engine's results."""
+"""The compiled engine gives exactly the reference engine's results."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from qcompile.backtest import engine, vectorised
+from qcompile.backtest import engine, fast
 from qcompile.backtest.engine import Costs, Settings
 from tests.unit.test_engine import bars
 
@@ -46,11 +46,11 @@ configurations = st.builds(
 )
 
 
-@settings(max_examples=300, deadline=None)
-@given(universes(), configurations)
-def test_vectorised_equals_reference(frame: pl.DataFrame, config: Settings) -> None:
+@settings(max_examples=400, deadline=None)
+@given(frame=universes(), config=configurations)
+def test_compiled_engine_equals_reference(frame: pl.DataFrame, config: Settings) -> None:
     expected = engine.run(frame, config)
-    actual = vectorised.run(frame, config)
+    actual = fast.run(frame, config)
     assert len(actual.trades) == len(expected.trades)
     for got, want in zip(actual.trades, expected.trades, strict=True):
         assert (got.symbol, got.side, got.entry_time, got.exit_time) == (
