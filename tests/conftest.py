@@ -35,9 +35,17 @@ def update_golden(request: pytest.FixtureRequest) -> bool:
 
 @pytest.fixture
 def example(tmp_path: Path) -> Path:
-    """A copy of the repository's example project (conf/ only; generated/ is built fresh)."""
-    root = tmp_path / "project"
+    """A copy of the example project (generated/ is built fresh)."""
+    return copy_example_project(tmp_path / "project")
+
+
+def copy_example_project(root: Path) -> Path:
+    """conf/, the bundled sample data and the committed backtest evidence the gates read."""
     shutil.copytree(REPO / "conf", root / "conf")
+    shutil.copytree(REPO / "data/sample_us_daily", root / "data/sample_us_daily")
+    shutil.copytree(
+        REPO / "reports", root / "reports", ignore=shutil.ignore_patterns("report.html", "runs")
+    )
     return root
 
 
@@ -89,6 +97,7 @@ def write_random_walk_bars(
     start: str = "2013-01-02",
     end: str = "2025-12-31",
     seed: int = 7,
+    folder: str = "data/us_daily",
 ) -> Path:
     """Deterministic synthetic daily bars (weekdays, UTC ms) for tests that need local data."""
     import datetime as dt
@@ -96,7 +105,7 @@ def write_random_walk_bars(
 
     import polars as pl
 
-    directory = root / "data/us_daily"
+    directory = root / folder
     directory.mkdir(parents=True, exist_ok=True)
     day, last = dt.date.fromisoformat(start), dt.date.fromisoformat(end)
     days = []

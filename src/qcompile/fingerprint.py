@@ -107,6 +107,26 @@ def _file_stats(file: Path, file_format: str) -> dict[str, Any]:
     }
 
 
+def _combined_schema(schemas: list[dict[str, str]]) -> dict[str, str]:
+    """Every column of any file, sorted, with a note where only some files have it.
+
+    Sorted because the stat cache round-trips through JSON with sorted keys: a fresh and a cached
+    fingerprint must read the same.
+    """
+    seen: dict[str, list[str]] = {}
+    for schema in schemas:
+        for name, dtype in schema.items():
+            seen.setdefault(name, []).append(dtype)
+    combined = {}
+    for name in sorted(seen):
+        dtypes = sorted(set(seen[name]))
+        text = " | ".join(dtypes)
+        if len(seen[name]) < len(schemas):
+            text += f" (in {len(seen[name])} of {len(schemas)} files)"
+        combined[name] = text
+    return combined
+
+
 def fingerprint(
     directory: Path, file_format: str, cache: FingerprintCache
 ) -> DataFingerprint | None:
@@ -114,7 +134,8 @@ def fingerprint(
     files = data_files(directory, file_format) if directory.is_dir() else []
     if not files:
         return None
-    rows, firsts, lasts, schema = 0, [], [], {}
+    rows, firsts, lasts = 0, [], []
+    schemas: list[dict[str, str]] = []
     for file in files:
         file_sha256(file, cache)
         entry = cache.entries[str(file.resolve())]
@@ -126,12 +147,12 @@ def fingerprint(
         if stats.get("first") is not None:
             firsts.append(stats["first"])
             lasts.append(stats["last"])
-        schema = schema or stats["schema"]
+        schemas.append(stats["schema"])
     return DataFingerprint(
         len(files),
         rows,
         min(firsts) if firsts else None,
         max(lasts) if lasts else None,
-        schema,
+        _combined_schema(schemas),
         files_sha256(directory, files, lambda f: file_sha256(f, cache)),
     )

@@ -428,10 +428,11 @@ DATA_SCHEMA: dict[str, Any] = {
                     ),
                     "timezone": _text("IANA timezone of the timestamps, e.g. UTC."),
                     "stamping": _doc(
-                        "Whether a bar is stamped at its open or its close.",
+                        "What a bar's timestamp marks: its open, its close, or (daily bars) "
+                        "00:00 of the session date in the declared timezone.",
                         type="string",
                         required=True,
-                        allowed=["bar_open", "bar_close"],
+                        allowed=["bar_open", "bar_close", "session_date"],
                     ),
                 },
             ),

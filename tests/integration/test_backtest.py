@@ -1,8 +1,9 @@
-"""qcompile backtest end to end on synthetic local data: report, evidence, gates, reproducibility."""
+"""qcompile backtest end to end on the bundled sample data: report, evidence, gates, reproducibility."""
 
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -11,12 +12,11 @@ import pytest
 
 from tests.conftest import cli, edit, write_random_walk_bars
 
-SYMBOLS = ["AAPL", "AMZN", "GOOG", "IBM", "MSFT"]
-
 
 @pytest.fixture
 def with_data(example: Path) -> Path:
-    write_random_walk_bars(example, SYMBOLS)
+    """The example project with its sample data, minus the committed MA-trend report."""
+    shutil.rmtree(example / "reports/STR-2026-0007")
     assert cli(example, "build").exit_code == 0
     return example
 
@@ -38,11 +38,11 @@ def test_backtest_writes_report_and_evidence(with_data: Path) -> None:
         "walk_forward",
     }
     folds = evidence["robustness"]["walk_forward"]["folds"]
-    assert [f["train"][0] for f in folds] == ["2015-01-02"] * 3  # anchored at the window start
+    assert [f["train"][0] for f in folds] == ["2009-06-01"] * 3  # anchored at the window start
     assert [f["train"][1] < f["test"][0] for f in folds] == [
         True
     ] * 3  # never tested on its training
-    assert folds[-1]["test"][1] == "2024-12-31"
+    assert folds[-1]["test"][1] == "2017-10-31"
     assert "### Walk-forward" in (with_data / "reports/STR-2026-0007/2.1.0/report.md").read_text()
     assert evidence["robustness"]["look_ahead_bias"]["passed"] is True
     assert evidence["robustness"]["parameter_sensitivity"]["combinations"] == 24  # 6 fast x 4 slow
@@ -110,25 +110,42 @@ def test_experiments_with_overrides_do_not_replace_the_evidence(with_data: Path)
 
 
 def test_changed_data_refuses_to_run_until_rebuilt(with_data: Path) -> None:
-    write_random_walk_bars(with_data, ["AAPL"], seed=99)
+    write_random_walk_bars(with_data, ["MSFT"], seed=99, folder="data/sample_us_daily")
     harness = with_data / "generated/STR-2026-0007/backtest.py"
     run = subprocess.run(
         [sys.executable, str(harness)], cwd=with_data, capture_output=True, text=True
     )
     assert run.returncode == 2
     assert (
-        "the data in data/us_daily changed since it was pinned; run `qcompile build`" in run.stderr
+        "the data in data/sample_us_daily changed since it was pinned; run `qcompile build`"
+        in run.stderr
     )
     assert "Traceback" not in run.stderr
 
 
 def test_without_local_data_the_error_says_how_to_get_it(example: Path) -> None:
+    edit(
+        example / "conf/strategy/ma_trend.yaml", "/data: sample_us_daily", "/data: tickdb_us_daily"
+    )
+    edit(example / "conf/strategy/ma_trend.yaml", "/universe: us_sample", "/universe: us_megacap")
     assert cli(example, "build").exit_code == 0
     result = cli(example, "backtest", "ma_trend")
     assert result.exit_code == 2
     assert result.output == (
         "error: no parquet files in data/us_daily; fetch them with `qcompile download STR-2026-0007` "
         "(or copy them there), then `qcompile build`\n"
+    )
+
+
+def test_a_local_only_source_without_data_says_to_copy_it(example: Path) -> None:
+    shutil.rmtree(example / "data/sample_us_daily")
+    shutil.rmtree(example / "reports/STR-2026-0063")
+    edit(example / "conf/strategy/zscore_reversion.yaml", "status: validation", "status: research")
+    assert cli(example, "build").exit_code == 0
+    result = cli(example, "backtest", "ma_trend")
+    assert result.exit_code == 2
+    assert result.output == (
+        "error: no parquet files in data/sample_us_daily; copy them there, then `qcompile build`\n"
     )
 
 
@@ -148,8 +165,6 @@ def test_hostile_names_are_escaped_in_both_reports(with_data: Path) -> None:
 
 
 def test_a_team_signal_package_in_the_project_root_backtests(team_project: Path) -> None:
-    write_random_walk_bars(team_project, SYMBOLS)
-    assert cli(team_project, "build").exit_code == 0
     harness = team_project / "generated/STR-2026-0051/backtest.py"
     run = subprocess.run([sys.executable, str(harness)], cwd="/", capture_output=True, text=True)
     assert run.returncode == 0, run.stderr

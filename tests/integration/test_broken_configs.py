@@ -106,8 +106,8 @@ CASES = [
         "window order",
         _edit(
             f"{S}/zscore_reversion.yaml",
-            'end_date: "2024-12-31"\n    out',
-            'end_date: "2018-12-31"\n    out',
+            'end_date: "2017-10-31"\n    out',
+            'end_date: "2008-12-31"\n    out',
         ),
     ),
     Case(

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import yaml
 
-from tests.conftest import cli, cli_process, edit, tree_digest
+from tests.conftest import cli, cli_process, copy_example_project, edit, tree_digest
 
 IDS = ["STR-2026-0007", "STR-2026-0042", "STR-2026-0051", "STR-2026-0063"]
 
@@ -149,10 +149,7 @@ def test_overrides_apply_to_selected_strategies_only(example: Path) -> None:
 def test_two_builds_with_different_hash_seeds_are_byte_identical(
     tmp_path: Path, example: Path
 ) -> None:
-    import shutil
-
-    second = tmp_path / "second"
-    shutil.copytree(example / "conf", second / "conf")
+    second = copy_example_project(tmp_path / "second")
     for root, seed in ((example, "1"), (second, "4242")):
         env = {**os.environ, "PYTHONHASHSEED": seed, "QCOMPILE_PROJECT": str(root)}
         subprocess.run(

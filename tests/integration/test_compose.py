@@ -74,8 +74,9 @@ def test_one_hydra_compose_serves_every_strategy(example: Path, monkeypatch) -> 
         "live_redis",
         "paper",
         "retail",
+        "sample_us_daily",
         "tickdb_us_daily",
-        "us_megacap",
+        "us_sample",
         "us_tech",
     ]
 

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from qcompile.reference import config_reference
-from tests.conftest import GOLDEN, REPO
+from tests.conftest import GOLDEN, REPO, copy_example_project
 
 EXIT = re.compile(r"#\s*exits (\d+)\s*$")
 
@@ -43,8 +43,7 @@ def tutorial_commands(text: str) -> list[tuple[str, int]]:
 
 
 def test_every_tutorial_command_runs_as_written(tmp_path: Path) -> None:
-    project = tmp_path / "project"
-    shutil.copytree(REPO / "conf", project / "conf")
+    project = copy_example_project(tmp_path / "project")
     shutil.copytree(REPO / "generated", project / "generated")
     env = {
         **os.environ,
@@ -118,5 +117,5 @@ def test_readme_starts_with_two_commands_and_ci_runs_the_test_command() -> None:
     first_block = re.search(r"```sh\n(.*?)```", readme, flags=re.S)
     assert first_block and readme.index("```sh") < 20
     setup_and_build, setup_and_test = first_block.group(1).strip().splitlines()
-    assert setup_and_build.endswith("qcompile build")
+    assert setup_and_build.endswith("qcompile build && .venv/bin/qcompile backtest STR-2026-0007")
     assert setup_and_test in (REPO / ".ci/run").read_text()

@@ -7,9 +7,17 @@ from pathlib import Path
 import polars as pl
 import yaml
 
-from tests.conftest import cli
+from tests.conftest import cli, edit
 
 DAY_MS = 86_400_000
+
+
+def _on_tickdb_source(root: Path) -> Path:
+    """Point the MA-trend strategy at the TickDB source, whose data/us_daily the tests write."""
+    strategy = root / "conf/strategy/ma_trend.yaml"
+    edit(strategy, "/data: sample_us_daily", "/data: tickdb_us_daily")
+    edit(strategy, "/universe: us_sample", "/universe: us_megacap")
+    return root
 
 
 def _write_bars(root: Path, symbol: str, days: int, start_ms: int = 1_700_006_400_000) -> None:
@@ -34,6 +42,7 @@ def _fingerprint(root: Path) -> dict:
 
 
 def test_fingerprint_pins_the_local_data_and_follows_its_changes(example: Path) -> None:
+    _on_tickdb_source(example)
     _write_bars(example, "AAPL", 10)
     _write_bars(example, "MSFT", 5)
     assert cli(example, "build").exit_code == 0
@@ -41,12 +50,12 @@ def test_fingerprint_pins_the_local_data_and_follows_its_changes(example: Path) 
     assert first["files"] == 2 and first["rows"] == 15
     assert first["first_timestamp"] == 1_700_006_400_000
     assert first["last_timestamp"] == 1_700_006_400_000 + 9 * DAY_MS
-    assert first["schema"] == {
-        "timestamp": "Int64",
-        "open": "Float64",
+    assert first["schema"] == {  # every column of any file, sorted
+        "close": "Float64",
         "high": "Float64",
         "low": "Float64",
-        "close": "Float64",
+        "open": "Float64",
+        "timestamp": "Int64",
         "volume": "Float64",
     }
     assert len(first["content_sha256"]) == 64
@@ -59,7 +68,16 @@ def test_fingerprint_pins_the_local_data_and_follows_its_changes(example: Path) 
     assert second["rows"] == 16 and second["content_sha256"] != first["content_sha256"]
 
 
+def test_a_column_only_some_files_have_is_marked(example: Path) -> None:
+    passport = example / "generated/STR-2026-0007/passport.yaml"
+    assert cli(example, "build").exit_code == 0
+    schema = yaml.safe_load(passport.read_text())["pins"]["data"]["fingerprint"]["schema"]
+    assert schema["adj_close"] == "Float64 (in 3 of 4 files)"  # the sample's MSFT has none
+    assert list(schema) == sorted(schema)
+
+
 def test_no_local_data_is_an_unpinned_fingerprint(example: Path) -> None:
+    _on_tickdb_source(example)
     assert cli(example, "build").exit_code == 0
     assert _fingerprint(example) is None
     index = (example / "generated/index.md").read_text()

@@ -41,7 +41,7 @@ class Convention:
 
     unit: str  # s, ms, us, ns
     timezone: str  # UTC for integer epochs
-    stamping: str  # bar_open or bar_close
+    stamping: str  # bar_open, bar_close or session_date
 
 
 class DataContractError(QcompileError):

@@ -99,9 +99,14 @@ def _check_data(params: dict[str, Any], root: Path) -> tuple[Path, str]:
     directory = root / local["path"]
     files = list(symbol_files(directory, local["format"]).values())
     if not files:
+        # Only a source with a REST API can be downloaded; a bundled or private one is copied.
+        fetch = (
+            f"fetch them with `qcompile download {params['strategy']['id']}` (or copy them there)"
+            if source.get("rest_base")
+            else "copy them there"
+        )
         raise BacktestError(
-            f"no {local['format']} files in {local['path']}; fetch them with "
-            f"`qcompile download {params['strategy']['id']}` (or copy them there), then `qcompile build`"
+            f"no {local['format']} files in {local['path']}; {fetch}, then `qcompile build`"
         )
     fingerprint = params["pins"]["data"]["fingerprint"] or {}
     actual = files_sha256(directory, files)
