@@ -72,3 +72,14 @@ def test_compiled_engine_equals_reference(frame: pl.DataFrame, config: Settings)
     )
     for symbol, sleeve in expected.per_symbol.items():
         assert actual.per_symbol[symbol]["position"].to_list() == sleeve["position"].to_list()
+
+
+@pytest.mark.parametrize("execution", ["next_open", "same_close"])
+def test_a_reversal_on_every_bar_fits_the_trade_buffer(execution: str) -> None:
+    """One closed trade per bar (more than half the bars): the compiled engine's buffer holds it."""
+    n = 400
+    frame = bars("A", [10.0] * n, [10.0] * n, [1 if i % 2 else -1 for i in range(n)])
+    config = Settings(initial_capital=1e4, execution=execution, fractional_shares=True)
+    expected, actual = engine.run(frame, config), fast.run(frame, config)
+    assert len(expected.trades) >= n - 2
+    assert [t.exit_time for t in actual.trades] == [t.exit_time for t in expected.trades]

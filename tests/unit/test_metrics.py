@@ -65,3 +65,9 @@ def test_every_metric_has_a_stated_formula() -> None:
         "trade_count",
         "exposure",
     } == set(FORMULAS)
+
+
+def test_annualised_return_of_a_short_huge_gain_is_infinite_not_an_error() -> None:
+    metrics = compute([1.0, 1e6], [], [0.0, 0.0], 252.0)
+    assert metrics.annualised_return == float("inf")
+    assert metrics.total_return == 999_999.0

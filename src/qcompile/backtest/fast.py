@@ -42,7 +42,8 @@ def run(bars: pl.DataFrame, settings: Settings) -> Result:
     n = len(times)
     equity, gross = np.empty(n), np.empty(n)
     position = np.empty(n, dtype=np.int8)
-    records = np.zeros((n // 2 + len(names) + 1, 10))  # a trade needs two bars; one more per sleeve
+    # reversals close a trade on every bar: at most one per bar, plus one final close per sleeve
+    records = np.zeros((n + len(names), 10))
     costs = settings.costs
     count = simulate_many(
         prices,

@@ -169,3 +169,189 @@ def simulate_many(
             trades[row, 9] = sleeve
         total += count
     return total
+
+
+# Columns of ``grid_finish``' output, in order; NaN stands for "undefined" (None in metrics.py).
+GRID_COLUMNS = (
+    "total_return",
+    "annualised_return",
+    "sharpe",
+    "sortino",
+    "max_drawdown",
+    "trade_count",
+    "win_rate",
+    "profit_factor",
+    "exposure",
+)
+
+
+@numba.njit(cache=True)
+def _portfolio_metrics(
+    equity: np.ndarray, gross: np.ndarray, periods_per_year: float, out: np.ndarray
+) -> None:
+    """metrics.compute's curve metrics, the same operations in the same order, into out[0:5, 8]."""
+    m = equity.shape[0]
+    growth = equity[m - 1] / equity[0]
+    out[0] = growth - 1.0
+    count = m - 1
+    out[1] = growth ** (periods_per_year / count) - 1.0 if count > 0 and growth > 0 else -1.0
+    total = 0.0
+    for i in range(1, m):
+        total += equity[i] / equity[i - 1] - 1.0
+    mean = total / count if count > 0 else 0.0
+    out[2] = np.nan
+    if count >= 2:
+        variance = 0.0
+        for i in range(1, m):
+            variance += (equity[i] / equity[i - 1] - 1.0 - mean) ** 2
+        variance /= count - 1
+        if variance != 0:
+            out[2] = mean / math.sqrt(variance) * math.sqrt(periods_per_year)
+    out[3] = np.nan
+    if count >= 1:
+        downside = 0.0
+        for i in range(1, m):
+            downside += min(equity[i] / equity[i - 1] - 1.0, 0.0) ** 2
+        downside = math.sqrt(downside / count)
+        if downside != 0:
+            out[3] = mean / downside * math.sqrt(periods_per_year)
+    peak = equity[0]
+    worst = 0.0
+    for i in range(m):
+        if equity[i] > peak:
+            peak = equity[i]
+        depth = equity[i] / peak - 1.0
+        if depth < worst:
+            worst = depth
+    out[4] = worst
+    exposure = 0.0
+    defined = 0
+    for i in range(m):
+        if equity[i] > 0:
+            exposure += gross[i] / equity[i]
+            defined += 1
+    out[8] = exposure / defined if defined else 0.0
+
+
+@numba.njit(cache=True, parallel=True)
+def grid_accumulate(
+    prices: np.ndarray,  # the block's rows: fill reference per bar
+    closes: np.ndarray,
+    wanted: np.ndarray,  # (combinations, block rows): target from each bar's fill
+    starts: np.ndarray,  # block-relative first row of each of the block's sleeves, plus the end
+    first_row: int,  # the block's first row in the whole traded frame
+    latest: np.ndarray,  # (block sleeves, clock): last global row at or before, or -1
+    own: np.ndarray,  # (block sleeves, clock): whether that row is stamped at this clock time
+    capital: float,
+    slippage: float,
+    per_share: float,
+    minimum: float,
+    fractional: bool,
+    portfolio: np.ndarray,  # in/out (combinations, clock): equity, sleeves added in symbol order
+    exposure: np.ndarray,  # in/out (combinations, clock): gross position value
+    stats: np.ndarray,  # in/out (combinations, 4): closed trades, wins, won, lost
+    threads: int,  # numba.get_num_threads(), passed in so the compiled code can be cached
+) -> None:
+    """Add one block of sleeves to every combination's portfolio, as ``combine_arrays`` does: a
+    sleeve is cash before its first bar and keeps its last value after its last. Combinations
+    run in parallel; each writes only its own rows, so the result does not depend on threads."""
+    sleeves = starts.shape[0] - 1
+    longest = 0
+    for sleeve in range(sleeves):
+        longest = max(longest, starts[sleeve + 1] - starts[sleeve])
+    combinations = wanted.shape[0]
+    groups = max(1, min(threads, combinations))
+    # Scratch per group, allocated here: numba may hoist allocations out of a prange body, and
+    # shared scratch would be a race. Each group owns combinations g, g + groups, ...
+    equities = np.empty((groups, longest))
+    positions = np.empty((groups, longest), dtype=np.int8)
+    grosses = np.empty((groups, longest))
+    # a reversal closes a trade on every bar: up to one trade per bar, plus the last close
+    trade_rows = np.empty((groups, longest + 1, 10))
+    for group in numba.prange(groups):
+        equity = equities[group]
+        position = positions[group]
+        gross = grosses[group]
+        trades = trade_rows[group]
+        for combination in range(group, combinations, groups):
+            _accumulate_one(
+                prices, closes, wanted[combination], starts, first_row, latest, own, capital,
+                slippage, per_share, minimum, fractional, equity, position, gross, trades,
+                portfolio[combination], exposure[combination], stats[combination],
+            )  # fmt: skip
+
+
+@numba.njit(cache=True)
+def _accumulate_one(
+    prices: np.ndarray,
+    closes: np.ndarray,
+    wanted: np.ndarray,
+    starts: np.ndarray,
+    first_row: int,
+    latest: np.ndarray,
+    own: np.ndarray,
+    capital: float,
+    slippage: float,
+    per_share: float,
+    minimum: float,
+    fractional: bool,
+    equity: np.ndarray,
+    position: np.ndarray,
+    gross: np.ndarray,
+    trades: np.ndarray,
+    portfolio: np.ndarray,
+    exposure: np.ndarray,
+    stats: np.ndarray,
+) -> None:
+    """One combination over the block's sleeves, in symbol order."""
+    clock = latest.shape[1]
+    for sleeve in range(starts.shape[0] - 1):
+        first, last = starts[sleeve], starts[sleeve + 1]
+        length = last - first
+        count = simulate(
+            prices[first:last],
+            closes[first:last],
+            wanted[first:last],
+            capital,
+            slippage,
+            per_share,
+            minimum,
+            fractional,
+            equity[:length],
+            position[:length],
+            gross[:length],
+            trades,
+        )
+        for t in range(count):
+            pnl = trades[t, 7]
+            stats[0] += 1
+            if pnl > 0:
+                stats[1] += 1
+                stats[2] += pnl
+            elif pnl < 0:
+                stats[3] -= pnl
+        offset = first_row + first  # global row of the sleeve's first bar
+        for c in range(clock):
+            row = latest[sleeve, c]
+            portfolio[c] += capital if row < 0 else equity[row - offset]
+            if own[sleeve, c]:
+                exposure[c] += gross[row - offset]
+
+
+@numba.njit(cache=True)
+def grid_finish(
+    portfolio: np.ndarray,
+    exposure: np.ndarray,
+    stats: np.ndarray,
+    periods_per_year: float,
+    out: np.ndarray,  # (combinations, len(GRID_COLUMNS))
+) -> None:
+    """Every combination's metrics from its accumulated portfolio and trade statistics."""
+    for combination in range(portfolio.shape[0]):
+        result = out[combination]
+        _portfolio_metrics(portfolio[combination], exposure[combination], periods_per_year, result)
+        closed = stats[combination, 0]
+        result[5] = closed
+        result[6] = stats[combination, 1] / closed if closed else np.nan
+        lost = stats[combination, 3]
+        result[7] = stats[combination, 2] / lost if lost > 0 else np.nan

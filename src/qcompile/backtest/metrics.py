@@ -93,9 +93,12 @@ def compute(
     equity is gone)."""
     returns = bar_returns(equity)
     growth = equity[-1] / equity[0]
-    annualised = (
-        growth ** (periods_per_year / len(returns)) - 1.0 if returns and growth > 0 else -1.0
-    )
+    annualised = -1.0
+    if returns and growth > 0:
+        try:
+            annualised = growth ** (periods_per_year / len(returns)) - 1.0
+        except OverflowError:  # a short window of huge growth: annualised beyond any float
+            annualised = math.inf
     drawdown = max_drawdown(equity)
     wins = [p for p in trade_pnls if p > 0]
     losses = [p for p in trade_pnls if p <= 0]

@@ -25,11 +25,13 @@ from qcompile.backtest import robustness
 from qcompile.backtest.data import Convention, load_bars
 from qcompile.backtest.engine import Costs, Result, Settings
 from qcompile.backtest.fast import run
+from qcompile.backtest.grid import run_grid
+from qcompile.backtest.kernel import GRID_COLUMNS
 from qcompile.backtest.metrics import FORMULAS, Metrics, bar_returns, compute
 from qcompile.datalayout import symbol_files
 from qcompile.errors import QcompileError
 from qcompile.hashing import files_sha256
-from qcompile.signals import SignalError, get_signal
+from qcompile.signals import SignalError, SignalSpec, get_signal
 from qcompile.signalsource import function_sha256
 
 MINIMUM_SAMPLE = {"intraday": (500, 1), "daily": (200, 3), "weekly": (100, 5)}  # trades, years
@@ -71,7 +73,7 @@ def periods_per_year(interval: str) -> float:
     return 252.0 * max(1.0, 390.0 / minutes)
 
 
-def _signal_function(params: dict[str, Any], root: Path) -> Any:
+def _signal_spec(params: dict[str, Any], root: Path) -> SignalSpec:
     pinned = params["signal"]
     try:
         spec = get_signal(
@@ -86,7 +88,7 @@ def _signal_function(params: dict[str, Any], root: Path) -> Any:
             f"signal {pinned['name']}@{pinned['version']} differs from the pinned source "
             f"(pinned {str(pinned['source_sha256'])[:12]}, found {str(actual)[:12]}); run `qcompile build`"
         )
-    return spec.function
+    return spec
 
 
 def _check_data(params: dict[str, Any], root: Path) -> tuple[Path, str]:
@@ -156,9 +158,23 @@ def _settings(params: dict[str, Any]) -> Settings:
     )
 
 
+def _grid(
+    bars: pl.DataFrame,
+    spec: SignalSpec,
+    combos: list[dict[str, Any]],
+    settings: Settings,
+    window: tuple[int, int],
+    ppy: float,
+) -> pl.DataFrame:
+    """Every combination's metrics in one batched pass (see grid.py)."""
+    if not combos:
+        return pl.DataFrame(schema={c: pl.Float64 for c in GRID_COLUMNS})
+    return run_grid(bars, window, combos, spec.function, spec.grid, settings, ppy)
+
+
 def _walk_forward(
     bars: pl.DataFrame,
-    signal: Any,
+    spec: SignalSpec,
     params: dict[str, Any],
     settings: Settings,
     start: int,
@@ -177,13 +193,10 @@ def _walk_forward(
         train_end, test_start, test_end = edges[fold] - 1, edges[fold], edges[fold + 1] - 1
         if fold == folds:
             test_end = end
-
-        def sharpe_of(combo: dict[str, Any], train_end: int = train_end) -> float:
-            value = _metrics(_run(bars, signal, combo, settings, start, train_end)[1], ppy).sharpe
-            return float("-inf") if value is None else value
-
-        best = max(grid, key=sharpe_of)  # ties keep the first, so the choice is deterministic
-        tested = _metrics(_run(bars, signal, best, settings, test_start, test_end)[1], ppy)
+        sharpes = _grid(bars, spec, grid, settings, (start, train_end), ppy)["sharpe"]
+        scores = [float("-inf") if v is None else v for v in sharpes.to_list()]
+        best = grid[scores.index(max(scores))]  # ties keep the first: a deterministic choice
+        tested = _metrics(_run(bars, spec.function, best, settings, test_start, test_end)[1], ppy)
         growth *= 1.0 + tested.total_return
         results.append(
             {
@@ -205,7 +218,8 @@ def backtest(
     ``output_dir`` (default: <reports_dir>/<id>/<version>/, where the gates look)."""
     params = yaml.safe_load(params_file.read_text(encoding="utf-8"))
     strategy, backtest_settings, source = params["strategy"], params["backtest"], params["data"]
-    signal_function = _signal_function(params, root)
+    spec = _signal_spec(params, root)
+    signal_function = spec.function
     directory, data_sha = _check_data(params, root)
     timestamp = source["timestamp"]
     bars = load_bars(
@@ -248,17 +262,17 @@ def backtest(
     }
 
     seed = int(backtest_settings.get("seed", 0))
-    grid = []
-    for combo in robustness.parameter_grid(params["signal"].get("ranges") or {}, chosen):
-        combo_metrics = _metrics(_run(bars, signal_function, combo, settings, start, end)[1], ppy)
-        grid.append(
-            {
-                "params": combo,
-                "total_return": combo_metrics.total_return,
-                "sharpe": combo_metrics.sharpe,
-                "trades": combo_metrics.trade_count,
-            }
+    combos = robustness.parameter_grid(params["signal"].get("ranges") or {}, chosen)
+    grid = [
+        {"params": combo, "total_return": row[0], "sharpe": row[1], "trades": row[2]}
+        for combo, row in zip(
+            combos,
+            _grid(bars, spec, combos, settings, (start, end), ppy)
+            .select("total_return", "sharpe", "trade_count")
+            .rows(),
+            strict=True,
         )
+    ]
     walk = backtest_settings.get("walk_forward")
     window_bars = bars.filter(pl.col("timestamp").is_between(start, end))
     checks = {
@@ -277,7 +291,7 @@ def backtest(
     }
     if walk:
         checks["walk_forward"] = _walk_forward(
-            bars, signal_function, params, settings, start, end, int(walk["folds"]), ppy
+            bars, spec, params, settings, start, end, int(walk["folds"]), ppy
         )
     critical = []
     if not checks["look_ahead_bias"]["passed"]:

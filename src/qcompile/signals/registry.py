@@ -2,8 +2,13 @@
 
 A signal takes a polars frame of bars (one row per symbol and timestamp, sorted) and keyword
 parameters, and returns the frame with a ``signal`` column holding the target position
-(-1 short, 0 flat, 1 long) decided at that bar's close. The compiler never imports this module:
-it finds ``@signal(...)`` decorators by reading the source, and pins a hash of it.
+(-1 short, 0 flat, 1 long) decided at that bar's close. It may name a ``grid`` companion that
+returns the targets of many parameter combinations at once, as an int8 array of shape
+(combinations, bars), computing shared indicators once; it must equal calling the signal per
+combination (the tests check the built-in ones), and it is part of the signal's pinned source. A
+grid companion works symbol by symbol, so the grid engine may call it on blocks of symbols. The
+compiler never imports this module: it finds ``@signal(...)`` decorators by reading the source,
+and pins a hash of it.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ class SignalSpec:
     name: str
     version: str
     function: SignalFunction
+    grid: Callable[..., Any] | None = None
 
 
 _REGISTRY: dict[str, SignalSpec] = {}
@@ -33,14 +39,16 @@ class SignalError(LookupError):
     """A signal reference that the registry cannot satisfy."""
 
 
-def signal(name: str, version: str) -> Callable[[SignalFunction], SignalFunction]:
-    """Register ``function`` as signal ``name`` at semantic ``version``."""
+def signal(
+    name: str, version: str, grid: Callable[..., Any] | None = None
+) -> Callable[[SignalFunction], SignalFunction]:
+    """Register ``function`` as signal ``name`` at semantic ``version`` (with its ``grid``)."""
 
     def register(function: SignalFunction) -> SignalFunction:
         existing = _REGISTRY.get(name)
         if existing is not None and existing.function.__qualname__ != function.__qualname__:
             raise SignalError(f"signal {name!r} is registered twice")
-        _REGISTRY[name] = SignalSpec(name, version, function)
+        _REGISTRY[name] = SignalSpec(name, version, function, grid)
         return function
 
     return register

@@ -2,42 +2,111 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numba
+import numpy as np
 import polars as pl
 
 from qcompile.signals._frames import hold, per_symbol
 from qcompile.signals.registry import signal
 
 
-def _crossover(fast_ma: pl.Expr, slow_ma: pl.Expr, allow_short: bool) -> pl.Expr:
-    short = pl.lit(-1 if allow_short else 0, pl.Int8)
-    position = pl.when(fast_ma > slow_ma).then(pl.lit(1, pl.Int8)).otherwise(short)
-    # no position until both averages exist
-    return (
-        pl.when(slow_ma.is_null() | fast_ma.is_null()).then(pl.lit(0, pl.Int8)).otherwise(position)
-    )
+@numba.njit(cache=True)
+def _rolling_sums(values: np.ndarray, starts: np.ndarray, window: int) -> np.ndarray:
+    """Sum of the last ``window`` values per symbol run (NaN until a full window exists)."""
+    out = np.empty(values.shape[0])
+    for run in range(starts.shape[0] - 1):
+        first, last = starts[run], starts[run + 1]
+        total = 0.0
+        for i in range(first, last):
+            total += values[i]
+            if i - first >= window:
+                total -= values[i - window]
+            out[i] = total if i - first >= window - 1 else np.nan
+    return out
 
 
-@signal("ma_crossover", version="1.0.0")
+def _runs(bars: pl.DataFrame) -> np.ndarray:
+    """First row of each symbol (bars are sorted by symbol), plus the row count."""
+    lengths = bars["symbol"].rle().struct.field("len").to_numpy()
+    return np.concatenate(([0], np.cumsum(lengths))).astype(np.int64)
+
+
+def _sma(bars: pl.DataFrame, starts: np.ndarray) -> Callable[[int], np.ndarray]:
+    close = bars["close"].cast(pl.Float64).to_numpy()
+    return lambda window: _rolling_sums(close, starts, window) / window
+
+
+def _vwma(bars: pl.DataFrame, starts: np.ndarray) -> Callable[[int], np.ndarray]:
+    """sum(close x volume) / sum(volume) over the window."""
+    volume = bars["volume"].cast(pl.Float64).to_numpy()
+    weighted = bars["close"].cast(pl.Float64).to_numpy() * volume
+
+    def average(window: int) -> np.ndarray:
+        with np.errstate(divide="ignore", invalid="ignore"):  # no volume in the window: undefined
+            ratio = _rolling_sums(weighted, starts, window) / _rolling_sums(volume, starts, window)
+        return np.where(np.isfinite(ratio), ratio, np.nan)
+
+    return average
+
+
+@numba.njit(cache=True)
+def _crossover_targets(fast: np.ndarray, slow: np.ndarray, short: int, out: np.ndarray) -> None:
+    """Long while fast > slow, else ``short``; flat until both averages exist."""
+    for i in range(fast.shape[0]):
+        if np.isnan(fast[i]) or np.isnan(slow[i]):
+            out[i] = 0
+        else:
+            out[i] = 1 if fast[i] > slow[i] else short
+
+
+def _crossover_grid(
+    averages: Callable[[pl.DataFrame, np.ndarray], Callable[[int], np.ndarray]],
+    bars: pl.DataFrame,
+    combos: Sequence[dict[str, Any]],
+) -> np.ndarray:
+    """Targets of many (fast, slow) pairs, each distinct window's average computed once."""
+    starts = _runs(bars)
+    windows = sorted({c["fast"] for c in combos} | {c["slow"] for c in combos})
+    average = averages(bars, starts)
+    series = {w: average(w) for w in windows}
+    out = np.empty((len(combos), bars.height), dtype=np.int8)
+    for row, combo in enumerate(combos):
+        short = -1 if combo.get("allow_short", False) else 0
+        _crossover_targets(series[combo["fast"]], series[combo["slow"]], short, out[row])
+    return out
+
+
+def _ma_grid(bars: pl.DataFrame, combos: Sequence[dict[str, Any]]) -> np.ndarray:
+    return _crossover_grid(_sma, bars, combos)
+
+
+def _vwma_grid(bars: pl.DataFrame, combos: Sequence[dict[str, Any]]) -> np.ndarray:
+    return _crossover_grid(_vwma, bars, combos)
+
+
+def _with_targets(bars: pl.DataFrame, targets: np.ndarray) -> pl.DataFrame:
+    return bars.with_columns(signal=pl.Series(targets, dtype=pl.Int8))
+
+
+@signal("ma_crossover", version="1.1.0", grid=_ma_grid)
 def ma_crossover(
     bars: pl.DataFrame, *, fast: int, slow: int, allow_short: bool = False
 ) -> pl.DataFrame:
     """Long while the simple moving average of closes over ``fast`` bars is above ``slow``."""
-    fast_ma = per_symbol(pl.col("close").rolling_mean(fast))
-    slow_ma = per_symbol(pl.col("close").rolling_mean(slow))
-    return bars.with_columns(signal=_crossover(fast_ma, slow_ma, allow_short))
+    combo = {"fast": fast, "slow": slow, "allow_short": allow_short}
+    return _with_targets(bars, _ma_grid(bars, [combo])[0])
 
 
-@signal("vwma_crossover", version="1.0.0")
+@signal("vwma_crossover", version="1.1.0", grid=_vwma_grid)
 def vwma_crossover(
     bars: pl.DataFrame, *, fast: int, slow: int, allow_short: bool = False
 ) -> pl.DataFrame:
     """As ``ma_crossover`` on volume-weighted averages: sum(close x volume) / sum(volume)."""
-
-    def vwma(window: int) -> pl.Expr:
-        weighted = per_symbol((pl.col("close") * pl.col("volume")).rolling_sum(window))
-        return weighted / per_symbol(pl.col("volume").rolling_sum(window))
-
-    return bars.with_columns(signal=_crossover(vwma(fast), vwma(slow), allow_short))
+    combo = {"fast": fast, "slow": slow, "allow_short": allow_short}
+    return _with_targets(bars, _vwma_grid(bars, [combo])[0])
 
 
 @signal("breakout", version="1.0.0")
