@@ -95,6 +95,10 @@ def inputs_digest(project: Project, overrides: list[str], only: list[str] | None
         data[str(local.get("path"))] = [(project.rel(f), file_sha256(f, cache)) for f in files]
     cache.save()
     parts["data"] = data
+    events = _event_files(project, overrides)
+    if events is None:
+        return None
+    parts["events"] = events
     reports = project.root / str(settings.get("reports_dir", "reports"))
     parts["evidence"] = (
         {project.rel(p): sha256_file(p) for p in sorted(reports.rglob("evidence.json"))}
@@ -102,6 +106,25 @@ def inputs_digest(project: Project, overrides: list[str], only: list[str] | None
         else {}
     )
     return sha256_json(parts)
+
+
+def _event_files(project: Project, overrides: list[str]) -> dict[str, str | None] | None:
+    """Hashes of the event calendars strategies name, or None when only a compose can tell."""
+    if any("events" in override for override in overrides):
+        return None
+    files: dict[str, str | None] = {}
+    for path in sorted((project.conf_dir / "strategy").glob("*.yaml")):
+        raw = _raw_yaml(path)
+        strategy = raw.get("strategy") if isinstance(raw, dict) else None
+        signal = strategy.get("signal") if isinstance(strategy, dict) else None
+        value = signal.get("events") if isinstance(signal, dict) else None
+        if value is None:
+            continue
+        if not isinstance(value, str) or "${" in value:
+            return None
+        file = project.root / value
+        files[value] = sha256_file(file) if file.is_file() else None
+    return files
 
 
 def _outputs_intact(project: Project, manifest: dict[str, Any]) -> bool:
@@ -194,7 +217,7 @@ def compile_project(
             fingerprints[key] = (
                 fingerprint(project.root / key[0], key[1], cache) if key[0] else None
             )
-        lock = lock_strategy(composed, data, signals, fingerprints[key])
+        lock = lock_strategy(composed, data, signals, fingerprints[key], project.root)
         diagnostics += lock.diagnostics
         strategy = data["strategy"]
         path = evidence_path(reports_dir, strategy["id"], strategy["version"])

@@ -10,13 +10,14 @@ did not change.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from qcompile import __version__
 from qcompile.compose import ComposedStrategy, did_you_mean
 from qcompile.errors import Diagnostic
 from qcompile.fingerprint import DataFingerprint
-from qcompile.hashing import sha256_json
+from qcompile.hashing import sha256_file, sha256_json
 from qcompile.signalsource import SignalSource
 
 # The parts of a strategy that change what a backtest computes; the evidence of a report must
@@ -56,6 +57,7 @@ def lock_strategy(
     data: dict[str, Any],
     signals: dict[str, SignalSource],
     fingerprint: DataFingerprint | None,
+    root: Path | None = None,
 ) -> Lock:
     strategy, source = data["strategy"], data["data"]
     reference = strategy["signal"]
@@ -90,6 +92,18 @@ def lock_strategy(
                 "lock.signal_param_unknown",
                 did_you_mean(name, sorted(known)),
             )
+        if reference.get("events") and "events" not in known:
+            problem(
+                "strategy.signal.events",
+                f"{found.name} takes no events input",
+                "lock.signal_events",
+            )
+        if "events" in reference["params"]:
+            problem(
+                "strategy.signal.params.events",
+                "events come from a file: set strategy.signal.events to its path",
+                "lock.signal_param_unknown",
+            )
         for name in found.required_params:
             if name not in reference["params"]:
                 problem(
@@ -106,6 +120,7 @@ def lock_strategy(
             "version": reference["version"],
             "module": found.module if found else None,
             "source_sha256": found.source_sha256 if found else None,
+            **_events_pin(reference.get("events"), root),
         },
         "data": {
             "vendor": source["vendor"],
@@ -126,7 +141,17 @@ def lock_strategy(
         "data_sha256": fingerprint.content_sha256 if fingerprint else None,
         "signal_source_sha256": pins["signal"]["source_sha256"],
     }
+    if "events" in pins["signal"]:  # only strategies with an event calendar pin one
+        inputs["events_sha256"] = pins["signal"]["events"]["sha256"]
     return Lock(pins, inputs, found, diagnostics)
+
+
+def _events_pin(path: str | None, root: Path | None) -> dict[str, Any]:
+    """The event calendar's path and content hash (None while the file does not exist)."""
+    if not path:
+        return {}
+    file = (root or Path.cwd()) / path
+    return {"events": {"path": path, "sha256": sha256_file(file) if file.is_file() else None}}
 
 
 def drift_diagnostics(

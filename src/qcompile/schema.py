@@ -176,6 +176,13 @@ STRATEGY_SCHEMA: dict[str, Any] = {
                         keysrules={"type": "string"},
                         valuesrules={"type": "list", "empty": False},
                     ),
+                    "events": _text(
+                        "Event calendar for signals that take ``events`` (gap_fill: earnings "
+                        "dates): a CSV or Parquet file relative to the project root with columns "
+                        "symbol and date (YYYY-MM-DD, the session date). Pinned by content hash.",
+                        required=False,
+                        regex=r"[^/~$][^$`]*\.(csv|parquet)",
+                    ),
                 },
             ),
             "rules": _doc(

@@ -170,3 +170,80 @@ def test_a_team_signal_package_in_the_project_root_backtests(team_project: Path)
     assert run.returncode == 0, run.stderr
     evidence = json.loads((team_project / "reports/STR-2026-0051/0.1.0/evidence.json").read_text())
     assert evidence["metrics"]["trade_count"] > 0
+
+
+def _earnings_gap_on_sample_data(root: Path, events: str | None) -> Path:
+    """The earnings-gap example pointed at the bundled sample data, with an event calendar."""
+    strategy = root / "conf/strategy/earnings_gap.yaml"
+    edit(strategy, "/data: tickdb_us_daily", "/data: sample_us_daily")
+    edit(strategy, "/universe: us_tech", "/universe: us_sample")
+    edit(strategy, 'start_date: "2021-01-01"', 'start_date: "2009-06-01"')
+    edit(strategy, 'end_date: "2025-12-31"', 'end_date: "2017-10-31"')
+    edit(strategy, 'start_date: "2025-01-01"', 'start_date: "2016-01-01"')
+    edit(strategy, 'end_date: "2025-12-31"', 'end_date: "2017-10-31"')
+    if events is not None:
+        edit(
+            strategy,
+            "    ranges:\n      min_gap",
+            f"    events: {events}\n    ranges:\n      min_gap",
+        )
+    return strategy
+
+
+def _gap_down_days(root: Path, symbol: str, min_gap_pct: float) -> list[str]:
+    """Session dates on which gap_fill's entry condition holds, computed independently."""
+    import polars as pl
+
+    bars = pl.read_parquet(root / f"data/sample_us_daily/{symbol}.parquet")
+    previous = bars["close"].shift(1)
+    gap = (bars["open"] / previous - 1.0) * 100.0
+    chosen = bars.filter((gap <= -min_gap_pct) & (bars["close"] < previous))
+    dates = pl.from_epoch(chosen["timestamp"], time_unit="ms").dt.date().cast(pl.String)
+    return [d for d in dates.to_list() if "2009-06-01" <= d <= "2017-10-31"]
+
+
+def test_gap_fill_trades_only_on_the_pinned_event_calendar(example: Path) -> None:
+    gaps = _gap_down_days(example, "MSFT", 3.0)
+    assert len(gaps) >= 4
+    events = example / "data/events/earnings.csv"
+    events.parent.mkdir(parents=True)
+    # two gap days are "earnings", plus one quiet day that must not trade
+    events.write_text(f"symbol,date\nMSFT,{gaps[0]}\nMSFT,{gaps[2]}\nMSFT,2012-03-06\n")
+    _earnings_gap_on_sample_data(example, "data/events/earnings.csv")
+    assert cli(example, "build").exit_code == 0
+    passport = (example / "generated/STR-2026-0042/passport.yaml").read_text()
+    assert "path: data/events/earnings.csv" in passport
+    result = cli(example, "backtest", "STR-2026-0042")
+    assert result.exit_code == 0, result.output
+    evidence = json.loads((example / "reports/STR-2026-0042/1.3.2/evidence.json").read_text())
+    assert evidence["metrics"]["trade_count"] == 2  # only the calendar's gap days, not all gaps
+    assert len(evidence["inputs"]["events_sha256"]) == 64
+
+    events.write_text(f"symbol,date\nMSFT,{gaps[0]}\n")  # the calendar changes
+    warned = cli(example, "build")
+    assert "report is stale: config_sha256" not in warned.output
+    assert "events_sha256 changed since it ran" in warned.output
+
+
+def test_a_missing_event_calendar_is_refused_with_its_path(example: Path) -> None:
+    _earnings_gap_on_sample_data(example, "data/events/earnings.csv")
+    assert cli(example, "build").exit_code == 0
+    result = cli(example, "backtest", "STR-2026-0042")
+    assert result.exit_code == 2
+    assert result.output == (
+        "error: events file data/events/earnings.csv not found; create it, then `qcompile build`\n"
+    )
+
+
+def test_an_event_calendar_on_a_signal_without_events_is_an_error(example: Path) -> None:
+    edit(
+        example / "conf/strategy/ma_trend.yaml",
+        "    ranges:\n      fast",
+        "    events: data/events/earnings.csv\n    ranges:\n      fast",
+    )
+    result = cli(example, "build")
+    assert result.exit_code == 2
+    assert (
+        "conf/strategy/ma_trend.yaml:30: error: strategy.signal.events: ma_crossover takes no "
+        "events input [lock.signal_events]"
+    ) in result.output

@@ -14,6 +14,7 @@ import json
 import os
 import sys
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +31,7 @@ from qcompile.backtest.kernel import GRID_COLUMNS
 from qcompile.backtest.metrics import FORMULAS, Metrics, bar_returns, compute
 from qcompile.datalayout import symbol_files
 from qcompile.errors import QcompileError
-from qcompile.hashing import files_sha256
+from qcompile.hashing import files_sha256, sha256_file
 from qcompile.signals import SignalError, SignalSpec, get_signal
 from qcompile.signalsource import function_sha256
 
@@ -89,6 +90,37 @@ def _signal_spec(params: dict[str, Any], root: Path) -> SignalSpec:
             f"(pinned {str(pinned['source_sha256'])[:12]}, found {str(actual)[:12]}); run `qcompile build`"
         )
     return spec
+
+
+def _load_events(pin: dict[str, Any] | None, root: Path, bars: pl.DataFrame) -> pl.DataFrame | None:
+    """The pinned event calendar as (symbol, timestamp) rows on the bars' own timestamps."""
+    if not pin:
+        return None
+    path = root / pin["path"]
+    if not path.is_file():
+        raise BacktestError(
+            f"events file {pin['path']} not found; create it, then `qcompile build`"
+        )
+    if sha256_file(path) != pin["sha256"]:
+        raise BacktestError(
+            f"the events in {pin['path']} changed since they were pinned; run `qcompile build`"
+        )
+    try:
+        raw = pl.read_parquet(path) if path.suffix == ".parquet" else pl.read_csv(path)
+        calendar = raw.select(
+            pl.col("symbol").cast(pl.String), pl.col("date").cast(pl.String).str.to_date()
+        )
+    except (pl.exceptions.PolarsError, OSError) as error:
+        message = str(error).splitlines()[0]
+        raise BacktestError(
+            f"{pin['path']}: needs columns symbol and date (YYYY-MM-DD): {message}"
+        ) from None
+    sessions = bars.select(
+        "symbol",
+        "timestamp",
+        date=pl.from_epoch("timestamp", time_unit="ms").dt.date(),
+    )
+    return calendar.join(sessions, on=["symbol", "date"], how="inner").select("symbol", "timestamp")
 
 
 def _check_data(params: dict[str, Any], root: Path) -> tuple[Path, str]:
@@ -235,6 +267,10 @@ def backtest(
     )
     settings = _settings(params)
     chosen = params["signal"]["params"]
+    events = _load_events(params["pins"]["signal"].get("events"), root, bars)
+    if events is not None:  # the calendar is data, not a parameter: bound once, never swept
+        spec = SignalSpec(spec.name, spec.version, partial(spec.function, events=events), None)
+        signal_function = spec.function
     ppy = periods_per_year(source["interval"])
     full, result = _run(bars, signal_function, chosen, settings, start, end)
     metrics = _metrics(result, ppy)
