@@ -304,7 +304,6 @@ def _accumulate_one(
     stats: np.ndarray,
 ) -> None:
     """One combination over the block's sleeves, in symbol order."""
-    clock = latest.shape[1]
     for sleeve in range(starts.shape[0] - 1):
         first, last = starts[sleeve], starts[sleeve + 1]
         length = last - first
@@ -322,20 +321,48 @@ def _accumulate_one(
             gross[:length],
             trades,
         )
-        for t in range(count):
-            pnl = trades[t, 7]
-            stats[0] += 1
-            if pnl > 0:
-                stats[1] += 1
-                stats[2] += pnl
-            elif pnl < 0:
-                stats[3] -= pnl
-        offset = first_row + first  # global row of the sleeve's first bar
-        for c in range(clock):
-            row = latest[sleeve, c]
-            portfolio[c] += capital if row < 0 else equity[row - offset]
-            if own[sleeve, c]:
-                exposure[c] += gross[row - offset]
+        _add_trade_stats(trades, count, stats)
+        _add_to_clock(equity, gross, latest[sleeve], own[sleeve], first_row + first, capital,
+                      portfolio, exposure)  # fmt: skip
+
+
+@numba.njit(cache=True)
+def _add_trade_stats(trades: np.ndarray, count: int, stats: np.ndarray) -> None:
+    """Add one sleeve's closed trades to (closed, wins, won, lost): the sleeve's sums first, so
+    that the totals are the same whether sleeves ran one after another or in parallel."""
+    wins = 0
+    won = 0.0
+    lost = 0.0
+    for t in range(count):
+        pnl = trades[t, 7]
+        if pnl > 0:
+            wins += 1
+            won += pnl
+        elif pnl < 0:
+            lost -= pnl
+    stats[0] += count
+    stats[1] += wins
+    stats[2] += won
+    stats[3] += lost
+
+
+@numba.njit(cache=True)
+def _add_to_clock(
+    equity: np.ndarray,
+    gross: np.ndarray,
+    latest: np.ndarray,
+    own: np.ndarray,
+    offset: int,  # global row of equity[0]
+    capital: float,
+    portfolio: np.ndarray,
+    exposure: np.ndarray,
+) -> None:
+    """Add one sleeve to the portfolio clock: cash before its first bar, its last value after."""
+    for c in range(latest.shape[0]):
+        row = latest[c]
+        portfolio[c] += capital if row < 0 else equity[row - offset]
+        if own[c]:
+            exposure[c] += gross[row - offset]
 
 
 @numba.njit(cache=True)
