@@ -66,7 +66,7 @@ def random_walk(symbols: int, bars: int, seed: int = 1) -> pl.DataFrame:
                 }
             )
         )
-    return pl.concat(frames)
+    return pl.concat(frames).rechunk()  # contiguous, as the loader returns sorted bars
 
 
 def timed(function: Callable[[], object], repeat: int) -> float:

@@ -71,3 +71,10 @@ def test_annualised_return_of_a_short_huge_gain_is_infinite_not_an_error() -> No
     metrics = compute([1.0, 1e6], [], [0.0, 0.0], 252.0)
     assert metrics.annualised_return == float("inf")
     assert metrics.total_return == 999_999.0
+
+
+def test_bars_after_the_account_is_wiped_out_have_no_return() -> None:
+    assert bar_returns([100.0, 0.0, 0.0, 5.0]) == [-1.0]  # no division by a zero equity
+    metrics = compute([100.0, 50.0, 0.0, 0.0], [], [0.0] * 4, 252.0)
+    assert metrics.total_return == -1.0
+    assert metrics.max_drawdown == -1.0

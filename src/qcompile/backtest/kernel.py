@@ -193,17 +193,21 @@ def _portfolio_metrics(
     m = equity.shape[0]
     growth = equity[m - 1] / equity[0]
     out[0] = growth - 1.0
-    count = m - 1
-    out[1] = growth ** (periods_per_year / count) - 1.0 if count > 0 and growth > 0 else -1.0
+    # bar returns exist only where the previous equity is positive (metrics.bar_returns)
+    count = 0
     total = 0.0
     for i in range(1, m):
-        total += equity[i] / equity[i - 1] - 1.0
+        if equity[i - 1] > 0:
+            count += 1
+            total += equity[i] / equity[i - 1] - 1.0
+    out[1] = growth ** (periods_per_year / count) - 1.0 if count > 0 and growth > 0 else -1.0
     mean = total / count if count > 0 else 0.0
     out[2] = np.nan
     if count >= 2:
         variance = 0.0
         for i in range(1, m):
-            variance += (equity[i] / equity[i - 1] - 1.0 - mean) ** 2
+            if equity[i - 1] > 0:
+                variance += (equity[i] / equity[i - 1] - 1.0 - mean) ** 2
         variance /= count - 1
         if variance != 0:
             out[2] = mean / math.sqrt(variance) * math.sqrt(periods_per_year)
@@ -211,7 +215,8 @@ def _portfolio_metrics(
     if count >= 1:
         downside = 0.0
         for i in range(1, m):
-            downside += min(equity[i] / equity[i - 1] - 1.0, 0.0) ** 2
+            if equity[i - 1] > 0:
+                downside += min(equity[i] / equity[i - 1] - 1.0, 0.0) ** 2
         downside = math.sqrt(downside / count)
         if downside != 0:
             out[3] = mean / downside * math.sqrt(periods_per_year)

@@ -13,7 +13,10 @@ from dataclasses import asdict, dataclass
 FORMULAS = {
     "total_return": "E_T / E_0 - 1, equity net of slippage and commission",
     "annualised_return": "(E_T / E_0) ^ (P / n) - 1, geometric; n bar returns, P bars per year",
-    "sharpe": "mean(r) / stdev(r) x sqrt(P); r_t = E_t / E_(t-1) - 1, sample stdev, risk-free 0",
+    "sharpe": (
+        "mean(r) / stdev(r) x sqrt(P); r_t = E_t / E_(t-1) - 1 for every bar whose previous equity "
+        "is positive (none once the account is wiped out), sample stdev, risk-free 0"
+    ),
     "sortino": "mean(r) / sqrt(mean(min(r_t, 0)^2)) x sqrt(P); downside over all bars, target 0",
     "max_drawdown": "min_t (E_t / max_(s<=t) E_s - 1), with the peak and trough bars",
     "win_rate": "trades with net PnL > 0 / all closed trades",
@@ -52,7 +55,8 @@ class Metrics:
 
 
 def bar_returns(equity: Sequence[float]) -> list[float]:
-    return [equity[i] / equity[i - 1] - 1.0 for i in range(1, len(equity))]
+    """Per-bar returns; a bar after the account reached zero (or less) has none."""
+    return [equity[i] / equity[i - 1] - 1.0 for i in range(1, len(equity)) if equity[i - 1] > 0]
 
 
 def max_drawdown(equity: Sequence[float]) -> Drawdown:

@@ -13,18 +13,25 @@ from qcompile.signals._frames import hold, per_symbol
 from qcompile.signals.registry import signal
 
 
-@numba.njit(cache=True)
-def _rolling_sums(values: np.ndarray, starts: np.ndarray, window: int) -> np.ndarray:
-    """Sum of the last ``window`` values per symbol run (NaN until a full window exists)."""
+@numba.njit(cache=True, parallel=True)
+def _rolling_sums(
+    values: np.ndarray, starts: np.ndarray, window: int, divisor: float
+) -> np.ndarray:
+    """Sum of the last ``window`` values per symbol run, divided by ``divisor`` (NaN until a full
+    window exists). Symbols run in parallel; each one's arithmetic is sequential and fixed."""
     out = np.empty(values.shape[0])
-    for run in range(starts.shape[0] - 1):
+    for run in numba.prange(starts.shape[0] - 1):
         first, last = starts[run], starts[run + 1]
+        warm = min(first + window - 1, last)
         total = 0.0
-        for i in range(first, last):
+        for i in range(first, warm):
+            total += values[i]
+            out[i] = np.nan
+        for i in range(warm, last):
             total += values[i]
             if i - first >= window:
                 total -= values[i - window]
-            out[i] = total if i - first >= window - 1 else np.nan
+            out[i] = total / divisor
     return out
 
 
@@ -36,7 +43,7 @@ def _runs(bars: pl.DataFrame) -> np.ndarray:
 
 def _sma(bars: pl.DataFrame, starts: np.ndarray) -> Callable[[int], np.ndarray]:
     close = bars["close"].cast(pl.Float64).to_numpy()
-    return lambda window: _rolling_sums(close, starts, window) / window
+    return lambda window: _rolling_sums(close, starts, window, float(window))
 
 
 def _vwma(bars: pl.DataFrame, starts: np.ndarray) -> Callable[[int], np.ndarray]:
@@ -46,7 +53,9 @@ def _vwma(bars: pl.DataFrame, starts: np.ndarray) -> Callable[[int], np.ndarray]
 
     def average(window: int) -> np.ndarray:
         with np.errstate(divide="ignore", invalid="ignore"):  # no volume in the window: undefined
-            ratio = _rolling_sums(weighted, starts, window) / _rolling_sums(volume, starts, window)
+            ratio = _rolling_sums(weighted, starts, window, 1.0) / _rolling_sums(
+                volume, starts, window, 1.0
+            )
         return np.where(np.isfinite(ratio), ratio, np.nan)
 
     return average
