@@ -25,10 +25,15 @@ REPO = Path(__file__).resolve().parents[1]
 UNIVERSES = ["us_megacap", "us_tech"]
 COSTS = ["retail", "institutional", "zero"]
 DEPLOYMENTS = ["paper", "live_redis"]
-SIGNALS = [  # (name, params, ranges)
-    ("ma_crossover", "fast: {a}\n      slow: {b}", "fast: [{a}]\n      slow: [{b}]"),
-    ("zscore_reversion", "window: {a}\n      entry_z: 2.0\n      exit_z: 0.5", "window: [{a}]"),
-    ("breakout", "lookback: {b}\n      exit_lookback: {a}", "lookback: [{b}]"),
+SIGNALS = [  # (name, version, params, ranges)
+    ("ma_crossover", "1.1.0", "fast: {a}\n      slow: {b}", "fast: [{a}]\n      slow: [{b}]"),
+    (
+        "zscore_reversion",
+        "1.0.0",
+        "window: {a}\n      entry_z: 2.0\n      exit_z: 0.5",
+        "window: [{a}]",
+    ),
+    ("breakout", "1.0.0", "lookback: {b}\n      exit_lookback: {a}", "lookback: [{b}]"),
 ]
 
 
@@ -38,13 +43,16 @@ def make_project(root: Path, count: int) -> None:
     for old in (root / "conf/strategy").glob("*.yaml"):
         old.unlink()
     for index in range(count):
-        name, params, ranges = SIGNALS[index % len(SIGNALS)]
+        name, version, params, ranges = SIGNALS[index % len(SIGNALS)]
         a, b = 5 + index % 20, 60 + index % 50
         text = template.replace("STR-2026-0007", f"STR-2027-{index:04d}")
-        text = text.replace("/universe: us_megacap", f"/universe: {UNIVERSES[index % 2]}")
+        text = text.replace("/universe: us_sample", f"/universe: {UNIVERSES[index % 2]}")
+        text = text.replace("/data: sample_us_daily", "/data: tickdb_us_daily")
         text = text.replace("/costs: retail", f"/costs: {COSTS[index % 3]}")
         text = text.replace("/deployment: paper", f"/deployment: {DEPLOYMENTS[index % 2]}")
-        text = text.replace("name: ma_crossover", f"name: {name}")
+        text = text.replace(
+            "name: ma_crossover\n    version: 1.1.0", f"name: {name}\n    version: {version}"
+        )
         text = text.replace("fast: 20\n      slow: 100", params.format(a=a, b=b))
         text = text.replace(
             "fast: [5, 10, 20, 30, 40, 50]\n      slow: [50, 100, 150, 200]",

@@ -1,0 +1,32 @@
+"""Every benchmark still runs: a tiny workload each, checking only that it completes and prints
+its table (timings are never asserted; the figures are read by people, beside their reference)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from tests.conftest import REPO
+
+
+def _run(script: str, *args: str) -> str:
+    result = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / script), *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def test_build_benchmark_runs_on_a_small_portfolio() -> None:
+    out = _run("build_speed.py", "--strategies", "6", "--repeat", "1")
+    assert "build speed, 6 strategies" in out
+    assert "qcompile build, cold (fresh process)" in out
+
+
+def test_backtest_benchmark_runs_on_a_small_universe() -> None:
+    out = _run("backtest_speed.py", "--symbols", "3", "--bars", "300", "--repeat", "1")
+    assert "174-combination grid, 1 symbol" in out
+    assert "174 x 3 symbols (522 runs)" in out
