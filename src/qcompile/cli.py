@@ -160,6 +160,58 @@ def backtest(strategy: str, overrides: tuple[str, ...]) -> None:
 
 @main.command()
 @click.argument("strategy")
+@_OVERRIDES
+@click.option("--name", metavar="NAME", help="Sweep folder name (default: a hash of the sweep).")
+@click.option("--dry-run", is_flag=True, help="List the jobs and their batches; run nothing.")
+@click.option("--resume", is_flag=True, help="Reuse jobs a previous run of this sweep finished.")
+@_handled
+def sweep(
+    strategy: str, overrides: tuple[str, ...], name: str | None, dry_run: bool, resume: bool
+) -> None:
+    """Backtest STRATEGY at every point of a Hydra sweep, e.g.
+    'strategy.signal.params.fast=range(5,50,5)' costs=retail,institutional.
+
+    Writes reports/<id>/sweeps/<name>/: results.parquet, results.csv and summary.md."""
+    from qcompile import sweep as sweeps
+
+    project = _project()
+    if dry_run:
+        jobs = sweeps.expand(project, list(overrides))
+        grouped = sweeps.batches(jobs)
+        for number, (context, members) in enumerate(grouped.items()):
+            click.echo(f"batch {number}: {' '.join(context) or '(the strategy as configured)'}")
+            for job in members:
+                click.echo(f"  job {job.number}: {job.label}")
+        click.echo(f"{len(jobs)} job(s) in {len(grouped)} batch(es); nothing was run.")
+        return
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    with Progress(
+        TextColumn("sweep"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total} jobs"),
+        TimeRemainingColumn(),
+        transient=True,
+        disable=not sys.stderr.isatty(),
+    ) as bar:
+        task = bar.add_task("sweep", total=None)
+        result = sweeps.run(
+            project,
+            strategy,
+            list(overrides),
+            name=name,
+            resume=resume,
+            progress=lambda done, total: bar.update(task, completed=done, total=total),
+        )
+    where = project.rel(result.directory)
+    click.echo(
+        f"wrote {where}/summary.md, results.csv and results.parquet: {len(result.rows)} job(s), "
+        f"{result.failures} failed" + (f", {result.skipped} reused" if result.skipped else "")
+    )
+
+
+@main.command()
+@click.argument("strategy")
 @click.option(
     "--start", metavar="YYYY-MM-DD", help="First day (default: backtest start minus lookback)."
 )

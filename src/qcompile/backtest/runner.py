@@ -250,27 +250,11 @@ def backtest(
     ``output_dir`` (default: <reports_dir>/<id>/<version>/, where the gates look)."""
     params = yaml.safe_load(params_file.read_text(encoding="utf-8"))
     strategy, backtest_settings, source = params["strategy"], params["backtest"], params["data"]
-    spec = _signal_spec(params, root)
+    bars, spec, data_sha = _inputs(params, root)
     signal_function = spec.function
-    directory, data_sha = _check_data(params, root)
-    timestamp = source["timestamp"]
-    bars = load_bars(
-        directory,
-        source["local"]["format"],
-        params["universe"]["symbols"],
-        Convention(timestamp["unit"], timestamp["timezone"], timestamp["stamping"]),
-        root,
-    )
-    start, end = (
-        _ms(backtest_settings["start_date"]),
-        _ms(backtest_settings["end_date"], end_of_day=True),
-    )
+    start, end = _window(backtest_settings)
     settings = _settings(params)
     chosen = params["signal"]["params"]
-    events = _load_events(params["pins"]["signal"].get("events"), root, bars)
-    if events is not None:  # the calendar is data, not a parameter: bound once, never swept
-        spec = SignalSpec(spec.name, spec.version, partial(spec.function, events=events), None)
-        signal_function = spec.function
     ppy = periods_per_year(source["interval"])
     full, result = _run(bars, signal_function, chosen, settings, start, end)
     metrics = _metrics(result, ppy)
@@ -401,3 +385,46 @@ def summary(report: Report, root: Path) -> str:
         f"Sharpe {sharpe}, {m.trade_count} trades, "
         f"{'eligible' if report.eligible else 'not eligible'} for production"
     )
+
+
+def grid_metrics(
+    params_file: Path, root: Path, combos: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """Metrics of the strategy in ``params_file`` under each parameter combination, over its
+    backtest window, in one batched pass: what a sweep needs per job, nothing written.
+
+    The same checks as ``backtest`` run first (signal source and data against their pins, the data
+    contract), so a sweep never reports numbers from inputs the lock does not describe."""
+    params = yaml.safe_load(params_file.read_text(encoding="utf-8"))
+    bars, spec, _ = _inputs(params, root)
+    ppy = periods_per_year(params["data"]["interval"])
+    table = _grid(bars, spec, combos, _settings(params), _window(params["backtest"]), ppy)
+    return table.to_dicts()
+
+
+def _window(backtest_settings: dict[str, Any]) -> tuple[int, int]:
+    """The backtest window as inclusive epoch milliseconds."""
+    return (
+        _ms(backtest_settings["start_date"]),
+        _ms(backtest_settings["end_date"], end_of_day=True),
+    )
+
+
+def _inputs(params: dict[str, Any], root: Path) -> tuple[pl.DataFrame, SignalSpec, str]:
+    """Bars, the signal (with its event calendar bound) and the data hash, after every check
+    against the pins: signal source, data content, the data contract, the events."""
+    source = params["data"]
+    spec = _signal_spec(params, root)
+    directory, data_sha = _check_data(params, root)
+    timestamp = source["timestamp"]
+    bars = load_bars(
+        directory,
+        source["local"]["format"],
+        params["universe"]["symbols"],
+        Convention(timestamp["unit"], timestamp["timezone"], timestamp["stamping"]),
+        root,
+    )
+    events = _load_events(params["pins"]["signal"].get("events"), root, bars)
+    if events is not None:  # the calendar is data, not a parameter: bound once, never swept
+        spec = SignalSpec(spec.name, spec.version, partial(spec.function, events=events), None)
+    return bars, spec, data_sha

@@ -1,0 +1,244 @@
+"""Parameter-sensitivity sweeps: Hydra sweep overrides -> jobs -> batched backtests -> a table.
+
+Consumes a strategy and overrides in Hydra's sweep grammar (``a=1,2``, ``range``, ``choice``,
+``glob`` over a config group, group sweeps such as ``costs=retail,zero``); produces one row of
+metrics per job under ``reports/<id>/sweeps/<name>/`` (``results.parquet``, ``results.csv``,
+``summary.md``), byte-identical when run again.
+
+Jobs are expanded by Hydra's own override parser and sweeper logic, so the grammar is exactly
+Hydra's. They are then grouped by everything that is not a signal parameter: each group compiles
+once (one compose for its group selections) and all of its signal-parameter combinations run as
+one batched grid inside the engine. A group that fails (a config error, missing data) records its
+error on its jobs and the sweep goes on.
+
+Like ``workflows``, this module joins the compiler and the runtime; neither imports the other.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from qcompile.errors import DiagnosticsError, QcompileError
+from qcompile.hashing import sha256_json
+from qcompile.project import Project
+
+SIGNAL_PARAM = "strategy.signal.params."
+METRICS = ("total_return", "annualised_return", "sharpe", "sortino", "max_drawdown", "trade_count")
+
+
+@dataclass(frozen=True)
+class Job:
+    """One point of the sweep: its overrides, split into what batches and what does not."""
+
+    number: int
+    overrides: tuple[str, ...]
+    signal_params: dict[str, Any]  # strategy.signal.params.<name> -> value
+    context: tuple[str, ...]  # every other override: needs its own compose
+
+    @property
+    def label(self) -> str:
+        return " ".join(self.overrides)
+
+
+@dataclass
+class SweepResult:
+    directory: Path
+    rows: list[dict[str, Any]]
+    failures: int
+    swept_keys: list[str]
+    batches: int = 0
+    skipped: int = 0
+    best: dict[str, Any] | None = field(default=None)
+
+
+def _parser(project: Project) -> Any:
+    from hydra._internal.config_loader_impl import ConfigLoaderImpl
+    from hydra._internal.utils import create_config_search_path
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    search_path = create_config_search_path(str(project.conf_dir.resolve()))
+    return OverridesParser.create(config_loader=ConfigLoaderImpl(config_search_path=search_path))
+
+
+def expand(project: Project, overrides: list[str]) -> list[Job]:
+    """Every job of the sweep, in Hydra's expansion order (the cartesian product)."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.errors import HydraException
+
+    parser = _parser(project)
+    try:
+        parsed = parser.parse_overrides(overrides)
+        combinations = BasicSweeper.split_arguments(parsed, None)[0]
+    except HydraException as error:
+        raise QcompileError(f"sweep overrides: {str(error).splitlines()[0]}") from None
+    jobs = []
+    for number, job in enumerate(combinations):
+        params, context = {}, []
+        for text in job:
+            override = parser.parse_override(text)
+            key = override.get_key_element()
+            if (
+                key.startswith(SIGNAL_PARAM)
+                and not override.is_add()
+                and "." not in key[len(SIGNAL_PARAM) :]
+            ):
+                params[key[len(SIGNAL_PARAM) :]] = override.value()
+            else:
+                context.append(text)
+        jobs.append(Job(number, tuple(job), params, tuple(context)))
+    return jobs
+
+
+def swept_keys(overrides: list[str], project: Project) -> list[str]:
+    """The keys that take more than one value, in the order given."""
+    parser = _parser(project)
+    return [o.get_key_element() for o in parser.parse_overrides(overrides) if o.is_sweep_override()]
+
+
+def batches(jobs: list[Job]) -> dict[tuple[str, ...], list[Job]]:
+    """Jobs grouped by their non-batchable overrides, first appearance first."""
+    grouped: dict[tuple[str, ...], list[Job]] = {}
+    for job in jobs:
+        grouped.setdefault(job.context, []).append(job)
+    return grouped
+
+
+def sweep_name(strategy: str, overrides: list[str]) -> str:
+    return sha256_json({"strategy": strategy, "overrides": overrides})[:12]
+
+
+def run(
+    project: Project,
+    strategy: str,
+    overrides: list[str],
+    name: str | None = None,
+    resume: bool = False,
+    progress: Callable[[int, int], None] | None = None,
+) -> SweepResult:
+    """Run every job; ``progress(done, total)`` is called as batches finish."""
+    from qcompile.build import compile_project
+    from qcompile.plan import runtime_parameters
+
+    jobs = expand(project, overrides)
+    keys = swept_keys(overrides, project)
+    base = compile_project(project, [], [strategy]).strategies
+    if not base:
+        raise QcompileError(f"no strategy {strategy!r}")
+    (compiled,) = base
+    params = runtime_parameters(compiled)
+    directory = (
+        project.root
+        / params["backtest"]["reports_dir"]
+        / compiled.id
+        / "sweeps"
+        / (name or sweep_name(strategy, overrides))
+    )
+    done = _finished(directory) if resume else {}
+    rows: dict[int, dict[str, Any]] = {}
+    grouped = batches(jobs)
+    finished = 0
+    for context, members in grouped.items():
+        pending = [job for job in members if _job_key(job) not in done]
+        for job in members:
+            if _job_key(job) in done:
+                rows[job.number] = {**done[_job_key(job)], "job": job.number}
+        if pending:
+            for job, metrics, error in _run_batch(project, strategy, context, pending):
+                rows[job.number] = _row(job, keys, metrics, error)
+        finished += len(members)
+        if progress:
+            progress(finished, len(jobs))
+    ordered = [rows[number] for number in sorted(rows)]
+    result = SweepResult(
+        directory,
+        ordered,
+        failures=sum(1 for row in ordered if row["error"]),
+        swept_keys=keys,
+        batches=len(grouped),
+        skipped=len(done),
+    )
+    _write(result, compiled.id, params, overrides)
+    return result
+
+
+def _job_key(job: Job) -> str:
+    return " ".join(job.overrides)
+
+
+def _run_batch(
+    project: Project, strategy: str, context: tuple[str, ...], jobs: list[Job]
+) -> Iterator[tuple[Job, dict[str, Any] | None, str]]:
+    """Compile once with the batch's overrides, then every job's signal parameters at once."""
+    from qcompile.backtest.runner import grid_metrics
+    from qcompile.build import compile_project
+    from qcompile.plan import runtime_parameters
+
+    try:
+        compilation = compile_project(project, list(context), [strategy])
+        (compiled,) = compilation.strategies
+        params = runtime_parameters(compiled)
+        chosen = params["signal"]["params"]
+        combos = [{**chosen, **job.signal_params} for job in jobs]
+        with tempfile.TemporaryDirectory() as scratch:
+            params_file = Path(scratch) / "params.yaml"
+            params_file.write_text(yaml.safe_dump(params, sort_keys=False), encoding="utf-8")
+            metrics = grid_metrics(params_file, project.root, combos)
+    except DiagnosticsError as error:
+        first = error.diagnostics[0]
+        message = f"{first.key}: {first.message}" + (
+            f" (+{len(error.diagnostics) - 1} more)" if len(error.diagnostics) > 1 else ""
+        )
+        yield from ((job, None, message) for job in jobs)
+        return
+    except (QcompileError, TypeError, ValueError) as error:  # a bad combination, missing data
+        message = str(error).splitlines()[0] if str(error) else type(error).__name__
+        yield from ((job, None, message) for job in jobs)
+        return
+    yield from ((job, row, "") for job, row in zip(jobs, metrics, strict=True))
+
+
+def _row(job: Job, keys: list[str], metrics: dict[str, Any] | None, error: str) -> dict[str, Any]:
+    values = dict(text.split("=", 1) for text in job.overrides)
+    row: dict[str, Any] = {"job": job.number, "overrides": job.label}
+    for key in keys:
+        row[key] = values.get(key, values.get(f"+{key}", ""))
+    for metric in METRICS:
+        row[metric] = (metrics or {}).get(metric)
+    row["error"] = error or None  # null when the job ran
+    return row
+
+
+def _finished(directory: Path) -> dict[str, dict[str, Any]]:
+    """Rows of a previous run of this sweep that completed without error, by their overrides."""
+    table = directory / "results.parquet"
+    if not table.is_file():
+        return {}
+    import polars as pl
+
+    return {
+        row["overrides"]: row for row in pl.read_parquet(table).to_dicts() if not row.get("error")
+    }
+
+
+def _write(result: SweepResult, strategy_id: str, params: dict[str, Any], overrides: list[str]):
+    import polars as pl
+
+    result.directory.mkdir(parents=True, exist_ok=True)
+    schema = {"job": pl.Int64, "overrides": pl.String}
+    schema.update({key: pl.String for key in result.swept_keys})
+    schema.update({metric: pl.Float64 for metric in METRICS})
+    schema["trade_count"] = pl.Int64
+    schema["error"] = pl.String
+    frame = pl.DataFrame(result.rows, schema=schema, orient="row")
+    frame.write_parquet(result.directory / "results.parquet", statistics=False)
+    frame.write_csv(result.directory / "results.csv")
+    from qcompile.sweepreport import summary_markdown
+
+    text = summary_markdown(strategy_id, params, overrides, result, frame)
+    (result.directory / "summary.md").write_text(text, encoding="utf-8")

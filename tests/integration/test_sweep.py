@@ -1,0 +1,110 @@
+"""qcompile sweep: Hydra's sweep grammar, batching, failure isolation, resume, determinism."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from tests.conftest import cli
+
+FAST = "strategy.signal.params.fast"
+SLOW = "strategy.signal.params.slow"
+
+
+def _dry(root: Path, *overrides: str) -> list[str]:
+    result = cli(root, "sweep", "ma_trend", "--dry-run", *overrides)
+    assert result.exit_code == 0, result.output
+    return result.output.splitlines()
+
+
+@pytest.mark.parametrize(
+    ("overrides", "jobs", "batches"),
+    [
+        ((f"{FAST}=10,20,30",), 3, 1),  # list
+        ((f"{FAST}=range(5,50,5)",), 9, 1),  # range, end exclusive
+        ((f"{FAST}=choice(5,15)", f"{SLOW}=50,100"), 4, 1),  # choice x list
+        (("costs=glob(*)",), 3, 3),  # glob over a config group: every option
+        ((f"{FAST}=10,20", "costs=retail,zero"), 4, 2),  # group sweep: one batch per option
+        (("strategy.backtest.initial_capital=100000,200000",), 2, 2),  # other leaves: own compose
+    ],
+)
+def test_hydra_sweep_grammar_expands_into_jobs_and_batches(
+    example: Path, overrides: tuple[str, ...], jobs: int, batches: int
+) -> None:
+    lines = _dry(example, *overrides)
+    assert lines[-1] == f"{jobs} job(s) in {batches} batch(es); nothing was run."
+    assert sum(1 for line in lines if line.startswith("  job ")) == jobs
+
+
+def test_glob_lists_the_group_options_in_order(example: Path) -> None:
+    lines = _dry(example, "costs=glob(*)")
+    assert [line for line in lines if line.startswith("batch")] == [
+        "batch 0: costs=institutional",
+        "batch 1: costs=retail",
+        "batch 2: costs=zero",
+    ]
+
+
+def test_each_job_has_the_metrics_of_its_own_backtest(example: Path) -> None:
+    assert cli(example, "build").exit_code == 0
+    result = cli(example, "sweep", "ma_trend", f"{FAST}=10,20", "costs=retail,zero", "--name", "t")
+    assert result.exit_code == 0, result.output
+    assert result.output == (
+        "wrote reports/STR-2026-0007/sweeps/t/summary.md, results.csv and results.parquet: "
+        "4 job(s), 0 failed\n"
+    )
+    table = pl.read_parquet(example / "reports/STR-2026-0007/sweeps/t/results.parquet")
+    assert table.columns[:4] == ["job", "overrides", FAST, "costs"]
+    row = table.filter(pl.col("overrides") == f"{FAST}=10 costs=zero").row(0, named=True)
+    alone = cli(example, "backtest", "ma_trend", "costs=zero", f"{FAST}=10")
+    assert alone.exit_code == 0, alone.output
+    (run,) = (example / "reports/STR-2026-0007/2.1.0/runs").iterdir()
+    metrics = json.loads((run / "evidence.json").read_text())["metrics"]
+    assert row["trade_count"] == metrics["trade_count"] > 0
+    assert row["sharpe"] == pytest.approx(metrics["sharpe"], rel=1e-9)
+    assert row["total_return"] == pytest.approx(metrics["total_return"], rel=1e-9)
+
+
+def test_a_failing_job_is_recorded_and_the_sweep_goes_on(example: Path) -> None:
+    result = cli(example, "sweep", "ma_trend", f"{FAST}=10,20", "costs=retail,bogus", "--name", "f")
+    assert result.exit_code == 0, result.output
+    assert "4 job(s), 2 failed" in result.output
+    directory = example / "reports/STR-2026-0007/sweeps/f"
+    table = pl.read_csv(directory / "results.csv")
+    failed = table.filter(pl.col("error").is_not_null())
+    assert failed["costs"].to_list() == ["bogus", "bogus"]
+    assert failed["error"].to_list() == ["costs=bogus: no option 'bogus' in group 'costs'"] * 2
+    summary = (directory / "summary.md").read_text()
+    assert "| failed | 2 |" in summary and "## Failed jobs" in summary
+
+
+def test_resume_reuses_finished_jobs_and_reruns_failed_ones(example: Path) -> None:
+    args = ("sweep", "ma_trend", f"{FAST}=10,20", "costs=retail,bogus", "--name", "r")
+    assert cli(example, *args).exit_code == 0
+    directory = example / "reports/STR-2026-0007/sweeps/r"
+    first = (directory / "results.csv").read_bytes()
+    resumed = cli(example, *args, "--resume")
+    assert resumed.exit_code == 0, resumed.output
+    assert "4 job(s), 2 failed, 2 reused" in resumed.output
+    assert (directory / "results.csv").read_bytes() == first
+
+
+def test_the_same_sweep_gives_the_same_bytes(example: Path) -> None:
+    args = ("sweep", "ma_trend", f"{FAST}=range(5,30,5)", f"{SLOW}=50,100", "--name", "d")
+    directory = example / "reports/STR-2026-0007/sweeps/d"
+    assert cli(example, *args).exit_code == 0
+    first = {p.name: p.read_bytes() for p in directory.iterdir()}
+    assert cli(example, *args).exit_code == 0
+    assert {p.name: p.read_bytes() for p in directory.iterdir()} == first
+    summary = first["summary.md"].decode()
+    assert "No job reached 200 trades" in summary or "Best by Sharpe" in summary
+
+
+def test_a_bad_sweep_expression_is_a_clear_error(example: Path) -> None:
+    result = cli(example, "sweep", "ma_trend", "--dry-run", f"{FAST}=range(5,")
+    assert result.exit_code == 2
+    assert result.output.startswith("error: sweep overrides: ")
+    assert "Traceback" not in result.output
