@@ -54,7 +54,7 @@ class SweepResult:
     swept_keys: list[str]
     batches: int = 0
     skipped: int = 0
-    best: dict[str, Any] | None = field(default=None)
+    statistics: dict[str, Any] = field(default_factory=dict)
 
 
 def _parser(project: Project) -> Any:
@@ -140,6 +140,7 @@ def run(
         / (name or sweep_name(strategy, overrides))
     )
     done = _finished(directory) if resume else {}
+    curves = _stored_curves(directory, done) if resume else {}
     rows: dict[int, dict[str, Any]] = {}
     grouped = batches(jobs)
     finished = 0
@@ -147,10 +148,16 @@ def run(
         pending = [job for job in members if _job_key(job) not in done]
         for job in members:
             if _job_key(job) in done:
-                rows[job.number] = {**done[_job_key(job)], "job": job.number}
+                previous = done[_job_key(job)]
+                rows[job.number] = {**previous, "job": job.number}
+                stored = curves.pop(("old", previous["job"]), None)
+                if stored is not None:
+                    curves[job.number] = stored
         if pending:
             for job, metrics, error in _run_batch(project, strategy, context, pending):
                 rows[job.number] = _row(job, keys, metrics, error)
+                if metrics is not None:
+                    curves[job.number] = (metrics["_clock"], metrics["_equity"])
         finished += len(members)
         if progress:
             progress(finished, len(jobs))
@@ -163,7 +170,8 @@ def run(
         batches=len(grouped),
         skipped=len(done),
     )
-    _write(result, compiled.id, params, overrides)
+    result.statistics = _statistics(result, curves, params)
+    _write(result, compiled.id, params, overrides, curves)
     return result
 
 
@@ -188,7 +196,7 @@ def _run_batch(
         with tempfile.TemporaryDirectory() as scratch:
             params_file = Path(scratch) / "params.yaml"
             params_file.write_text(yaml.safe_dump(params, sort_keys=False), encoding="utf-8")
-            metrics = grid_metrics(params_file, project.root, combos)
+            metrics, clock, equity = grid_metrics(params_file, project.root, combos)
     except DiagnosticsError as error:
         first = error.diagnostics[0]
         message = f"{first.key}: {first.message}" + (
@@ -200,7 +208,8 @@ def _run_batch(
         message = str(error).splitlines()[0] if str(error) else type(error).__name__
         yield from ((job, None, message) for job in jobs)
         return
-    yield from ((job, row, "") for job, row in zip(jobs, metrics, strict=True))
+    for number, (job, row) in enumerate(zip(jobs, metrics, strict=True)):
+        yield job, {**row, "_clock": clock, "_equity": equity[number]}, ""
 
 
 def _row(job: Job, keys: list[str], metrics: dict[str, Any] | None, error: str) -> dict[str, Any]:
@@ -226,10 +235,91 @@ def _finished(directory: Path) -> dict[str, dict[str, Any]]:
     }
 
 
-def _write(result: SweepResult, strategy_id: str, params: dict[str, Any], overrides: list[str]):
+def _stored_curves(directory: Path, done: dict[str, dict[str, Any]]) -> dict[Any, Any]:
+    """Equity curves of the reusable jobs of a previous run, keyed ("old", its job number)."""
+    table = directory / "curves.parquet"
+    if not table.is_file():
+        return {}
+    import polars as pl
+
+    frame = pl.read_parquet(table)
+    clock = frame["timestamp"].to_numpy()
+    wanted = {str(row["job"]) for row in done.values()}
+    return {
+        ("old", int(name)): (clock, frame[name].to_numpy())
+        for name in frame.columns[1:]
+        if name in wanted
+    }
+
+
+def _statistics(
+    result: SweepResult, curves: dict[int, Any], params: dict[str, Any]
+) -> dict[str, Any]:
+    """Deflated Sharpe of the best eligible job and PBO over every job that ran, when the jobs
+    share one clock (a sweep over universes or windows does not)."""
+    import numpy as np
+
+    from qcompile.backtest.overfitting import (
+        deflated_sharpe,
+        per_bar_sharpe,
+        probability_of_overfitting,
+    )
+    from qcompile.sweepreport import MINIMUM_TRADES
+
+    ran = sorted(curves)
+    if len(ran) < 2:
+        return {"computed": False, "reason": "fewer than two jobs ran"}
+    clock = curves[ran[0]][0]
+    if any(not np.array_equal(curves[n][0], clock) for n in ran):
+        return {"computed": False, "reason": "the jobs cover different bars"}
+    equity = np.array([curves[n][1] for n in ran])
+    valid = np.all(equity[:, :-1] > 0, axis=0)  # bar returns exist while equity is positive
+    returns = equity[:, 1:][:, valid] / equity[:, :-1][:, valid] - 1.0
+    sharpes = np.array([per_bar_sharpe(r) for r in returns])
+    minimum = MINIMUM_TRADES[params["strategy"]["type"]]
+    by_job = {row["job"]: row for row in result.rows}
+    eligible = [i for i, n in enumerate(ran) if (by_job[n]["trade_count"] or 0) >= minimum]
+    pool = eligible or list(range(len(ran)))
+    chosen = max(pool, key=lambda i: (sharpes[i], -ran[i]))
+    dsr = deflated_sharpe(returns[chosen], sharpes)
+    pbo = probability_of_overfitting(returns)
+    return {
+        "computed": True,
+        "trials": len(ran),
+        "chosen_job": ran[chosen],
+        "chosen_eligible": bool(eligible),
+        "deflated_sharpe": dsr.probability,
+        "per_bar_sharpe": dsr.sharpe,
+        "expected_max_sharpe": dsr.benchmark,
+        "skewness": dsr.skewness,
+        "kurtosis": dsr.kurtosis,
+        "bars": dsr.bars,
+        "pbo": pbo.probability,
+        "pbo_blocks": pbo.splits,
+        "pbo_splits": pbo.combinations,
+    }
+
+
+def _write(
+    result: SweepResult,
+    strategy_id: str,
+    params: dict[str, Any],
+    overrides: list[str],
+    curves: dict[int, Any],
+) -> None:
+    import json
+
     import polars as pl
 
     result.directory.mkdir(parents=True, exist_ok=True)
+    if result.statistics.get("computed"):
+        ran = sorted(curves)
+        columns = {"timestamp": curves[ran[0]][0]}
+        columns.update({str(n): curves[n][1] for n in ran})
+        pl.DataFrame(columns).write_parquet(result.directory / "curves.parquet", statistics=False)
+    (result.directory / "statistics.json").write_text(
+        json.dumps(result.statistics, indent=2, sort_keys=True) + "\n", encoding="utf-8"
+    )
     schema = {"job": pl.Int64, "overrides": pl.String}
     schema.update({key: pl.String for key in result.swept_keys})
     schema.update({metric: pl.Float64 for metric in METRICS})

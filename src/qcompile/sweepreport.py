@@ -15,10 +15,10 @@ MINIMUM_TRADES = {"intraday": 500, "daily": 200, "weekly": 100}
 TOP = 10
 
 
-def _number(value: Any, percent: bool = False) -> str:
+def _number(value: Any, percent: bool = False, digits: int = 2) -> str:
     if value is None or value != value:  # None or NaN
         return "n/a"
-    return f"{value * 100:.2f} %" if percent else f"{value:.2f}"
+    return f"{value * 100:.{digits}f} %" if percent else f"{value:.{digits}f}"
 
 
 def _cell(text: str) -> str:
@@ -63,6 +63,7 @@ def summary_markdown(
             f"No job reached {minimum} trades: no combination is named best.",
             "",
         ]
+    lines += _statistics_lines(result.statistics)
     shown = (
         ranked
         if ranked.height
@@ -90,3 +91,26 @@ def summary_markdown(
             lines.append(f"| ... | {failed.height - TOP} more in results.csv | |")
     lines += ["", "Every job's metrics: `results.csv` and `results.parquet` beside this page.", ""]
     return "\n".join(lines)
+
+
+def _statistics_lines(statistics: dict[str, Any]) -> list[str]:
+    lines = ["## Overfitting statistics", ""]
+    if not statistics.get("computed"):
+        return [*lines, f"Not computed: {statistics.get('reason', 'no jobs ran')}.", ""]
+    whose = "the best eligible job" if statistics["chosen_eligible"] else "the best job"
+    return [
+        *lines,
+        "| statistic | value | definition |",
+        "|---|---|---|",
+        f"| deflated Sharpe ratio of job {statistics['chosen_job']} | "
+        f"{_number(statistics['deflated_sharpe'])} | probability that {whose}'s true per-bar "
+        f"Sharpe ({_number(statistics['per_bar_sharpe'], digits=4)}, not annualised) exceeds the "
+        f"best expected of {statistics['trials']} trials of pure noise "
+        f"({_number(statistics['expected_max_sharpe'], digits=4)}), given {statistics['bars']} "
+        f"bars, skewness {_number(statistics['skewness'])}, kurtosis "
+        f"{_number(statistics['kurtosis'])} |",
+        f"| probability of backtest overfitting | {_number(statistics['pbo'])} | share of "
+        f"{statistics['pbo_splits']} in/out-of-sample splits of {statistics['pbo_blocks']} blocks "
+        "in which the best in-sample job ranks at or below the median out of sample (CSCV) |",
+        "",
+    ]

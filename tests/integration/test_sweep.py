@@ -108,3 +108,28 @@ def test_a_bad_sweep_expression_is_a_clear_error(example: Path) -> None:
     assert result.exit_code == 2
     assert result.output.startswith("error: sweep overrides: ")
     assert "Traceback" not in result.output
+
+
+def test_overfitting_statistics_cover_every_job_and_survive_a_resume(example: Path) -> None:
+    args = ("sweep", "ma_trend", f"{FAST}=5,10,20", f"{SLOW}=50,100", "--name", "s")
+    assert cli(example, *args).exit_code == 0
+    directory = example / "reports/STR-2026-0007/sweeps/s"
+    statistics = json.loads((directory / "statistics.json").read_text())
+    assert statistics["computed"] and statistics["trials"] == 6
+    assert 0.0 <= statistics["pbo"] <= 1.0 and 0.0 <= statistics["deflated_sharpe"] <= 1.0
+    assert statistics["chosen_eligible"] is False  # the sample has no 200-trade job here
+    summary = (directory / "summary.md").read_text()
+    assert "| probability of backtest overfitting |" in summary
+    first = (directory / "statistics.json").read_bytes()
+    resumed = cli(example, *args, "--resume")
+    assert "6 reused" in resumed.output
+    assert (directory / "statistics.json").read_bytes() == first
+
+
+def test_statistics_are_not_computed_across_different_bars(example: Path) -> None:
+    args = ("sweep", "ma_trend", 'strategy.backtest.start_date="2009-06-01","2010-06-01"')
+    result = cli(example, *args, "--name", "w")
+    assert result.exit_code == 0, result.output
+    assert "2 job(s), 0 failed" in result.output
+    summary = (example / "reports/STR-2026-0007/sweeps/w/summary.md").read_text()
+    assert "Not computed: the jobs cover different bars." in summary

@@ -37,9 +37,9 @@ def _starts(symbols: pl.Series) -> np.ndarray:
     return np.concatenate(([0], np.cumsum(lengths))).astype(np.int64)
 
 
-def _clock_map(times: np.ndarray, starts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per sleeve and portfolio timestamp: the sleeve's last row at or before it (-1: none yet),
-    and whether that row is stamped exactly then."""
+def _clock_map(times: np.ndarray, starts: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The portfolio's timestamps and, per sleeve and timestamp, the sleeve's last row at or before
+    it (-1: none yet) and whether that row is stamped exactly then."""
     sleeves = len(starts) - 1
     span = np.diff(starts)
     first = times[: span[0]]
@@ -47,7 +47,7 @@ def _clock_map(times: np.ndarray, starts: np.ndarray) -> tuple[np.ndarray, np.nd
         times.reshape(sleeves, span[0]), np.broadcast_to(first, (sleeves, span[0]))
     ):  # the common case, a shared calendar: row = sleeve start + clock index
         latest = starts[:-1, None] + np.arange(span[0], dtype=np.int64)[None, :]
-        return latest, np.ones(latest.shape, dtype=np.bool_)
+        return first, latest, np.ones(latest.shape, dtype=np.bool_)
     clock = np.unique(times)
     latest = np.empty((sleeves, len(clock)), dtype=np.int64)
     own = np.empty((sleeves, len(clock)), dtype=np.bool_)
@@ -57,7 +57,7 @@ def _clock_map(times: np.ndarray, starts: np.ndarray) -> tuple[np.ndarray, np.nd
         index = np.searchsorted(stamps, clock, side="right") - 1
         latest[sleeve] = np.where(index >= 0, index + a, -1)
         own[sleeve] = (index >= 0) & (stamps[np.maximum(index, 0)] == clock)
-    return latest, own
+    return clock, latest, own
 
 
 def targets_by_call(
@@ -117,10 +117,13 @@ def run_grid(
     grid: GridFunction | None,
     settings: Settings,
     periods_per_year: float,
+    curves: list[np.ndarray] | None = None,
 ) -> pl.DataFrame:
     """Metrics of every combination over ``window`` (inclusive ms); signals see bars up to its end.
 
-    ``bars`` must be sorted by symbol then time. Returns one row per combination, in order.
+    ``bars`` must be sorted by symbol then time. Returns one row per combination, in order. With
+    ``curves`` (an empty list), appends the portfolio's timestamps and the (combinations, bars)
+    matrix of equity curves, for statistics across the grid.
     """
     start, end = window
     stamps = bars["timestamp"]
@@ -143,7 +146,7 @@ def run_grid(
         starts = np.unique(kept_before[history_starts])  # symbols with no traded row vanish
     sleeves = len(starts) - 1
     times = traded["timestamp"].to_numpy()
-    latest, own = _clock_map(times, starts)
+    clock, latest, own = _clock_map(times, starts)
     closes = traded["close"].cast(pl.Float64).to_numpy()
     prices = (
         traded["open"].cast(pl.Float64).to_numpy() if settings.execution == "next_open" else closes
@@ -184,6 +187,8 @@ def run_grid(
             accumulate(targets if everything_kept else targets[:, keep], everything, part)
     out = np.empty((combinations, len(GRID_COLUMNS)))
     grid_finish(portfolio, exposure, stats, periods_per_year, out)
+    if curves is not None:
+        curves.extend((clock, portfolio))
     frame = pl.DataFrame(out, schema=list(GRID_COLUMNS), orient="row")
     return frame.with_columns(
         pl.col("trade_count").cast(pl.Int64), pl.all().exclude("trade_count").fill_nan(None)

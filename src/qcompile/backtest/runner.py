@@ -389,17 +389,21 @@ def summary(report: Report, root: Path) -> str:
 
 def grid_metrics(
     params_file: Path, root: Path, combos: list[dict[str, Any]]
-) -> list[dict[str, Any]]:
+) -> tuple[list[dict[str, Any]], Any, Any]:
     """Metrics of the strategy in ``params_file`` under each parameter combination, over its
     backtest window, in one batched pass: what a sweep needs per job, nothing written.
 
     The same checks as ``backtest`` run first (signal source and data against their pins, the data
-    contract), so a sweep never reports numbers from inputs the lock does not describe."""
+    contract), so a sweep never reports numbers from inputs the lock does not describe. Returns
+    the metric rows, the portfolio's timestamps and the (combinations, bars) equity curves."""
     params = yaml.safe_load(params_file.read_text(encoding="utf-8"))
     bars, spec, _ = _inputs(params, root)
     ppy = periods_per_year(params["data"]["interval"])
-    table = _grid(bars, spec, combos, _settings(params), _window(params["backtest"]), ppy)
-    return table.to_dicts()
+    curves: list[Any] = []
+    window = _window(params["backtest"])
+    table = run_grid(bars, window, combos, spec.function, spec.grid, _settings(params), ppy, curves)
+    clock, equity = curves
+    return table.to_dicts(), clock, equity
 
 
 def _window(backtest_settings: dict[str, Any]) -> tuple[int, int]:
