@@ -171,6 +171,11 @@ def run(
         skipped=len(done),
     )
     result.statistics = _statistics(result, curves, params)
+    from qcompile.sweepreport import plateau
+
+    chosen = result.statistics.get("chosen_job")
+    if chosen is not None:
+        result.statistics["plateau"] = plateau(result.rows, keys, chosen)
     _write(result, compiled.id, params, overrides, curves)
     return result
 
@@ -328,7 +333,10 @@ def _write(
     frame = pl.DataFrame(result.rows, schema=schema, orient="row")
     frame.write_parquet(result.directory / "results.parquet", statistics=False)
     frame.write_csv(result.directory / "results.csv")
-    from qcompile.sweepreport import summary_markdown
+    from qcompile.sweepreport import summary_html, summary_markdown
 
     text = summary_markdown(strategy_id, params, overrides, result, frame)
     (result.directory / "summary.md").write_text(text, encoding="utf-8")
+    title = f"Sweep: {params['strategy']['name']} ({strategy_id})"
+    page = summary_html(title, result.swept_keys, frame, text)
+    (result.directory / "summary.html").write_text(page, encoding="utf-8")

@@ -1,9 +1,12 @@
-"""The sweep summary: a diffable Markdown page over a sweep's results table.
+"""The sweep summary: a diffable Markdown page over a sweep's results table, and its HTML twin.
 
-Consumes the results frame of ``sweep.run``; produces ``summary.md``. A "best" combination is named
-only among jobs that meet the strategy type's minimum trade count (source document §3.3), so a
-lucky handful of trades never tops the table. Sorting is by Sharpe, then job number: the same
-table always gives the same bytes.
+Consumes the results frame of ``sweep.run``; produces ``summary.md`` and ``summary.html`` (the same
+text plus a Sharpe heatmap for every pair of swept keys). The plateau-versus-peak reading looks
+at the chosen job's neighbours (one swept key one step away): a choice whose neighbours keep most
+of its Sharpe sits on a plateau; one whose neighbours do not is a peak, likely fitted to noise.
+A "best" combination is named only among jobs that meet the strategy type's minimum trade count
+(source document §3.3), so a lucky handful of trades never tops the table. Sorting is by Sharpe,
+then job number: the same table always gives the same bytes.
 """
 
 from __future__ import annotations
@@ -13,6 +16,43 @@ from typing import Any
 # trades a job needs before it may be called best (the minimum-sample rule's trade counts)
 MINIMUM_TRADES = {"intraday": 500, "daily": 200, "weekly": 100}
 TOP = 10
+PLATEAU_SHARE = 0.8  # neighbours keeping this share of the chosen Sharpe make a plateau
+
+
+def _ordered(values: set[str]) -> list[str]:
+    try:
+        return sorted(values, key=float)
+    except ValueError:
+        return sorted(values)
+
+
+def plateau(rows: list[dict[str, Any]], keys: list[str], job: int) -> dict[str, Any] | None:
+    """The neighbours of ``job`` (one swept key one step away in its sorted values) and whether
+    they keep PLATEAU_SHARE of its Sharpe; None without neighbours or a positive Sharpe."""
+    ran = [row for row in rows if row["error"] is None and row["sharpe"] is not None]
+    chosen = next((row for row in ran if row["job"] == job), None)
+    if chosen is None or not keys or chosen["sharpe"] <= 0:
+        return None
+    order = {key: _ordered({str(row[key]) for row in ran}) for key in keys}
+
+    def position(row: dict[str, Any], key: str) -> int:
+        return order[key].index(str(row[key]))
+
+    neighbours = [
+        row
+        for row in ran
+        if sum(row[key] != chosen[key] for key in keys) == 1
+        and all(abs(position(row, key) - position(chosen, key)) <= 1 for key in keys)
+    ]
+    if not neighbours:
+        return None
+    share = sum(row["sharpe"] for row in neighbours) / len(neighbours) / chosen["sharpe"]
+    return {
+        "job": job,
+        "neighbours": len(neighbours),
+        "share": share,
+        "reading": "plateau" if share >= PLATEAU_SHARE else "peak",
+    }
 
 
 def _number(value: Any, percent: bool = False, digits: int = 2) -> str:
@@ -64,6 +104,14 @@ def summary_markdown(
             "",
         ]
     lines += _statistics_lines(result.statistics)
+    reading = result.statistics.get("plateau")
+    if reading:
+        lines += [
+            f"Plateau or peak: job {reading['job']}'s {reading['neighbours']} neighbour(s) keep "
+            f"{_number(reading['share'] * 100, digits=0)} % of its Sharpe on average: a "
+            f"**{reading['reading']}** (a plateau keeps at least {PLATEAU_SHARE:.0%}).",
+            "",
+        ]
     shown = (
         ranked
         if ranked.height
@@ -114,3 +162,22 @@ def _statistics_lines(statistics: dict[str, Any]) -> list[str]:
         "in which the best in-sample job ranks at or below the median out of sample (CSCV) |",
         "",
     ]
+
+
+def summary_html(title: str, keys: list[str], frame: Any, markdown_text: str) -> str:
+    """The summary as one page with a Sharpe heatmap for every pair of swept keys."""
+    from qcompile.backtest import charts
+    from qcompile.backtest.report import page
+
+    rows = [
+        {"params": {key: str(row[key]) for key in keys}, "sharpe": row["sharpe"]}
+        for row in frame.to_dicts()
+        if row["error"] is None
+    ]
+    figures = [
+        charts.heatmap(rows, x, y, f"Mean Sharpe by {x} and {y}")
+        for index, x in enumerate(keys)
+        for y in keys[index + 1 :]
+        if rows
+    ]
+    return page(title, figures, markdown_text)

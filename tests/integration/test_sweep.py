@@ -56,6 +56,10 @@ def test_each_job_has_the_metrics_of_its_own_backtest(example: Path) -> None:
         "wrote reports/STR-2026-0007/sweeps/t/summary.md, results.csv and results.parquet: "
         "4 job(s), 0 failed\n"
     )
+    page = (example / "reports/STR-2026-0007/sweeps/t/summary.html").read_text()
+    assert (
+        page.count("<svg") == 1 and "Mean Sharpe by strategy.signal.params.fast and costs" in page
+    )
     table = pl.read_parquet(example / "reports/STR-2026-0007/sweeps/t/results.parquet")
     assert table.columns[:4] == ["job", "overrides", FAST, "costs"]
     row = table.filter(pl.col("overrides") == f"{FAST}=10 costs=zero").row(0, named=True)

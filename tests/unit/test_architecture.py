@@ -11,8 +11,8 @@ from tests.conftest import cli_process
 
 PACKAGE = Path(__file__).resolve().parents[2] / "src" / "qcompile"
 RUNTIME_PACKAGES = ("qcompile.signals", "qcompile.backtest", "qcompile.marketdata")
-# errors, hashing, signalsource, templating and datalayout serve both halves; workflows and sweep
-# are the glue the CLI calls
+# errors, hashing, signalsource, templating and datalayout serve both halves; workflows, sweep
+# and sweepreport are the glue the CLI calls
 SHARED_MODULES = (
     "__init__",
     "cli",
@@ -21,6 +21,7 @@ SHARED_MODULES = (
     "hashing",
     "signalsource",
     "sweep",
+    "sweepreport",
     "templating",
     "workflows",
 )

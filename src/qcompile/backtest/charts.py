@@ -123,21 +123,40 @@ def parameter_heatmap(grid: Sequence[dict[str, Any]]) -> str | None:
     )
     if len(varying) < 2:
         return None
-    x_name, y_name = varying[:2]
-    xs = sorted({row["params"][x_name] for row in grid})
-    ys = sorted({row["params"][y_name] for row in grid})
-    values = [[float("nan")] * len(xs) for _ in ys]
-    for row in grid:
-        sharpe = row["sharpe"]
-        values[ys.index(row["params"][y_name])][xs.index(row["params"][x_name])] = (
-            float("nan") if sharpe is None else sharpe
-        )
+    return heatmap(grid, varying[0], varying[1], "Sharpe across the tested parameters")
+
+
+def _ordered(values: set[Any]) -> list[Any]:
+    """Numbers in numeric order, anything else as text."""
+    try:
+        return sorted(values, key=float)
+    except (TypeError, ValueError):
+        return sorted(values, key=str)
+
+
+def heatmap(rows: Sequence[dict[str, Any]], x_name: str, y_name: str, title: str) -> str:
+    """Mean Sharpe of ``rows`` (each with ``params`` and ``sharpe``) per (x, y) cell: with more
+    than two parameters swept, the others are averaged over."""
+    xs = _ordered({row["params"][x_name] for row in rows})
+    ys = _ordered({row["params"][y_name] for row in rows})
+    cells: dict[tuple[int, int], list[float]] = {}
+    for row in rows:
+        if row["sharpe"] is not None:
+            key = (ys.index(row["params"][y_name]), xs.index(row["params"][x_name]))
+            cells.setdefault(key, []).append(row["sharpe"])
+    values = [
+        [
+            sum(cells[(y, x)]) / len(cells[(y, x)]) if (y, x) in cells else float("nan")
+            for x in range(len(xs))
+        ]
+        for y in range(len(ys))
+    ]
     figure, axes = plt.subplots(figsize=(6, 4))
     image = axes.imshow(values, cmap="viridis", aspect="auto", origin="lower")
     axes.set_xticks(range(len(xs)), [str(x) for x in xs])
     axes.set_yticks(range(len(ys)), [str(y) for y in ys])
     axes.set_xlabel(x_name)
     axes.set_ylabel(y_name)
-    axes.set_title("Sharpe across the tested parameters")
+    axes.set_title(title)
     figure.colorbar(image, ax=axes)
     return _svg(figure)

@@ -95,8 +95,6 @@ def markdown(
 
 def html(markdown_text: str, title: str, result: Result, evidence: dict[str, Any]) -> str:
     """A self-contained page: the report's Markdown as HTML plus its charts as inline SVG."""
-    from markdown_it import MarkdownIt
-
     from qcompile.backtest import charts
 
     timestamps = result.equity["timestamp"].to_list()
@@ -110,10 +108,15 @@ def html(markdown_text: str, title: str, result: Result, evidence: dict[str, Any
         charts.monte_carlo_fan(trade_returns, evidence["seed"]),
         charts.parameter_heatmap(evidence["robustness"]["parameter_sensitivity"]["grid"]),
     ]
+    return page(title, [f for f in figures if f], markdown_text)
+
+
+def page(title: str, charts: list[str], markdown_text: str) -> str:
+    """One self-contained HTML page: inline SVG charts, then the Markdown rendered."""
+    from markdown_it import MarkdownIt
+
     # the Markdown was written by us with every value escaped for table cells; raw HTML stays off
     body = MarkdownIt("commonmark", {"html": False}).enable("table").render(markdown_text)
     return (
-        _environment()
-        .get_template("report.html.j2")
-        .render(title=title, charts=[f for f in figures if f], body=body)
+        _environment().get_template("report.html.j2").render(title=title, charts=charts, body=body)
     )
