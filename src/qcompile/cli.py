@@ -164,9 +164,21 @@ def backtest(strategy: str, overrides: tuple[str, ...]) -> None:
 @click.option("--name", metavar="NAME", help="Sweep folder name (default: a hash of the sweep).")
 @click.option("--dry-run", is_flag=True, help="List the jobs and their batches; run nothing.")
 @click.option("--resume", is_flag=True, help="Reuse jobs a previous run of this sweep finished.")
+@click.option(
+    "--launcher",
+    type=click.Choice(["local", "serial"]),
+    default="local",
+    show_default=True,
+    help="local: batches in a process pool over all cores; serial: one after another.",
+)
 @_handled
 def sweep(
-    strategy: str, overrides: tuple[str, ...], name: str | None, dry_run: bool, resume: bool
+    strategy: str,
+    overrides: tuple[str, ...],
+    name: str | None,
+    dry_run: bool,
+    resume: bool,
+    launcher: str,
 ) -> None:
     """Backtest STRATEGY at every point of a Hydra sweep, e.g.
     'strategy.signal.params.fast=range(5,50,5)' costs=retail,institutional.
@@ -202,6 +214,7 @@ def sweep(
             name=name,
             resume=resume,
             progress=lambda done, total: bar.update(task, completed=done, total=total),
+            launcher=launcher,
         )
     where = project.rel(result.directory)
     click.echo(

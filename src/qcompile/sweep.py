@@ -16,6 +16,7 @@ Like ``workflows``, this module joins the compiler and the runtime; neither impo
 
 from __future__ import annotations
 
+import os
 import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -120,8 +121,10 @@ def run(
     name: str | None = None,
     resume: bool = False,
     progress: Callable[[int, int], None] | None = None,
+    launcher: str = "local",
 ) -> SweepResult:
-    """Run every job; ``progress(done, total)`` is called as batches finish."""
+    """Run every job; ``progress(done, total)`` is called as batches finish. ``launcher``:
+    ``local`` runs batches in a process pool over all cores, ``serial`` in this process."""
     from qcompile.build import compile_project
     from qcompile.plan import runtime_parameters
 
@@ -143,9 +146,8 @@ def run(
     curves = _stored_curves(directory, done) if resume else {}
     rows: dict[int, dict[str, Any]] = {}
     grouped = batches(jobs)
-    finished = 0
+    work: list[tuple[tuple[str, ...], list[Job]]] = []
     for context, members in grouped.items():
-        pending = [job for job in members if _job_key(job) not in done]
         for job in members:
             if _job_key(job) in done:
                 previous = done[_job_key(job)]
@@ -153,12 +155,18 @@ def run(
                 stored = curves.pop(("old", previous["job"]), None)
                 if stored is not None:
                     curves[job.number] = stored
+        pending = [job for job in members if _job_key(job) not in done]
         if pending:
-            for job, metrics, error in _run_batch(project, strategy, context, pending):
-                rows[job.number] = _row(job, keys, metrics, error)
-                if metrics is not None:
-                    curves[job.number] = (metrics["_clock"], metrics["_equity"])
-        finished += len(members)
+            work.append((context, pending))
+    finished = len(rows)
+    if progress:
+        progress(finished, len(jobs))
+    for results in _execute(project, strategy, work, launcher, params):
+        for job, metrics, error in results:
+            rows[job.number] = _row(job, keys, metrics, error)
+            if metrics is not None:
+                curves[job.number] = (metrics["_clock"], metrics["_equity"])
+        finished += len(results)
         if progress:
             progress(finished, len(jobs))
     ordered = [rows[number] for number in sorted(rows)]
@@ -180,22 +188,78 @@ def run(
     return result
 
 
+LAUNCHERS = ("local", "serial")
+BatchResults = list[tuple[Job, dict[str, Any] | None, str]]
+
+
+def _execute(
+    project: Project,
+    strategy: str,
+    work: list[tuple[tuple[str, ...], list[Job]]],
+    launcher: str,
+    params: dict[str, Any],
+) -> Iterator[BatchResults]:
+    """Each batch's results, as batches finish. The pool is used only when there is more than
+    one batch: a batch of signal parameters is already one parallel grid in the engine."""
+    workers = min(os.cpu_count() or 1, len(work))
+    if launcher == "serial" or workers < 2:
+        for context, jobs in work:
+            yield list(_run_batch(project, strategy, context, jobs, params))
+        return
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    # spawn, not fork: polars keeps a thread pool, and a forked child of a threaded parent can
+    # deadlock on a lock some thread held at the fork. Each worker imports once and is reused.
+    with ProcessPoolExecutor(
+        max_workers=workers,
+        mp_context=multiprocessing.get_context("spawn"),
+        initializer=_one_thread_per_worker,
+    ) as pool:
+        futures = [
+            pool.submit(_batch_in_worker, project, strategy, context, jobs)
+            for context, jobs in work
+        ]
+        for future in as_completed(futures):
+            yield future.result()
+
+
+def _one_thread_per_worker() -> None:
+    """The pool already uses every core; the engine's own threads would only contend."""
+    import numba
+
+    numba.set_num_threads(1)
+
+
+def _batch_in_worker(
+    project: Project, strategy: str, context: tuple[str, ...], jobs: list[Job]
+) -> BatchResults:
+    return list(_run_batch(project, strategy, context, jobs))
+
+
 def _job_key(job: Job) -> str:
     return " ".join(job.overrides)
 
 
 def _run_batch(
-    project: Project, strategy: str, context: tuple[str, ...], jobs: list[Job]
+    project: Project,
+    strategy: str,
+    context: tuple[str, ...],
+    jobs: list[Job],
+    compiled_params: dict[str, Any] | None = None,
 ) -> Iterator[tuple[Job, dict[str, Any] | None, str]]:
-    """Compile once with the batch's overrides, then every job's signal parameters at once."""
+    """Compile once with the batch's overrides (or take ``compiled_params``, the strategy as
+    configured, for a batch without any), then every job's signal parameters at once."""
     from qcompile.backtest.runner import grid_metrics
     from qcompile.build import compile_project
     from qcompile.plan import runtime_parameters
 
     try:
-        compilation = compile_project(project, list(context), [strategy])
-        (compiled,) = compilation.strategies
-        params = runtime_parameters(compiled)
+        if compiled_params is None or context:
+            (compiled,) = compile_project(project, list(context), [strategy]).strategies
+            params = runtime_parameters(compiled)
+        else:
+            params = compiled_params
         chosen = params["signal"]["params"]
         combos = [{**chosen, **job.signal_params} for job in jobs]
         with tempfile.TemporaryDirectory() as scratch:

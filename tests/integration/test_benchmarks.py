@@ -30,3 +30,9 @@ def test_backtest_benchmark_runs_on_a_small_universe() -> None:
     out = _run("backtest_speed.py", "--symbols", "3", "--bars", "300", "--repeat", "1")
     assert "174-combination grid, 1 symbol" in out
     assert "174 x 3 symbols (522 runs)" in out
+
+
+def test_sweep_benchmark_runs_with_few_jobs() -> None:
+    out = _run("sweep_speed.py", "--group-jobs", "3", "--hydra-sample", "2")
+    assert "MA grid, 190 jobs, command to report" in out
+    assert "group sweep, 3 jobs, per job (ms)" in out

@@ -137,3 +137,13 @@ def test_statistics_are_not_computed_across_different_bars(example: Path) -> Non
     assert "2 job(s), 0 failed" in result.output
     summary = (example / "reports/STR-2026-0007/sweeps/w/summary.md").read_text()
     assert "Not computed: the jobs cover different bars." in summary
+
+
+def test_the_process_pool_gives_what_running_serially_gives(example: Path) -> None:
+    sweep = ("sweep", "ma_trend", f"{FAST}=10,20", "costs=glob(*)")
+    pooled = cli(example, *sweep, "--name", "pool")
+    serial = cli(example, *sweep, "--name", "serial", "--launcher", "serial")
+    assert pooled.exit_code == serial.exit_code == 0, pooled.output + serial.output
+    base = example / "reports/STR-2026-0007/sweeps"
+    for name in ("results.csv", "statistics.json", "summary.md"):
+        assert (base / "pool" / name).read_bytes() == (base / "serial" / name).read_bytes()
