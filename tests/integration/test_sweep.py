@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import polars as pl
@@ -147,3 +148,21 @@ def test_the_process_pool_gives_what_running_serially_gives(example: Path) -> No
     base = example / "reports/STR-2026-0007/sweeps"
     for name in ("results.csv", "statistics.json", "summary.md"):
         assert (base / "pool" / name).read_bytes() == (base / "serial" / name).read_bytes()
+
+
+def test_the_generated_harness_takes_the_same_sweep_arguments(example: Path) -> None:
+    import subprocess
+    import sys
+
+    assert cli(example, "build").exit_code == 0
+    harness = example / "generated/STR-2026-0007/backtest.py"
+    run = subprocess.run(
+        [sys.executable, str(harness), f"{FAST}=10,20", "--name", "h"],
+        cwd="/",
+        capture_output=True,
+        text=True,
+        env={k: v for k, v in os.environ.items() if k != "QCOMPILE_PROJECT"},
+    )
+    assert run.returncode == 0, run.stderr
+    assert "2 job(s), 0 failed" in run.stdout
+    assert (example / "reports/STR-2026-0007/sweeps/h/results.csv").is_file()
