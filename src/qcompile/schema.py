@@ -286,6 +286,7 @@ STRATEGY_SCHEMA: dict[str, Any] = {
                                 "look_ahead_bias",
                                 "monte_carlo",
                                 "walk_forward",
+                                "overfitting",
                             ],
                         },
                     ),

@@ -328,11 +328,7 @@ def _statistics(
     share one clock (a sweep over universes or windows does not)."""
     import numpy as np
 
-    from qcompile.backtest.overfitting import (
-        deflated_sharpe,
-        per_bar_sharpe,
-        probability_of_overfitting,
-    )
+    from qcompile.backtest.overfitting import summarise
     from qcompile.sweepreport import MINIMUM_TRADES
 
     ran = sorted(curves)
@@ -342,31 +338,12 @@ def _statistics(
     if any(not np.array_equal(curves[n][0], clock) for n in ran):
         return {"computed": False, "reason": "the jobs cover different bars"}
     equity = np.array([curves[n][1] for n in ran])
-    valid = np.all(equity[:, :-1] > 0, axis=0)  # bar returns exist while equity is positive
-    returns = equity[:, 1:][:, valid] / equity[:, :-1][:, valid] - 1.0
-    sharpes = np.array([per_bar_sharpe(r) for r in returns])
     minimum = MINIMUM_TRADES[params["strategy"]["type"]]
     by_job = {row["job"]: row for row in result.rows}
-    eligible = [i for i, n in enumerate(ran) if (by_job[n]["trade_count"] or 0) >= minimum]
-    pool = eligible or list(range(len(ran)))
-    chosen = max(pool, key=lambda i: (sharpes[i], -ran[i]))
-    dsr = deflated_sharpe(returns[chosen], sharpes)
-    pbo = probability_of_overfitting(returns)
-    return {
-        "computed": True,
-        "trials": len(ran),
-        "chosen_job": ran[chosen],
-        "chosen_eligible": bool(eligible),
-        "deflated_sharpe": dsr.probability,
-        "per_bar_sharpe": dsr.sharpe,
-        "expected_max_sharpe": dsr.benchmark,
-        "skewness": dsr.skewness,
-        "kurtosis": dsr.kurtosis,
-        "bars": dsr.bars,
-        "pbo": pbo.probability,
-        "pbo_blocks": pbo.splits,
-        "pbo_splits": pbo.combinations,
-    }
+    eligible = np.array([(by_job[n]["trade_count"] or 0) >= minimum for n in ran])
+    statistics = summarise(equity, eligible)
+    statistics["chosen_job"] = ran[int(statistics.pop("chosen"))]
+    return statistics
 
 
 def _write(

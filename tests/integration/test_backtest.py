@@ -36,7 +36,11 @@ def test_backtest_writes_report_and_evidence(with_data: Path) -> None:
         "look_ahead_bias",
         "survivorship_bias",
         "walk_forward",
+        "overfitting",
     }
+    overfitting = evidence["robustness"]["overfitting"]
+    assert overfitting["trials"] == 24 and 0 <= overfitting["pbo"] <= 1
+    assert set(overfitting["chosen_params"]) == {"fast", "slow"}
     folds = evidence["robustness"]["walk_forward"]["folds"]
     assert [f["train"][0] for f in folds] == ["2009-06-01"] * 3  # anchored at the window start
     assert [f["train"][1] < f["test"][0] for f in folds] == [
@@ -58,6 +62,7 @@ def test_backtest_writes_report_and_evidence(with_data: Path) -> None:
         "## Sensitivity and robustness",
         "### Out-of-sample",
         "### Parameter sensitivity",
+        "### Overfitting",
         "### Monte Carlo",
         "## Trades",
     ):

@@ -115,3 +115,32 @@ def probability_of_overfitting(returns: np.ndarray, blocks: int = 16) -> Overfit
     relative = rank / (trials + 1)
     logit = np.log(relative / (1 - relative))
     return Overfitting(float(np.mean(logit <= 0)), blocks, len(splits), trials)
+
+
+def summarise(equity: np.ndarray, eligible: np.ndarray) -> dict[str, object]:
+    """Both statistics over a grid's equity curves (trials, bars) on one clock.
+
+    The chosen trial is the best per-bar Sharpe among ``eligible`` trials (those meeting the
+    minimum trade count), or among all when none is; ties go to the first."""
+    valid = np.all(equity[:, :-1] > 0, axis=0)  # bar returns exist while equity is positive
+    returns = equity[:, 1:][:, valid] / equity[:, :-1][:, valid] - 1.0
+    sharpes = np.array([per_bar_sharpe(r) for r in returns])
+    pool = np.flatnonzero(eligible) if eligible.any() else np.arange(len(sharpes))
+    chosen = int(pool[np.argmax(sharpes[pool])])
+    dsr = deflated_sharpe(returns[chosen], sharpes)
+    pbo = probability_of_overfitting(returns)
+    return {
+        "computed": True,
+        "trials": len(sharpes),
+        "chosen": chosen,
+        "chosen_eligible": bool(eligible.any()),
+        "deflated_sharpe": dsr.probability,
+        "per_bar_sharpe": dsr.sharpe,
+        "expected_max_sharpe": dsr.benchmark,
+        "skewness": dsr.skewness,
+        "kurtosis": dsr.kurtosis,
+        "bars": dsr.bars,
+        "pbo": pbo.probability,
+        "pbo_blocks": pbo.splits,
+        "pbo_splits": pbo.combinations,
+    }

@@ -29,6 +29,7 @@ from qcompile.backtest.fast import run
 from qcompile.backtest.grid import run_grid
 from qcompile.backtest.kernel import GRID_COLUMNS
 from qcompile.backtest.metrics import FORMULAS, Metrics, bar_returns, compute
+from qcompile.backtest.overfitting import summarise
 from qcompile.datalayout import symbol_files
 from qcompile.errors import QcompileError
 from qcompile.hashing import files_sha256, sha256_file
@@ -197,11 +198,12 @@ def _grid(
     settings: Settings,
     window: tuple[int, int],
     ppy: float,
+    curves: list[Any] | None = None,
 ) -> pl.DataFrame:
     """Every combination's metrics in one batched pass (see grid.py)."""
     if not combos:
         return pl.DataFrame(schema={c: pl.Float64 for c in GRID_COLUMNS})
-    return run_grid(bars, window, combos, spec.function, spec.grid, settings, ppy)
+    return run_grid(bars, window, combos, spec.function, spec.grid, settings, ppy, curves)
 
 
 def _walk_forward(
@@ -283,13 +285,13 @@ def backtest(
 
     seed = int(backtest_settings.get("seed", 0))
     combos = robustness.parameter_grid(params["signal"].get("ranges") or {}, chosen)
+    curves: list[Any] = []
+    table = _grid(bars, spec, combos, settings, (start, end), ppy, curves)
     grid = [
         {"params": combo, "total_return": row[0], "sharpe": row[1], "trades": row[2]}
         for combo, row in zip(
             combos,
-            _grid(bars, spec, combos, settings, (start, end), ppy)
-            .select("total_return", "sharpe", "trade_count")
-            .rows(),
+            table.select("total_return", "sharpe", "trade_count").rows(),
             strict=True,
         )
     ]
@@ -309,6 +311,11 @@ def backtest(
             window_bars, end, params["universe"]["survivorship"], params["universe"]["as_of"]
         ),
     }
+    if len(grid) >= 2:  # the deflated Sharpe and PBO need several trials
+        eligible = table["trade_count"].to_numpy() >= needed_trades
+        statistics = summarise(curves[1], eligible)
+        statistics["chosen_params"] = grid[int(statistics.pop("chosen"))]["params"]
+        checks["overfitting"] = statistics
     if walk:
         checks["walk_forward"] = _walk_forward(
             bars, spec, params, settings, start, end, int(walk["folds"]), ppy
