@@ -332,6 +332,9 @@ def _statistics(
     from qcompile.sweepreport import MINIMUM_TRADES
 
     ran = sorted(curves)
+    succeeded = sum(1 for row in result.rows if not row["error"])
+    if len(ran) < succeeded:  # resumed jobs whose curves the previous run did not keep
+        return {"computed": False, "reason": f"{succeeded - len(ran)} job(s) have no equity curve"}
     if len(ran) < 2:
         return {"computed": False, "reason": "fewer than two jobs ran"}
     clock = curves[ran[0]][0]

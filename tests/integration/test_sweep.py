@@ -138,6 +138,10 @@ def test_statistics_are_not_computed_across_different_bars(example: Path) -> Non
     assert "2 job(s), 0 failed" in result.output
     summary = (example / "reports/STR-2026-0007/sweeps/w/summary.md").read_text()
     assert "Not computed: the jobs cover different bars." in summary
+    # no curves were kept, so a resumed run cannot compute them either, and says why
+    assert "2 reused" in cli(example, *args, "--name", "w", "--resume").output
+    summary = (example / "reports/STR-2026-0007/sweeps/w/summary.md").read_text()
+    assert "Not computed: 2 job(s) have no equity curve." in summary
 
 
 def test_the_process_pool_gives_what_running_serially_gives(example: Path) -> None:
