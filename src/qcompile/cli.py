@@ -188,7 +188,7 @@ def sweep(
 
     project = _project()
     if dry_run:
-        jobs = sweeps.expand(project, list(overrides))
+        jobs, _ = sweeps.expand(project, list(overrides))
         grouped = sweeps.batches(jobs)
         for number, (context, members) in enumerate(grouped.items()):
             click.echo(f"batch {number}: {' '.join(context) or '(the strategy as configured)'}")

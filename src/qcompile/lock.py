@@ -57,7 +57,7 @@ def lock_strategy(
     data: dict[str, Any],
     signals: dict[str, SignalSource],
     fingerprint: DataFingerprint | None,
-    root: Path | None = None,
+    root: Path,
 ) -> Lock:
     strategy, source = data["strategy"], data["data"]
     reference = strategy["signal"]
@@ -146,11 +146,11 @@ def lock_strategy(
     return Lock(pins, inputs, found, diagnostics)
 
 
-def _events_pin(path: str | None, root: Path | None) -> dict[str, Any]:
+def _events_pin(path: str | None, root: Path) -> dict[str, Any]:
     """The event calendar's path and content hash (None while the file does not exist)."""
     if not path:
         return {}
-    file = (root or Path.cwd()) / path
+    file = root / path
     return {"events": {"path": path, "sha256": sha256_file(file) if file.is_file() else None}}
 
 

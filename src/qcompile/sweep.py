@@ -67,8 +67,9 @@ def _parser(project: Project) -> Any:
     return OverridesParser.create(config_loader=ConfigLoaderImpl(config_search_path=search_path))
 
 
-def expand(project: Project, overrides: list[str]) -> list[Job]:
-    """Every job of the sweep, in Hydra's expansion order (the cartesian product)."""
+def expand(project: Project, overrides: list[str]) -> tuple[list[Job], list[str]]:
+    """Every job of the sweep, in Hydra's expansion order (the cartesian product), and the keys
+    that take more than one value, in the order given."""
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
     from hydra.errors import HydraException
 
@@ -76,6 +77,7 @@ def expand(project: Project, overrides: list[str]) -> list[Job]:
     try:
         parsed = parser.parse_overrides(overrides)
         combinations = BasicSweeper.split_arguments(parsed, None)[0]
+        keys = [o.get_key_element() for o in parsed if o.is_sweep_override()]
     except HydraException as error:
         raise QcompileError(f"sweep overrides: {str(error).splitlines()[0]}") from None
     jobs = []
@@ -93,13 +95,7 @@ def expand(project: Project, overrides: list[str]) -> list[Job]:
             else:
                 context.append(text)
         jobs.append(Job(number, tuple(job), params, tuple(context)))
-    return jobs
-
-
-def swept_keys(overrides: list[str], project: Project) -> list[str]:
-    """The keys that take more than one value, in the order given."""
-    parser = _parser(project)
-    return [o.get_key_element() for o in parser.parse_overrides(overrides) if o.is_sweep_override()]
+    return jobs, keys
 
 
 def batches(jobs: list[Job]) -> dict[tuple[str, ...], list[Job]]:
@@ -128,8 +124,7 @@ def run(
     from qcompile.build import compile_project
     from qcompile.plan import runtime_parameters
 
-    jobs = expand(project, overrides)
-    keys = swept_keys(overrides, project)
+    jobs, keys = expand(project, overrides)
     base = compile_project(project, [], [strategy]).strategies
     if not base:
         raise QcompileError(f"no strategy {strategy!r}")
@@ -143,29 +138,28 @@ def run(
         / (name or sweep_name(strategy, overrides))
     )
     done = _finished(directory) if resume else {}
-    curves = _stored_curves(directory, done) if resume else {}
+    stored = _stored_curves(directory, done) if resume else {}
     rows: dict[int, dict[str, Any]] = {}
+    curves: dict[int, Curve] = {}
     grouped = batches(jobs)
     work: list[tuple[tuple[str, ...], list[Job]]] = []
     for context, members in grouped.items():
         for job in members:
-            if _job_key(job) in done:
-                previous = done[_job_key(job)]
-                rows[job.number] = {**previous, "job": job.number}
-                stored = curves.pop(("old", previous["job"]), None)
-                if stored is not None:
-                    curves[job.number] = stored
-        pending = [job for job in members if _job_key(job) not in done]
+            if job.label in done:
+                rows[job.number] = {**done[job.label], "job": job.number}
+                if job.label in stored:
+                    curves[job.number] = stored[job.label]
+        pending = [job for job in members if job.label not in done]
         if pending:
             work.append((context, pending))
     finished = len(rows)
     if progress:
         progress(finished, len(jobs))
     for results in _execute(project, strategy, work, launcher, params):
-        for job, metrics, error in results:
+        for job, metrics, curve, error in results:
             rows[job.number] = _row(job, keys, metrics, error)
-            if metrics is not None:
-                curves[job.number] = (metrics["_clock"], metrics["_equity"])
+            if curve is not None:
+                curves[job.number] = curve
         finished += len(results)
         if progress:
             progress(finished, len(jobs))
@@ -188,8 +182,9 @@ def run(
     return result
 
 
-LAUNCHERS = ("local", "serial")
-BatchResults = list[tuple[Job, dict[str, Any] | None, str]]
+Curve = tuple[Any, Any]  # (timestamps, equity) of one job
+# per job: its metrics and equity curve, or None for both and the error that stopped it
+BatchResults = list[tuple[Job, dict[str, Any] | None, Curve | None, str]]
 
 
 def _execute(
@@ -237,17 +232,13 @@ def _batch_in_worker(
     return list(_run_batch(project, strategy, context, jobs))
 
 
-def _job_key(job: Job) -> str:
-    return " ".join(job.overrides)
-
-
 def _run_batch(
     project: Project,
     strategy: str,
     context: tuple[str, ...],
     jobs: list[Job],
     compiled_params: dict[str, Any] | None = None,
-) -> Iterator[tuple[Job, dict[str, Any] | None, str]]:
+) -> Iterator[tuple[Job, dict[str, Any] | None, Curve | None, str]]:
     """Compile once with the batch's overrides (or take ``compiled_params``, the strategy as
     configured, for a batch without any), then every job's signal parameters at once."""
     from qcompile.backtest.runner import grid_metrics
@@ -265,20 +256,21 @@ def _run_batch(
         with tempfile.TemporaryDirectory() as scratch:
             params_file = Path(scratch) / "params.yaml"
             params_file.write_text(yaml.safe_dump(params, sort_keys=False), encoding="utf-8")
-            metrics, clock, equity = grid_metrics(params_file, project.root, combos)
+            tested = grid_metrics(params_file, project.root, combos)
     except DiagnosticsError as error:
         first = error.diagnostics[0]
         message = f"{first.key}: {first.message}" + (
             f" (+{len(error.diagnostics) - 1} more)" if len(error.diagnostics) > 1 else ""
         )
-        yield from ((job, None, message) for job in jobs)
+        yield from ((job, None, None, message) for job in jobs)
         return
     except (QcompileError, TypeError, ValueError) as error:  # a bad combination, missing data
         message = str(error).splitlines()[0] if str(error) else type(error).__name__
-        yield from ((job, None, message) for job in jobs)
+        yield from ((job, None, None, message) for job in jobs)
         return
-    for number, (job, row) in enumerate(zip(jobs, metrics, strict=True)):
-        yield job, {**row, "_clock": clock, "_equity": equity[number]}, ""
+    rows = tested.metrics.to_dicts()
+    for number, job in enumerate(jobs):
+        yield job, rows[number], (tested.clock, tested.equity[number]), ""
 
 
 def _row(job: Job, keys: list[str], metrics: dict[str, Any] | None, error: str) -> dict[str, Any]:
@@ -304,8 +296,8 @@ def _finished(directory: Path) -> dict[str, dict[str, Any]]:
     }
 
 
-def _stored_curves(directory: Path, done: dict[str, dict[str, Any]]) -> dict[Any, Any]:
-    """Equity curves of the reusable jobs of a previous run, keyed ("old", its job number)."""
+def _stored_curves(directory: Path, done: dict[str, dict[str, Any]]) -> dict[str, Curve]:
+    """Equity curves a previous run kept for its reusable jobs, by their overrides."""
     table = directory / "curves.parquet"
     if not table.is_file():
         return {}
@@ -313,23 +305,22 @@ def _stored_curves(directory: Path, done: dict[str, dict[str, Any]]) -> dict[Any
 
     frame = pl.read_parquet(table)
     clock = frame["timestamp"].to_numpy()
-    wanted = {str(row["job"]) for row in done.values()}
     return {
-        ("old", int(name)): (clock, frame[name].to_numpy())
-        for name in frame.columns[1:]
-        if name in wanted
+        label: (clock, frame[str(row["job"])].to_numpy())
+        for label, row in done.items()
+        if str(row["job"]) in frame.columns
     }
 
 
 def _statistics(
-    result: SweepResult, curves: dict[int, Any], params: dict[str, Any]
+    result: SweepResult, curves: dict[int, Curve], params: dict[str, Any]
 ) -> dict[str, Any]:
     """Deflated Sharpe of the best eligible job and PBO over every job that ran, when the jobs
     share one clock (a sweep over universes or windows does not)."""
     import numpy as np
 
     from qcompile.backtest.overfitting import summarise
-    from qcompile.sweepreport import MINIMUM_TRADES
+    from qcompile.backtest.runner import MINIMUM_SAMPLE
 
     ran = sorted(curves)
     succeeded = sum(1 for row in result.rows if not row["error"])
@@ -341,7 +332,7 @@ def _statistics(
     if any(not np.array_equal(curves[n][0], clock) for n in ran):
         return {"computed": False, "reason": "the jobs cover different bars"}
     equity = np.array([curves[n][1] for n in ran])
-    minimum = MINIMUM_TRADES[params["strategy"]["type"]]
+    minimum = MINIMUM_SAMPLE[params["strategy"]["type"]][0]
     by_job = {row["job"]: row for row in result.rows}
     eligible = np.array([(by_job[n]["trade_count"] or 0) >= minimum for n in ran])
     statistics = summarise(equity, eligible)
@@ -354,7 +345,7 @@ def _write(
     strategy_id: str,
     params: dict[str, Any],
     overrides: list[str],
-    curves: dict[int, Any],
+    curves: dict[int, Curve],
 ) -> None:
     import json
 

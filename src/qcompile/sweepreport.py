@@ -13,17 +13,8 @@ from __future__ import annotations
 
 from typing import Any
 
-# trades a job needs before it may be called best (the minimum-sample rule's trade counts)
-MINIMUM_TRADES = {"intraday": 500, "daily": 200, "weekly": 100}
 TOP = 10
 PLATEAU_SHARE = 0.8  # neighbours keeping this share of the chosen Sharpe make a plateau
-
-
-def _ordered(values: set[str]) -> list[str]:
-    try:
-        return sorted(values, key=float)
-    except ValueError:
-        return sorted(values)
 
 
 def plateau(rows: list[dict[str, Any]], keys: list[str], job: int) -> dict[str, Any] | None:
@@ -33,7 +24,10 @@ def plateau(rows: list[dict[str, Any]], keys: list[str], job: int) -> dict[str, 
     chosen = next((row for row in ran if row["job"] == job), None)
     if chosen is None or not keys or chosen["sharpe"] <= 0:
         return None
-    order = {key: _ordered({str(row[key]) for row in ran}) for key in keys}
+    from qcompile.backtest.charts import ordered
+
+    # the heatmap's order, so that neighbours are adjacent cells
+    order = {key: ordered({str(row[key]) for row in ran}) for key in keys}
 
     def position(row: dict[str, Any], key: str) -> int:
         return order[key].index(str(row[key]))
@@ -70,8 +64,10 @@ def summary_markdown(
 ) -> str:
     import polars as pl
 
+    from qcompile.backtest.runner import MINIMUM_SAMPLE
+
     strategy = params["strategy"]
-    minimum = MINIMUM_TRADES[strategy["type"]]
+    minimum = MINIMUM_SAMPLE[strategy["type"]][0]  # trades a job needs to be named best
     ok = frame.filter(pl.col("error").is_null())
     eligible = ok.filter(pl.col("trade_count") >= minimum)
     ranked = eligible.sort(["sharpe", "job"], descending=[True, False], nulls_last=True)

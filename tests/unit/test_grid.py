@@ -48,7 +48,7 @@ def test_each_combination_matches_its_own_backtest(frame, config, data) -> None:
     start = data.draw(st.integers(first, last))
     window = (start, last)
     combos = [{"column": "signal"}, {"column": "s0"}, {"column": "s1"}, {"column": "s2"}]
-    table = run_grid(frame, window, combos, _pick, None, config, PPY)
+    table = run_grid(frame, window, combos, _pick, None, config, PPY).metrics
     assert table.height == len(combos)
     for combo, row in zip(combos, table.iter_rows(named=True), strict=True):
         expected = _alone(_pick(frame, **combo), config, window)
@@ -141,7 +141,7 @@ def test_grid_of_the_ma_signal_matches_single_runs_on_shared_and_ragged_calendar
     combos = [{"fast": f, "slow": s} for f in (5, 10) for s in (20, 60)]
     for frame in (bars, ragged):
         window = (50 * DAY, 299 * DAY)
-        table = run_grid(frame, window, combos, ma_crossover, _ma_grid, config, PPY)
+        table = run_grid(frame, window, combos, ma_crossover, _ma_grid, config, PPY).metrics
         for combo, row in zip(combos, table.iter_rows(named=True), strict=True):
             history = ma_crossover(frame.filter(pl.col("timestamp") <= window[1]), **combo)
             expected = _alone(history, config, window)
@@ -164,12 +164,12 @@ def test_blocks_of_symbols_and_chunks_of_combinations_change_nothing(monkeypatch
     config = Settings(initial_capital=1e5, costs=Costs(5, 0.005, 1.0))
     combos = [{"fast": f, "slow": s} for f in (2, 5, 10) for s in (20, 40)]
     window = (80 * DAY, 199 * DAY)
-    whole = run_grid(bars, window, combos, ma_crossover, _ma_grid, config, PPY)
-    by_call = run_grid(bars, window, combos, ma_crossover, None, config, PPY)
+    whole = run_grid(bars, window, combos, ma_crossover, _ma_grid, config, PPY).metrics
+    by_call = run_grid(bars, window, combos, ma_crossover, None, config, PPY).metrics
     # one symbol per block with the grid companion, 5 combinations per chunk without it
     monkeypatch.setattr(grid_module, "BLOCK_CELLS", 1_000)
-    blocked = run_grid(bars, window, combos, ma_crossover, _ma_grid, config, PPY)
-    chunked = run_grid(bars, window, combos, ma_crossover, None, config, PPY)
+    blocked = run_grid(bars, window, combos, ma_crossover, _ma_grid, config, PPY).metrics
+    chunked = run_grid(bars, window, combos, ma_crossover, None, config, PPY).metrics
     assert whole["trade_count"].sum() > 0
     for other in (by_call, blocked, chunked):
         assert other.equals(whole)

@@ -126,8 +126,9 @@ def parameter_heatmap(grid: Sequence[dict[str, Any]]) -> str | None:
     return heatmap(grid, varying[0], varying[1], "Sharpe across the tested parameters")
 
 
-def _ordered(values: set[Any]) -> list[Any]:
-    """Numbers in numeric order, anything else as text."""
+def ordered(values: set[Any]) -> list[Any]:
+    """Numbers (or numeric text) in numeric order, anything else as text: the order of a heatmap's
+    axes, and of the steps between a sweep's neighbouring values."""
     try:
         return sorted(values, key=float)
     except (TypeError, ValueError):
@@ -137,8 +138,8 @@ def _ordered(values: set[Any]) -> list[Any]:
 def heatmap(rows: Sequence[dict[str, Any]], x_name: str, y_name: str, title: str) -> str:
     """Mean Sharpe of ``rows`` (each with ``params`` and ``sharpe``) per (x, y) cell: with more
     than two parameters swept, the others are averaged over."""
-    xs = _ordered({row["params"][x_name] for row in rows})
-    ys = _ordered({row["params"][y_name] for row in rows})
+    xs = ordered({row["params"][x_name] for row in rows})
+    ys = ordered({row["params"][y_name] for row in rows})
     cells: dict[tuple[int, int], list[float]] = {}
     for row in rows:
         if row["sharpe"] is not None:

@@ -28,6 +28,15 @@ from qcompile.backtest.engine import Settings, sleeve_capital
 from qcompile.backtest.kernel import GRID_COLUMNS, grid_accumulate, grid_finish
 
 GridFunction = Callable[[pl.DataFrame, Sequence[dict[str, Any]]], np.ndarray]
+
+
+@dataclass(frozen=True)
+class GridResult:
+    metrics: pl.DataFrame  # one row per combination, the columns of kernel.GRID_COLUMNS
+    clock: np.ndarray  # the portfolio's timestamps
+    equity: np.ndarray  # (combinations, len(clock)): each combination's equity curve
+
+
 BLOCK_CELLS = 48_000_000  # targets (combinations x rows) held at once: 48 MB of int8
 
 
@@ -117,13 +126,9 @@ def run_grid(
     grid: GridFunction | None,
     settings: Settings,
     periods_per_year: float,
-    curves: list[np.ndarray] | None = None,
-) -> pl.DataFrame:
-    """Metrics of every combination over ``window`` (inclusive ms); signals see bars up to its end.
-
-    ``bars`` must be sorted by symbol then time. Returns one row per combination, in order. With
-    ``curves`` (an empty list), appends the portfolio's timestamps and the (combinations, bars)
-    matrix of equity curves, for statistics across the grid.
+) -> GridResult:
+    """Metrics and equity curves of every combination over ``window`` (inclusive ms); signals see
+    bars up to its end. ``bars`` must be sorted by symbol then time; combinations stay in order.
     """
     start, end = window
     stamps = bars["timestamp"]
@@ -187,9 +192,7 @@ def run_grid(
             accumulate(targets if everything_kept else targets[:, keep], everything, part)
     out = np.empty((combinations, len(GRID_COLUMNS)))
     grid_finish(portfolio, exposure, stats, periods_per_year, out)
-    if curves is not None:
-        curves.extend((clock, portfolio))
-    frame = pl.DataFrame(out, schema=list(GRID_COLUMNS), orient="row")
-    return frame.with_columns(
+    frame = pl.DataFrame(out, schema=list(GRID_COLUMNS), orient="row").with_columns(
         pl.col("trade_count").cast(pl.Int64), pl.all().exclude("trade_count").fill_nan(None)
     )
+    return GridResult(frame, clock, portfolio)

@@ -122,7 +122,9 @@ def summarise(equity: np.ndarray, eligible: np.ndarray) -> dict[str, object]:
 
     The chosen trial is the best per-bar Sharpe among ``eligible`` trials (those meeting the
     minimum trade count), or among all when none is; ties go to the first."""
-    valid = np.all(equity[:, :-1] > 0, axis=0)  # bar returns exist while equity is positive
+    # a bar return exists where the previous equity is positive; PBO needs one set of bars for all
+    # trials, so keep the bars where that holds for every trial
+    valid = np.all(equity[:, :-1] > 0, axis=0)
     returns = equity[:, 1:][:, valid] / equity[:, :-1][:, valid] - 1.0
     sharpes = np.array([per_bar_sharpe(r) for r in returns])
     pool = np.flatnonzero(eligible) if eligible.any() else np.arange(len(sharpes))

@@ -18,6 +18,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import polars as pl
 import yaml
 
@@ -26,7 +27,7 @@ from qcompile.backtest import robustness
 from qcompile.backtest.data import Convention, load_bars
 from qcompile.backtest.engine import Costs, Result, Settings
 from qcompile.backtest.fast import run
-from qcompile.backtest.grid import run_grid
+from qcompile.backtest.grid import GridResult, run_grid
 from qcompile.backtest.kernel import GRID_COLUMNS
 from qcompile.backtest.metrics import FORMULAS, Metrics, bar_returns, compute
 from qcompile.backtest.overfitting import summarise
@@ -198,12 +199,12 @@ def _grid(
     settings: Settings,
     window: tuple[int, int],
     ppy: float,
-    curves: list[Any] | None = None,
-) -> pl.DataFrame:
-    """Every combination's metrics in one batched pass (see grid.py)."""
+) -> GridResult:
+    """Every combination's metrics and equity curve in one batched pass (see grid.py)."""
     if not combos:
-        return pl.DataFrame(schema={c: pl.Float64 for c in GRID_COLUMNS})
-    return run_grid(bars, window, combos, spec.function, spec.grid, settings, ppy, curves)
+        empty = pl.DataFrame(schema={c: pl.Float64 for c in GRID_COLUMNS})
+        return GridResult(empty, np.empty(0, dtype=np.int64), np.empty((0, 0)))
+    return run_grid(bars, window, combos, spec.function, spec.grid, settings, ppy)
 
 
 def _walk_forward(
@@ -227,7 +228,7 @@ def _walk_forward(
         train_end, test_start, test_end = edges[fold] - 1, edges[fold], edges[fold + 1] - 1
         if fold == folds:
             test_end = end
-        sharpes = _grid(bars, spec, grid, settings, (start, train_end), ppy)["sharpe"]
+        sharpes = _grid(bars, spec, grid, settings, (start, train_end), ppy).metrics["sharpe"]
         scores = [float("-inf") if v is None else v for v in sharpes.to_list()]
         best = grid[scores.index(max(scores))]  # ties keep the first: a deterministic choice
         tested = _metrics(_run(bars, spec.function, best, settings, test_start, test_end)[1], ppy)
@@ -285,13 +286,12 @@ def backtest(
 
     seed = int(backtest_settings.get("seed", 0))
     combos = robustness.parameter_grid(params["signal"].get("ranges") or {}, chosen)
-    curves: list[Any] = []
-    table = _grid(bars, spec, combos, settings, (start, end), ppy, curves)
+    tested = _grid(bars, spec, combos, settings, (start, end), ppy)
     grid = [
         {"params": combo, "total_return": row[0], "sharpe": row[1], "trades": row[2]}
         for combo, row in zip(
             combos,
-            table.select("total_return", "sharpe", "trade_count").rows(),
+            tested.metrics.select("total_return", "sharpe", "trade_count").rows(),
             strict=True,
         )
     ]
@@ -312,8 +312,8 @@ def backtest(
         ),
     }
     if len(grid) >= 2:  # the deflated Sharpe and PBO need several trials
-        eligible = table["trade_count"].to_numpy() >= needed_trades
-        statistics = summarise(curves[1], eligible)
+        eligible = tested.metrics["trade_count"].to_numpy() >= needed_trades
+        statistics = summarise(tested.equity, eligible)
         statistics["chosen_params"] = grid[int(statistics.pop("chosen"))]["params"]
         checks["overfitting"] = statistics
     if walk:
@@ -394,23 +394,16 @@ def summary(report: Report, root: Path) -> str:
     )
 
 
-def grid_metrics(
-    params_file: Path, root: Path, combos: list[dict[str, Any]]
-) -> tuple[list[dict[str, Any]], Any, Any]:
+def grid_metrics(params_file: Path, root: Path, combos: list[dict[str, Any]]) -> GridResult:
     """Metrics of the strategy in ``params_file`` under each parameter combination, over its
     backtest window, in one batched pass: what a sweep needs per job, nothing written.
 
     The same checks as ``backtest`` run first (signal source and data against their pins, the data
-    contract), so a sweep never reports numbers from inputs the lock does not describe. Returns
-    the metric rows, the portfolio's timestamps and the (combinations, bars) equity curves."""
+    contract), so a sweep never reports numbers from inputs the lock does not describe."""
     params = yaml.safe_load(params_file.read_text(encoding="utf-8"))
     bars, spec, _ = _inputs(params, root)
     ppy = periods_per_year(params["data"]["interval"])
-    curves: list[Any] = []
-    window = _window(params["backtest"])
-    table = run_grid(bars, window, combos, spec.function, spec.grid, _settings(params), ppy, curves)
-    clock, equity = curves
-    return table.to_dicts(), clock, equity
+    return _grid(bars, spec, combos, _settings(params), _window(params["backtest"]), ppy)
 
 
 def _window(backtest_settings: dict[str, Any]) -> tuple[int, int]:
