@@ -18,6 +18,8 @@ import click
 
 from qcompile import __version__
 from qcompile.errors import COMMAND_LINE, DiagnosticsError, QcompileError, StaleError
+from qcompile.live.command import emulator_options as live_emulator_options
+from qcompile.live.command import run_options as live_run_options
 
 EXIT_STALE = 1
 EXIT_CONFIG = 2
@@ -240,6 +242,37 @@ def download(strategy: str, start: str | None, end: str | None) -> None:
     for symbol, count in rows.items():
         click.echo(f"{symbol:>10}  {count} bars")
     click.echo("Run `qcompile build` to pin the new data's fingerprint.")
+
+
+@main.command()
+@click.argument("strategy")
+@live_run_options
+@_handled
+def run(strategy: str, **options: Any) -> None:
+    """Run STRATEGY's production runner from generated/<id>/params.yaml (paper broker).
+
+    `--feed emulator` replays the strategy's local data through the local protocol emulator: a
+    live-like session with no API key. Ctrl-C stops it cleanly (safe state, state saved, exit 0)."""
+    from qcompile.live.command import execute
+
+    project = _project()
+    params_file = project.root / "generated" / strategy / "params.yaml"
+    if not params_file.is_file():
+        raise QcompileError(
+            f"{params_file.relative_to(project.root)} not found; run `qcompile build` first"
+        )
+    execute(params_file, project.root, **options)
+
+
+@main.command()
+@live_emulator_options
+@_handled
+def emulator(**options: Any) -> None:
+    """Serve the TickDB protocol emulator on loopback (WebSocket and REST on one port), replaying
+    local bars, with faults scripted by --scenario (docs/emulator.md)."""
+    from qcompile.live.command import serve_emulator
+
+    serve_emulator(**options)
 
 
 @main.command(name="list")

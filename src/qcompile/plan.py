@@ -21,7 +21,13 @@ from qcompile.lock import Lock
 from qcompile.render import TEMPLATES_DIR, template_names
 
 REGENERATE = "qcompile build"
-STRATEGY_TEMPLATES = ("passport.yaml.j2", "config.yaml.j2", "params.yaml.j2", "backtest.py.j2")
+STRATEGY_TEMPLATES = (
+    "passport.yaml.j2",
+    "config.yaml.j2",
+    "params.yaml.j2",
+    "backtest.py.j2",
+    "runner.py.j2",
+)
 INDEX_TEMPLATE = "index.md.j2"
 
 
@@ -220,6 +226,7 @@ def plan_strategy(compiled: CompiledStrategy) -> StrategyPlan:
             "strategy_id": strategy_id,
         },
         "backtest.py.j2": {"header": header, "strategy_id": strategy_id},
+        "runner.py.j2": {"header": header, "strategy_id": strategy_id},
     }
     artefacts = [
         Artefact(f"{strategy_id}/{t.removesuffix('.j2')}", t, contexts[t])

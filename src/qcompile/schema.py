@@ -503,10 +503,51 @@ DEPLOYMENT_SCHEMA: dict[str, Any] = {
                     "url": _doc(
                         "Redis URL reference, ${oc.env:NAME}.", type="string", required=False
                     ),
+                    "lease_ttl_s": _number(
+                        "Redis: seconds a crashed holder's lease lasts (default 10).",
+                        minimum=0.1,
+                        required=False,
+                    ),
                 },
             ),
             "heartbeat_interval_s": _number(
-                "Seconds between feed pings and liveness heartbeats.", minimum=1
+                "Seconds between feed pings and liveness heartbeats; two without any message "
+                "received is a disconnection.",
+                minimum=1,
+            ),
+            "reconnect": _doc(
+                "Reconnect schedule: initial_s doubling up to cap_s, +/- jitter, reset after a "
+                "connection stayed up stable_s (defaults 1, 60, 0.1, 30).",
+                type="dict",
+                required=False,
+                schema={
+                    "initial_s": _number("First wait.", minimum=0.01, required=False),
+                    "cap_s": _number("Longest wait.", minimum=0.01, required=False),
+                    "jitter": {"type": "number", "required": False, "min": 0, "max": 0.5},
+                    "stable_s": _number("Uptime that resets the schedule.", 0, required=False),
+                },
+            ),
+            "rate_limit_default_s": _number(
+                "Pause after a rate limit without Retry-After (default 60, the vendor's).",
+                minimum=0,
+                required=False,
+            ),
+            "safe_state_budget_ms": _number(
+                "A safe state slower than this raises a second alert (default 100).",
+                minimum=1,
+                required=False,
+            ),
+            "history_bars": _doc(
+                "Completed bars kept for the signal (default 400).",
+                type="integer",
+                required=False,
+                min=1,
+            ),
+            "channel": _doc(
+                "Feed channel the runner trades on (default ticker).",
+                type="string",
+                required=False,
+                allowed=["ticker", "trade"],
             ),
             "alerts": _doc(
                 "Alert sinks.",
@@ -528,6 +569,12 @@ DEPLOYMENT_SCHEMA: dict[str, Any] = {
                         },
                         "smtp_host": {"type": "string", "required": False},
                         "smtp_port": {"type": "integer", "required": False, "min": 1, "max": 65535},
+                        "from": {"type": "string", "required": False, "regex": EMAIL_PATTERN},
+                        "username": {"type": "string", "required": False},
+                        "password": {"type": "string", "required": False},
+                        "starttls": {"type": "boolean", "required": False},
+                        "timeout_s": {"type": "number", "required": False, "min": 0.1},
+                        "name": {"type": "string", "required": False},
                     },
                 },
             ),

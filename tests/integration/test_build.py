@@ -27,6 +27,7 @@ def test_build_writes_one_folder_per_strategy(
             "config.yaml",
             "params.yaml",
             "passport.yaml",
+            "runner.py",
         ]
     passport = yaml.safe_load((generated / "STR-2026-0042/passport.yaml").read_text())
     assert passport["strategy_id"] == "STR-2026-0042"

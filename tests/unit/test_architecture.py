@@ -10,7 +10,13 @@ from pathlib import Path
 from tests.conftest import cli_process
 
 PACKAGE = Path(__file__).resolve().parents[2] / "src" / "qcompile"
-RUNTIME_PACKAGES = ("qcompile.signals", "qcompile.backtest", "qcompile.marketdata")
+RUNTIME_PACKAGES = (
+    "qcompile.signals",
+    "qcompile.backtest",
+    "qcompile.marketdata",
+    "qcompile.live",
+    "qcompile.emulator",
+)
 # errors, hashing, signalsource, templating and datalayout serve both halves; workflows, sweep
 # and sweepreport are the glue the CLI calls
 SHARED_MODULES = (

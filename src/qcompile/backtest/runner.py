@@ -9,7 +9,6 @@ produced from exactly the inputs the lock describes, so its evidence can be trus
 from __future__ import annotations
 
 import datetime as dt
-import inspect
 import json
 import os
 import sys
@@ -33,9 +32,9 @@ from qcompile.backtest.metrics import FORMULAS, Metrics, bar_returns, compute
 from qcompile.backtest.overfitting import summarise
 from qcompile.datalayout import symbol_files
 from qcompile.errors import QcompileError
-from qcompile.hashing import files_sha256, sha256_file
-from qcompile.signals import SignalError, SignalSpec, get_signal
-from qcompile.signalsource import function_sha256
+from qcompile.hashing import files_sha256
+from qcompile.signals import SignalError, SignalSpec
+from qcompile.signals.pinning import event_calendar, events_on, pinned_signal
 
 MINIMUM_SAMPLE = {"intraday": (500, 1), "daily": (200, 3), "weekly": (100, 5)}  # trades, years
 DAY_MS = 86_400_000
@@ -77,52 +76,19 @@ def periods_per_year(interval: str) -> float:
 
 
 def _signal_spec(params: dict[str, Any], root: Path) -> SignalSpec:
-    pinned = params["signal"]
     try:
-        spec = get_signal(
-            pinned["name"], pinned["version"], pinned["packages"], [root, root / "src"]
-        )
+        return pinned_signal(params["signal"], params["signal"]["packages"], root)
     except SignalError as error:
         raise BacktestError(str(error)) from None
-    source = inspect.getsourcefile(spec.function)
-    actual = function_sha256(Path(source), spec.function.__name__) if source else None
-    if actual != pinned["source_sha256"]:
-        raise BacktestError(
-            f"signal {pinned['name']}@{pinned['version']} differs from the pinned source "
-            f"(pinned {str(pinned['source_sha256'])[:12]}, found {str(actual)[:12]}); run `qcompile build`"
-        )
-    return spec
 
 
 def _load_events(pin: dict[str, Any] | None, root: Path, bars: pl.DataFrame) -> pl.DataFrame | None:
     """The pinned event calendar as (symbol, timestamp) rows on the bars' own timestamps."""
-    if not pin:
-        return None
-    path = root / pin["path"]
-    if not path.is_file():
-        raise BacktestError(
-            f"events file {pin['path']} not found; create it, then `qcompile build`"
-        )
-    if sha256_file(path) != pin["sha256"]:
-        raise BacktestError(
-            f"the events in {pin['path']} changed since they were pinned; run `qcompile build`"
-        )
     try:
-        raw = pl.read_parquet(path) if path.suffix == ".parquet" else pl.read_csv(path)
-        calendar = raw.select(
-            pl.col("symbol").cast(pl.String), pl.col("date").cast(pl.String).str.to_date()
-        )
-    except (pl.exceptions.PolarsError, OSError) as error:
-        message = str(error).splitlines()[0]
-        raise BacktestError(
-            f"{pin['path']}: needs columns symbol and date (YYYY-MM-DD): {message}"
-        ) from None
-    sessions = bars.select(
-        "symbol",
-        "timestamp",
-        date=pl.from_epoch("timestamp", time_unit="ms").dt.date(),
-    )
-    return calendar.join(sessions, on=["symbol", "date"], how="inner").select("symbol", "timestamp")
+        calendar = event_calendar(pin, root)
+    except SignalError as error:
+        raise BacktestError(str(error)) from None
+    return None if calendar is None else events_on(calendar, bars)
 
 
 def _check_data(params: dict[str, Any], root: Path) -> tuple[Path, str]:

@@ -1,0 +1,1 @@
+"""The production runtime: feed, decisions, durable state, alerts."""

@@ -1,0 +1,42 @@
+"""The paper broker fills at the next quote with the strategy's cost model."""
+
+from __future__ import annotations
+
+import pytest
+
+from qcompile.live.broker import Order, PaperBroker
+
+COSTS = {"slippage_bps": 10, "commission_per_share": 0.01, "min_commission": 1.0}
+
+
+def test_a_buy_fills_at_the_next_quote_plus_slippage_and_commission() -> None:
+    saved: list[dict] = []
+    broker = PaperBroker(COSTS, 10_000.0, persist=saved.append)
+    broker.submit(Order("o1", "MSFT", 50, 0))
+    assert broker.on_quote("GOOGL", 100.0, 1) == []  # another symbol's quote fills nothing
+    (fill,) = broker.on_quote("MSFT", 100.0, 2)
+    assert fill.price == pytest.approx(100.1)  # 10 bps against the buyer
+    assert fill.commission == 1.0  # 50 x 0.01 = 0.50, below the minimum per order
+    assert broker.cash() == pytest.approx(10_000 - 50 * 100.1 - 1.0)
+    assert broker.positions() == {"MSFT": 50}
+    assert saved[-1]["positions"] == {"MSFT": 50} and saved[-1]["working_orders"] == []
+
+
+def test_a_sell_pays_slippage_the_other_way_and_flat_positions_disappear() -> None:
+    broker = PaperBroker(COSTS, 0.0, ledger={"cash": 0.0, "positions": {"MSFT": 200}})
+    broker.submit(Order("o2", "MSFT", -200, 0))
+    (fill,) = broker.on_quote("MSFT", 50.0, 1)
+    assert fill.price == pytest.approx(49.95)
+    assert fill.commission == pytest.approx(2.0)
+    assert broker.positions() == {}
+    assert broker.cash() == pytest.approx(200 * 49.95 - 2.0)
+
+
+def test_cancel_all_cancels_every_working_order_and_a_ledger_round_trips() -> None:
+    broker = PaperBroker(COSTS, 1_000.0)
+    broker.submit(Order("a", "MSFT", 1, 0))
+    broker.submit(Order("b", "SPX", -1, 0))
+    restored = PaperBroker(COSTS, 0.0, ledger=broker.ledger())
+    assert [o.id for o in restored.working_orders()] == ["a", "b"]
+    assert [o.id for o in broker.cancel_all()] == ["a", "b"]
+    assert broker.working_orders() == [] and broker.on_quote("MSFT", 10.0, 1) == []
