@@ -36,3 +36,10 @@ def test_sweep_benchmark_runs_with_few_jobs() -> None:
     out = _run("sweep_speed.py", "--group-jobs", "3", "--hydra-sample", "2")
     assert "MA grid, 190 jobs, command to report" in out
     assert "group sweep, 3 jobs, per job (ms)" in out
+
+
+def test_runner_benchmark_runs_briefly() -> None:
+    out = _run("runner_speed.py", "--seconds", "0.5", "--rates", "400", "--drops", "2")
+    assert "reference: atomic save of the runner's state" in out
+    assert "runner at 400 msg/s" in out
+    assert "dropped connection -> safe state (2 drops)" in out

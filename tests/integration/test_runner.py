@@ -340,13 +340,13 @@ def test_http_429_pauses_the_rest_backfill_while_the_feed_keeps_reading(
 
 def test_a_restart_resumes_from_the_persisted_state(project: Path, emulator: Emulator) -> None:
     first = start_runner(project, emulator)
-    assert wait_until(lambda: first.engine.state.seq > 20)
+    assert wait_until(lambda: first.saver.seq > 20)
     summary = first.stop()
     saved = FileStateStore(project / "state", "STR-2026-0007", "reader").load()
     second = start_runner(project, emulator)
     assert second.engine.state.cursor == saved["cursor"]
     assert second.engine.state.positions == saved["positions"]
-    assert second.engine.state.seq == summary.seq
+    assert second.saver.seq == summary.seq
     assert second.engine.state.suspended  # re-proves the feed before deciding
     second.stop()
 
@@ -367,12 +367,12 @@ def test_redis_state_and_its_lease(project: Path, emulator: Emulator, redis_url:
         )
 
     first = start()
-    assert wait_until(lambda: first.engine.state.seq > 5)
+    assert wait_until(lambda: first.saver.seq > 5)
     with pytest.raises(LeaseError):
         start()
     summary = first.stop()
     second = start()
-    assert second.engine.state.seq == summary.seq
+    assert second.saver.seq == summary.seq
     second.stop()
 
 

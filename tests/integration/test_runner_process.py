@@ -67,7 +67,7 @@ def test_kill_9_at_random_moments_loses_nothing_acknowledged(deployed: Path) -> 
     rng = random.Random(20261124)
     store_dir = deployed / "state"
     previous_seq = 0
-    for kill in range(6):
+    for kill in range(8):
         before = len(acked(acks))
         process = runner_process(
             deployed, "--feed", "emulator", "--bars", "1000", "--speed", "1500", "--acks", str(acks)
@@ -122,3 +122,39 @@ def test_qcompile_run_replays_the_sample_end_to_end(deployed: Path) -> None:
     assert "480 messages" in result.stdout  # 30 bars x 4 symbols x 4 ticks, every one decided
     assert "Traceback" not in result.stderr
     assert (deployed / "state" / STRATEGY / "state.json").is_file()
+
+
+def test_a_scenario_scripts_the_emulators_faults(deployed: Path) -> None:
+    scenario = deployed / "drop.yaml"
+    scenario.write_text("faults:\n  - after_messages: 100\n    fault: drop\n")
+    result = cli_process(
+        deployed,
+        "run",
+        STRATEGY,
+        "--feed",
+        "emulator",
+        "--bars",
+        "30",
+        "--speed",
+        "200",  # slow enough that the replay outlasts the 1 s wait before the reconnect
+        "--scenario",
+        str(scenario),
+    )
+    assert result.returncode == 0, result.stderr
+    assert "1 safe states, 1 reconnects" in result.stdout
+    assert "SAFE STATE (connection lost" in result.stderr
+
+
+def test_a_broken_scenario_is_a_clear_error(deployed: Path) -> None:
+    scenario = deployed / "broken.yaml"
+    scenario.write_text(
+        "faults:\n  - after_messages: 10\n    fault: dorp\n  - fault: silence\n    duration_s: -1\n"
+    )
+    result = cli_process(
+        deployed, "run", STRATEGY, "--feed", "emulator", "--scenario", str(scenario)
+    )
+    assert result.returncode == 2
+    assert "broken.yaml:3" in result.stderr and "dorp" in result.stderr
+    assert "duration_s" in result.stderr  # every problem at once
+    assert "Traceback" not in result.stderr
+    assert not (deployed / "state").exists()  # nothing started, nothing written

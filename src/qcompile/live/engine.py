@@ -79,7 +79,6 @@ class EngineConfig:
 
 @dataclass
 class EngineState:
-    seq: int = 0
     cash: float = 0.0
     positions: dict[str, float] = field(default_factory=dict)
     pending: dict[str, dict[str, Any]] = field(default_factory=dict)  # order id -> order
@@ -90,15 +89,14 @@ class EngineState:
     suspended_reason: str = "starting"
 
     def to_dict(self, config: EngineConfig) -> dict[str, Any]:
-        return {
-            "seq": self.seq,
+        return {  # copies: a saver thread serialises it while decisions go on
             "strategy": {"id": config.strategy_id, "version": config.strategy_version},
             "signal": config.signal_pin,
             "cash": self.cash,
             "positions": dict(sorted(self.positions.items())),
             "pending_orders": [self.pending[k] for k in sorted(self.pending)],
             "cursor": dict(sorted(self.cursor.items())),
-            "building": dict(sorted(self.building.items())),
+            "building": {k: list(v) for k, v in sorted(self.building.items())},
             "targets": dict(sorted(self.targets.items())),
             "suspended": self.suspended,
             "suspended_reason": self.suspended_reason,
@@ -107,7 +105,6 @@ class EngineState:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> EngineState:
         return cls(
-            seq=int(data["seq"]),
             cash=float(data["cash"]),
             positions={k: float(v) for k, v in data["positions"].items()},
             pending={o["id"]: o for o in data["pending_orders"]},
@@ -126,7 +123,7 @@ class Engine:
         signal: Callable[..., pl.DataFrame],
         broker: Broker,
         alerter: Alerter,
-        save: Callable[[dict[str, Any]], None],
+        save: Callable[[dict[str, Any], bool], None],
         history: Callable[[str, int, int], list[list[float]]],
         state: EngineState | None = None,
         clock: Callable[[], float] = time.perf_counter,
@@ -144,6 +141,7 @@ class Engine:
         self.bars: dict[str, deque[list[float]]] = {}
         self.last_price: dict[str, float] = {}
         self.epoch = 0  # the feed connection whose data may lift a suspension
+        self._condemned = -1  # a connection that broke the data contract: its pushes are dropped
         self.feed_ready = False
         self.safe_state_ms: list[float] = []
         self.safe_state_at: list[float] = []  # clock readings when each safe state was complete
@@ -156,12 +154,9 @@ class Engine:
     def snapshot(self) -> dict[str, Any]:
         return self.state.to_dict(self.config)
 
-    def persist(self) -> dict[str, Any]:
-        """Save the state durably; returns what was saved (the acknowledged state)."""
-        self.state.seq += 1
-        snapshot = self.snapshot()
-        self._save(snapshot)
-        return snapshot
+    def persist(self, wait: bool = False) -> None:
+        """Hand the state to the saver; with ``wait``, return once it is durable."""
+        self._save(self.snapshot(), wait)
 
     # -- the feed's events -------------------------------------------------------------------
 
@@ -180,7 +175,7 @@ class Engine:
             self.state.suspended, self.state.suspended_reason = True, reason
             cancelled = self.broker.cancel_all()
             self.state.pending.clear()
-            self.persist()
+            self.persist(wait=True)
             done = self.clock()
             elapsed_ms = (done - detected_at) * 1000.0
         if planned:
@@ -210,9 +205,9 @@ class Engine:
             )
         return elapsed_ms
 
-    def cycle(self, pushes: list[tuple[int, dict[str, Any]]]) -> dict[str, Any] | None:
-        """One decision cycle over the pushes received since the last one, then one durable save.
-        Returns the saved state (acknowledged), or None when nothing changed.
+    def cycle(self, pushes: list[tuple[int, dict[str, Any]]]) -> bool:
+        """One decision cycle over the pushes received since the last one, then one save handed
+        to the saver. Returns whether the state changed (and a save was handed over).
 
         The lock is taken per push, not per batch, so a safe state waits for one push's work
         at most, never for a whole burst."""
@@ -222,13 +217,14 @@ class Engine:
                 try:
                     changed |= self._handle(epoch, push)
                 except ContractViolation as violation:
+                    self._condemned = epoch
                     self._violation(str(violation))
                     changed = True
                     break  # the rest of this batch comes from the same suspect feed
-        if not changed:
-            return None
-        with self.lock:
-            return self.persist()
+        if changed:
+            with self.lock:
+                self.persist()
+        return changed
 
     def warm_up(self, before_ms: int) -> None:
         """Run the signal once on stored history so that loading compiled code and the first
@@ -301,6 +297,9 @@ class Engine:
         return Tick(symbol, value, quantity, millis)
 
     def _handle(self, epoch: int, push: dict[str, Any]) -> bool:
+        if epoch == self._condemned:  # the rest of a connection that broke the contract
+            self.counters.ignored += 1
+            return False
         tick = self.parse(push)
         if tick is None:
             self.counters.ignored += 1
@@ -450,7 +449,7 @@ class Engine:
                 for o in self.broker.working_orders()
             }
             if differences:
-                self.persist()
+                self.persist(wait=True)
                 self._alert(
                     "runner.reconciled",
                     "warning",

@@ -45,6 +45,7 @@ from qcompile.live.backoff import Backoff
 from qcompile.live.broker import PaperBroker
 from qcompile.live.engine import BAR_COLUMNS, Engine, EngineConfig, EngineState
 from qcompile.live.feed import Feed
+from qcompile.live.saver import Saver
 from qcompile.live.secrets import install_redaction, resolve
 from qcompile.live.state import StateStore, open_store
 from qcompile.marketdata.intervals import INTERVAL_MS
@@ -148,6 +149,9 @@ class Runner:
         self._pushes: queue.SimpleQueue[tuple[int, dict[str, Any], float]] = queue.SimpleQueue()
         # seconds from a push's receipt on the feed thread to the end of its cycle's save
         self.latencies: deque[float] = deque(maxlen=200_000)
+        self._waiting: deque[tuple[int, list[float]]] = deque()  # (save ticket, receipt times)
+        self._waiting_lock = threading.Lock()
+        self._last_ticket = 0
         self._threads: list[threading.Thread] = []
         self._acks = None
         self.store: StateStore | None = None
@@ -195,6 +199,7 @@ class Runner:
                 ).tail(count)
                 return [list(map(float, row)) for row in rows.select(BAR_COLUMNS).rows()]
 
+            self.history_is_local = True
             return from_local
         if not self.rest_base:
             return lambda symbol, before_ms, count: []
@@ -244,12 +249,19 @@ class Runner:
             state,
         )
 
-    def _save(self, state: dict[str, Any]) -> None:
-        assert self.store is not None
-        self.store.save(state)
-        if self._acks is not None:  # only after the save returned: this state is acknowledged
+    def _save(self, snapshot: dict[str, Any], wait: bool) -> None:
+        self._last_ticket = self.saver.submit(snapshot, wait)
+
+    def _saved(self, state: dict[str, Any], ticket: int) -> None:
+        """On the saver thread, once ``state`` is durable: acknowledge it."""
+        if self._acks is not None:
             self._acks.write(f"{state['seq']} {state_digest(state)}\n")
             self._acks.flush()
+        done = time.perf_counter()
+        with self._waiting_lock:
+            while self._waiting and self._waiting[0][0] <= ticket:
+                _, received = self._waiting.popleft()
+                self.latencies.extend(done - r for r in received)
 
     def _check_compatible(self, saved: dict[str, Any]) -> None:
         """A persisted state is resumed only by the strategy and signal that wrote it."""
@@ -287,6 +299,7 @@ class Runner:
         saved = self.store.load()
         if saved is not None:
             self._check_compatible(saved)
+        self.saver = Saver(self.store, int(saved["seq"]) if saved else 0, self._saved)
         self.broker = PaperBroker(
             self.params["costs"],
             float(self.params["backtest"]["initial_capital"]),
@@ -365,9 +378,20 @@ class Runner:
                         batch.append(self._pushes.get_nowait())
                     except queue.Empty:
                         break
-                self.engine.cycle([(epoch, push) for epoch, push, _ in batch])
-                done = time.perf_counter()
-                self.latencies.extend(done - received for _, _, received in batch)
+                received = [r for _, _, r in batch]
+                lag = time.perf_counter() - received[0]
+                if lag > self.heartbeat_s:  # decisions fall behind the feed: say so, loudly
+                    self._alert(
+                        "runner.lagging",
+                        "warning",
+                        f"decisions lag the feed by {lag:.1f} s ({len(batch)} pushes queued)",
+                    )
+                if self.engine.cycle([(epoch, push) for epoch, push, _ in batch]):
+                    with self._waiting_lock:  # decided; acknowledged once its save is durable
+                        self._waiting.append((self._last_ticket, received))
+                else:  # nothing to save: decided is done
+                    done = time.perf_counter()
+                    self.latencies.extend(done - r for r in received)
             now = time.monotonic()
             if now >= next_beat:
                 next_beat = now + self.heartbeat_s
@@ -383,7 +407,7 @@ class Runner:
                 "instance": self.session.instance_id,
                 "connected": self.feed.connected.is_set(),
                 "suspended": state.suspended,
-                "seq": state.seq,
+                "seq": self.saver.seq,
                 "last_message_age_s": round(time.perf_counter() - self.feed.last_received, 3)
                 if self.feed.last_received
                 else None,
@@ -405,6 +429,7 @@ class Runner:
         for thread in self._threads:
             thread.join(timeout=30)
         self.engine.safe_state("runner stopped", time.perf_counter(), planned=True)
+        self.saver.close()
         self._liveness()
         summary = self.summary()
         assert self.store is not None
@@ -426,7 +451,7 @@ class Runner:
             fills=counters.fills,
             safe_states=counters.safe_states,
             reconnects=max(0, self.feed.stats.connects - 1),
-            seq=state.seq,
+            seq=self.saver.seq,
             positions=dict(sorted(state.positions.items())),
             equity=self.engine.equity(),
             state_location=self.store.location if self.store else "",
