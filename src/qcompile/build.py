@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +60,13 @@ def _raw_yaml(path: Path) -> Any:
         return None
 
 
+def project_settings(project: Project) -> dict[str, Any]:
+    """conf/qcompile.yaml's ``project`` mapping as written (empty when unreadable)."""
+    primary = _raw_yaml(project.conf_dir / PRIMARY_CONFIG)
+    settings = primary.get("project") if isinstance(primary, dict) else None
+    return settings if isinstance(settings, dict) else {}
+
+
 def inputs_digest(project: Project, overrides: list[str], only: list[str] | None) -> str | None:
     """Digest of everything a build reads, or None when it cannot be known without compiling."""
     from qcompile.plan import compiler_sha256
@@ -100,10 +108,23 @@ def inputs_digest(project: Project, overrides: list[str], only: list[str] | None
         return None
     parts["events"] = events
     reports = project.root / str(settings.get("reports_dir", "reports"))
+    # reports too: a sign-off records the report's hash, and a changed report makes it stale
     parts["evidence"] = (
-        {project.rel(p): sha256_file(p) for p in sorted(reports.rglob("evidence.json"))}
+        {
+            project.rel(p): sha256_file(p)
+            for p in sorted([*reports.rglob("evidence.json"), *reports.rglob("report.md")])
+        }
         if reports.is_dir()
         else {}
+    )
+    from qcompile.checklist import selftest_path
+
+    runtime_tests = selftest_path(settings, project.root)
+    parts["runtime_tests"] = sha256_file(runtime_tests) if runtime_tests.is_file() else None
+    coverage = settings.get("coverage_report")
+    coverage_file = project.root / str(coverage) if coverage else None
+    parts["coverage"] = (
+        sha256_file(coverage_file) if coverage_file and coverage_file.is_file() else None
     )
     return sha256_json(parts)
 
@@ -160,11 +181,21 @@ def compile_project(
     project: Project, overrides: list[str], only: list[str] | None = None
 ) -> Compilation:
     """Compose, validate, lock and check gates; raise DiagnosticsError listing every problem."""
+    from qcompile.checklist import evaluate_checklist
     from qcompile.compose import compose_strategies, read_conf_tree
-    from qcompile.lifecycle import evaluate, evidence_path, load_evidence, next_phase, stale_inputs
+    from qcompile.lifecycle import (
+        evaluate,
+        evidence_path,
+        load_evidence,
+        next_phase,
+        requirements_for,
+        signoff_staleness,
+        stale_inputs,
+    )
     from qcompile.lock import drift_diagnostics, lock_strategy
-    from qcompile.plan import CompiledStrategy
+    from qcompile.plan import CompiledStrategy, checklist_bytes
     from qcompile.signalsource import scan_packages
+    from qcompile.signoff import resign_command, signed_artefacts
     from qcompile.validate import (
         cross_field_diagnostics,
         duplicate_id_diagnostics,
@@ -222,9 +253,26 @@ def compile_project(
         strategy = data["strategy"]
         path = evidence_path(reports_dir, strategy["id"], strategy["version"])
         evidence, why = load_evidence(path)
-        unmet = evaluate(
-            strategy["status"], gates, strategy, lock.pins, evidence, why, lock.backtest_inputs
+        artefacts = signed_artefacts(project.root, data)
+        items = evaluate_checklist(data, lock.pins, evidence, project.root)
+        unticked = [item.id for item in items if not item.ticked]
+        if "checklist" in artefacts:  # signed: compare with the checklist this build writes
+            rendered = checklist_bytes(
+                CompiledStrategy(composed, data, lock, project.rel(path), False, [], items)
+            )
+            artefacts["checklist"] = artefacts["checklist"]._replace(sha256=sha256_bytes(rendered))
+        gate = partial(
+            evaluate,
+            gates=gates,
+            strategy=strategy,
+            pins=lock.pins,
+            evidence=evidence,
+            evidence_problem=why,
+            expected_inputs=lock.backtest_inputs,
+            artefacts=artefacts,
+            unticked=unticked,
         )
+        unmet = gate(strategy["status"])
         for item in unmet:
             file, line = composed.locate("strategy.status")
             detail = item.detail + (
@@ -253,21 +301,28 @@ def compile_project(
                     severity="warning",
                 )
             )
-        following = next_phase(strategy["status"])
-        unmet_next = (
-            [
-                u
-                for u in evaluate(
-                    following, gates, strategy, lock.pins, evidence, why, lock.backtest_inputs
+        # a stale sign-off the declared phase needs is a gate error above; any other is a warning
+        gated = {r for _, r in requirements_for(strategy["status"], gates)}
+        for name, current in artefacts.items():
+            detail = signoff_staleness(name, strategy["signoffs"][name], current)
+            if detail and f"signoff.{name}" not in gated:
+                file, line = composed.locate(f"strategy.signoffs.{name}")
+                warnings.append(
+                    Diagnostic(
+                        file,
+                        line,
+                        f"strategy.signoffs.{name}",
+                        detail,
+                        "signoff.stale",
+                        f"review it and sign again: {resign_command(strategy['id'], name)}",
+                        severity="warning",
+                    )
                 )
-                if u.phase == following
-            ]
-            if following
-            else []
-        )
+        following = next_phase(strategy["status"])
+        unmet_next = [u for u in gate(following) if u.phase == following] if following else []
         compiled.append(
             CompiledStrategy(
-                composed, data, lock, project.rel(path), evidence is not None, unmet_next
+                composed, data, lock, project.rel(path), evidence is not None, unmet_next, items
             )
         )
     cache.save()
@@ -405,4 +460,5 @@ __all__ = [
     "build",
     "compile_project",
     "inputs_digest",
+    "project_settings",
 ]

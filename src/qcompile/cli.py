@@ -71,6 +71,16 @@ def _handled(command: Callable[..., Any]) -> Callable[..., Any]:
     return run
 
 
+def _params_file(project: Any, strategy: str) -> Any:
+    """generated/<id>/params.yaml: what production runs is what was built and committed."""
+    params_file = project.root / "generated" / strategy / "params.yaml"
+    if not params_file.is_file():
+        raise QcompileError(
+            f"{params_file.relative_to(project.root)} not found; run `qcompile build` first"
+        )
+    return params_file
+
+
 def _project() -> Any:
     from qcompile.project import find_project
 
@@ -256,12 +266,7 @@ def run(strategy: str, **options: Any) -> None:
     from qcompile.live.command import execute
 
     project = _project()
-    params_file = project.root / "generated" / strategy / "params.yaml"
-    if not params_file.is_file():
-        raise QcompileError(
-            f"{params_file.relative_to(project.root)} not found; run `qcompile build` first"
-        )
-    execute(params_file, project.root, **options)
+    execute(_params_file(project, strategy), project.root, **options)
 
 
 @main.command()
@@ -273,6 +278,49 @@ def emulator(**options: Any) -> None:
     from qcompile.live.command import serve_emulator
 
     serve_emulator(**options)
+
+
+@main.command()
+@click.argument("strategy")
+@click.option("--timeout", type=click.FloatRange(min=0), default=60.0, show_default=True)
+@_handled
+def stop(strategy: str, timeout: float) -> None:
+    """Stop STRATEGY's running instance on this host (SIGTERM: safe state, final save) and wait
+    until its lease is free."""
+    from qcompile.live.command import stop_runner
+
+    project = _project()
+    stop_runner(_params_file(project, strategy), project.root, timeout)
+
+
+@main.command()
+@click.argument("strategy")
+@click.option("--wait", type=click.FloatRange(min=0), default=0.0, help="Seconds to wait.")
+@click.option("--since", metavar="ISO8601", help="Only a heartbeat written after this time.")
+@_handled
+def heartbeat(strategy: str, wait: float, since: str | None) -> None:
+    """Print the liveness heartbeat of STRATEGY's connected runner (exit 2 if none in time)."""
+    from qcompile.live.command import await_heartbeat
+
+    project = _project()
+    await_heartbeat(_params_file(project, strategy), project.root, wait, since)
+
+
+@main.command()
+@click.option("--output", type=click.Path(dir_okay=False), help="Where to record the result.")
+@_handled
+def selftest(output: str | None) -> None:
+    """Test the runner's safety behaviour (heartbeat, safe state, reconnect, rate limits, state
+    recovery) against the local emulator; the result ticks the deployment checklist's items for
+    this qcompile version (reports/runtime/qcompile-<version>.json)."""
+    from pathlib import Path
+
+    from qcompile.build import project_settings
+    from qcompile.checklist import selftest_path
+    from qcompile.live.command import run_selftest
+
+    project = _project()
+    run_selftest(Path(output) if output else selftest_path(project_settings(project), project.root))
 
 
 @main.command(name="list")
@@ -320,6 +368,163 @@ def docs(output: str, check: bool) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text, encoding="utf-8")
     click.echo(f"wrote {output}")
+
+
+@main.command(name="release")
+@click.argument("strategy")
+@click.option("--note", metavar="TEXT", help="Why this release; kept in its record.")
+@click.option("--by", metavar="EMAIL", help="Who releases (default: git config user.email).")
+@_handled
+def release_command(strategy: str, note: str | None, by: str | None) -> None:
+    """Record STRATEGY's committed generated/<id>/ as a release in releases/<id>.jsonl.
+
+    Refused while generated/ is stale or generated/<id>/ or conf/ has uncommitted changes."""
+    import datetime as dt
+
+    from qcompile.releases import history_file, release
+
+    project = _project()
+    done = release(project, strategy, note=note, by=by, clock=lambda: dt.datetime.now(dt.UTC))
+    if done.repeated:
+        click.echo(
+            f"{done.strategy_id} {done.version} was already released with these artefacts "
+            f"(commit {done.commit[:12]}, {done.released_at}); nothing was written."
+        )
+        return
+    click.echo(
+        f"released {done.strategy_id} {done.version} ({done.phase}) at commit {done.commit[:12]}: "
+        f"signal {done.signal_pin}, data {done.data_pin}"
+    )
+    where = project.rel(history_file(project, done.strategy_id))
+    click.echo(f"recorded in {where}; commit it.")
+
+
+@main.command(name="history")
+@click.argument("strategy")
+@click.option(
+    "--release", "selected", metavar="VERSION", help="One release: a version, latest or previous."
+)
+@click.option(
+    "--field",
+    metavar="NAME",
+    help="Print only this field (commit, pins.signal.version, ...) of --release (default latest).",
+)
+@_handled
+def history_command(strategy: str, selected: str | None, field: str | None) -> None:
+    """List STRATEGY's releases, oldest first, from releases/<id>.jsonl."""
+    from qcompile import releases as history
+
+    project = _project()
+    strategy_id = history.resolve_strategy(project, strategy)
+    releases = history.load_history(project, strategy_id)
+    if selected or field:
+        chosen = history.select_release(releases, strategy_id, selected or "latest")
+        if field:
+            click.echo(history.field_value(chosen, field))
+            return
+        for name, value in history.release_fields(chosen).items():
+            click.echo(f"{name}: {value}")
+        return
+    if not releases:
+        click.echo(f"{strategy_id}: no releases yet.")
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table()
+    for column in ("version", "phase", "released at", "by", "commit", "signal", "data", "note"):
+        table.add_column(column)
+    for item in releases:
+        table.add_row(
+            item.version,
+            item.phase,
+            item.released_at,
+            item.released_by,
+            item.commit[:12],
+            item.signal_pin,
+            item.data_pin,
+            item.note or "",
+        )
+    Console(width=200).print(table)
+
+
+@main.command(name="diff")
+@click.argument("strategy")
+@click.option(
+    "--from",
+    "from_rev",
+    metavar="REV",
+    help="A release version, latest, previous or a git revision (default: the latest release).",
+)
+@click.option(
+    "--to",
+    "to_rev",
+    metavar="REV",
+    help="A release version, latest, previous or a git revision (default: the working tree).",
+)
+@_handled
+def diff_command(strategy: str, from_rev: str | None, to_rev: str | None) -> None:
+    """Show what changed in STRATEGY's pins and generated/<id>/ files, as a unified diff."""
+    from qcompile.releases import diff
+
+    click.echo(diff(_project(), strategy, from_rev, to_rev), nl=False)
+
+
+@main.command()
+@click.argument("strategy")
+@click.option(
+    "--role",
+    type=click.Choice(["researcher", "peer_reviewer", "quant_engineer"]),
+    help="Sign this role's artefact: researcher the report (or --artefact brief), peer_reviewer "
+    "the validation evidence, quant_engineer the deployment checklist.",
+)
+@click.option(
+    "--artefact",
+    type=click.Choice(["brief", "report", "validation", "checklist"]),
+    help="What the role signs, when not its default (the researcher's brief).",
+)
+@click.option("--item", metavar="ITEM_ID", help="Sign one manual deployment-checklist item.")
+@click.option("--by", "by", required=True, metavar="EMAIL", help="Email of the person signing.")
+@_handled
+def signoff(
+    strategy: str, role: str | None, artefact: str | None, item: str | None, by: str
+) -> None:
+    """Record a sign-off in STRATEGY's YAML file: who, when (UTC) and the sha256 of what was
+    signed. A sign-off whose artefact changes afterwards is stale and no longer meets the gate."""
+    from qcompile.signoff import sign
+
+    signature = sign(_project(), strategy, by, role=role, artefact=artefact, item=item)
+    click.echo(f"signed {signature.key} of {signature.strategy_id}: {signature.what}")
+    click.echo(f"  by {signature.record['by']} at {signature.record['at']}")
+    if "sha256" in signature.record:
+        click.echo(f"  sha256 {signature.record['sha256']}")
+    if signature.replaced:
+        click.echo(
+            f"  replaces the sign-off by {signature.replaced.get('by')} "
+            f"at {signature.replaced.get('at')}"
+        )
+    click.echo(f"wrote {signature.file}; run `qcompile build` to update generated/.")
+
+
+@main.command()
+@click.argument("strategy")
+@click.option(
+    "--to",
+    "to_phase",
+    required=True,
+    type=click.Choice(["ideation", "research", "validation", "production"]),
+    help="The next phase, or an earlier one (a demotion).",
+)
+@_handled
+def promote(strategy: str, to_phase: str) -> None:
+    """Move STRATEGY to phase --to if that phase's gate is met (else list what is missing), by
+    rewriting strategy.status in its YAML file."""
+    from qcompile.signoff import promote as run_promote
+
+    moved = run_promote(_project(), strategy, to_phase)
+    verb = "demoted" if moved.demotion else "promoted"
+    click.echo(f"{verb} {moved.strategy_id}: {moved.previous} -> {moved.phase} in {moved.file}")
+    click.echo("Run `qcompile build` to update generated/.")
 
 
 if __name__ == "__main__":  # pragma: no cover

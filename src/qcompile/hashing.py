@@ -39,3 +39,18 @@ def files_sha256(
 ) -> str:
     """Content hash of a data set: its files' paths (relative to ``directory``) and contents."""
     return sha256_json([(f.relative_to(directory).as_posix(), file_hash(f)) for f in sorted(files)])
+
+
+RUNTIME_PACKAGES = ("live", "emulator", "marketdata")
+
+
+def runtime_sha256() -> str:
+    """Hash of the production runtime's source files: what a `qcompile selftest` result vouches
+    for. The compiler reads the same files (never imports them) to check that result."""
+    root = Path(__file__).resolve().parent
+    digest = hashlib.sha256()
+    for package in RUNTIME_PACKAGES:
+        for path in sorted((root / package).glob("*.py")):
+            digest.update(f"{package}/{path.name}\0".encode())
+            digest.update(path.read_bytes())
+    return digest.hexdigest()

@@ -3,7 +3,9 @@
 Consumes a strategy's resolved config, its lock pins and its backtest evidence (if any report has
 run); produces the list of unmet requirements for a phase. The requirement vocabulary is fixed
 here; which requirements each phase needs is configured in ``conf/qcompile.yaml`` under ``gates``.
-Evidence that does not exist is reported missing, never assumed.
+Evidence that does not exist is reported missing, never assumed. A sign-off that recorded the
+hash of what it signed is checked against that artefact's current hash, which the caller supplies
+(this module reads no artefact itself): a changed artefact makes the sign-off stale.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 PHASES = ("ideation", "research", "validation", "production")
 
@@ -98,6 +100,13 @@ class Unmet:
     key: str
 
 
+class SignedArtefact(NamedTuple):
+    """What a sign-off covers now: where it lives (for messages) and its hash (None: it is gone)."""
+
+    where: str
+    sha256: str | None
+
+
 def evidence_path(reports_dir: Path, strategy_id: str, version: str) -> Path:
     return reports_dir / strategy_id / version / "evidence.json"
 
@@ -142,11 +151,28 @@ def evaluate(
     evidence: dict[str, Any] | None,
     evidence_problem: str,
     expected_inputs: dict[str, Any],
+    artefacts: dict[str, SignedArtefact] | None = None,
+    unticked: list[str] | None = None,
 ) -> list[Unmet]:
-    """Every unmet requirement for ``phase`` (cumulative), in gate order."""
-    unmet = []
+    """Every unmet requirement for ``phase`` (cumulative), in gate order.
+
+    ``artefacts`` holds, per sign-off artefact, its current state; a sign-off with a recorded
+    ``sha256`` is stale (unmet) when that differs. Without an entry the hash is not checked.
+    ``unticked`` lists the checklist items neither verified nor signed (the build evaluates the
+    checklist); without it, every item needs a sign-off.
+    """
+    unmet, signed = [], artefacts or {}
     for gate_phase, requirement in requirements_for(phase, gates):
-        detail = _check(requirement, strategy, pins, evidence, evidence_problem, expected_inputs)
+        detail = _check(
+            requirement,
+            strategy,
+            pins,
+            evidence,
+            evidence_problem,
+            expected_inputs,
+            signed,
+            unticked,
+        )
         if detail:
             unmet.append(Unmet(gate_phase, requirement, detail, REQUIREMENTS[requirement][1]))
     return unmet
@@ -159,6 +185,8 @@ def _check(
     evidence: dict[str, Any] | None,
     evidence_problem: str,
     expected_inputs: dict[str, Any],
+    artefacts: dict[str, SignedArtefact],
+    unticked: list[str] | None = None,
 ) -> str:
     """Empty when met, else what is missing."""
     group, _, item = requirement.partition(".")
@@ -177,12 +205,15 @@ def _check(
         record = (strategy.get("signoffs") or {}).get(item)
         if not isinstance(record, dict) or not record.get("by") or not record.get("at"):
             return f"no {item} sign-off with a timestamp"
-        return ""
+        return signoff_staleness(item, record, artefacts.get(item))
     if group == "checklist":
-        signed = strategy.get("checklist") or {}
-        missing = [i for i in CHECKLIST_ITEMS if i not in signed]
+        if unticked is not None:
+            missing = unticked
+        else:
+            signed = strategy.get("checklist") or {}
+            missing = [i for i in CHECKLIST_ITEMS if i not in signed]
         return (
-            f"{len(missing)} checklist item(s) not signed: {', '.join(missing)}" if missing else ""
+            f"{len(missing)} checklist item(s) not ticked: {', '.join(missing)}" if missing else ""
         )
     if group == "pins":
         missing = [name for name, value in sorted(_flat(pins)) if value in (None, "")]
@@ -219,6 +250,24 @@ def _check(
             return "the evidence does not record critical failures"
         return f"critical failures: {'; '.join(map(str, failures))}" if failures else ""
     raise AssertionError(f"unhandled requirement {requirement}")  # REQUIREMENTS and _check disagree
+
+
+def signoff_staleness(artefact: str, record: Any, current: SignedArtefact | None) -> str:
+    """Why a sign-off no longer covers its artefact, or empty.
+
+    Hand-written sign-offs carry no ``sha256`` and cannot go stale; neither can one whose
+    artefact's current state the caller did not supply.
+    """
+    if not isinstance(record, dict) or current is None:
+        return ""
+    signed = record.get("sha256")
+    if not isinstance(signed, str) or signed == current.sha256:
+        return ""
+    what = "no longer exists" if current.sha256 is None else "changed since it was signed"
+    return (
+        f"{artefact} sign-off by {record.get('by')} at {record.get('at')} is stale: "
+        f"{current.where} {what}"
+    )
 
 
 def _flat(data: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:

@@ -8,25 +8,33 @@ templates only place these values.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 from typing import Any
 
 from qcompile import __version__
+from qcompile.alertcatalog import ALERTS
+from qcompile.checklist import ItemStatus
 from qcompile.compose import ComposedStrategy
 from qcompile.hashing import sha256_file, sha256_json
 from qcompile.lifecycle import Unmet, next_phase
 from qcompile.lock import Lock
-from qcompile.render import TEMPLATES_DIR, template_names
+from qcompile.render import TEMPLATES_DIR, render, template_names
+from qcompile.schema import SIGNOFF_ROLES
 
 REGENERATE = "qcompile build"
+ENV_REFERENCE = re.compile(r"\$\{oc\.env:([A-Za-z_][A-Za-z0-9_]*)")
 STRATEGY_TEMPLATES = (
     "passport.yaml.j2",
     "config.yaml.j2",
     "params.yaml.j2",
     "backtest.py.j2",
     "runner.py.j2",
+    "runbook.md.j2",
+    "rollback.sh.j2",
+    "checklist.md.j2",
 )
 INDEX_TEMPLATE = "index.md.j2"
 
@@ -41,6 +49,7 @@ class CompiledStrategy:
     evidence_file: str  # relative to the root; may not exist
     evidence_present: bool
     unmet_next: list[Unmet] = field(default_factory=list)
+    checklist: list[ItemStatus] = field(default_factory=list)
 
     @property
     def id(self) -> str:
@@ -214,6 +223,136 @@ def runtime_parameters(compiled: CompiledStrategy) -> dict[str, Any]:
     }
 
 
+def _environment_names(value: Any) -> set[str]:
+    """Names of the environment variables a config subtree references (never their values)."""
+    if isinstance(value, dict):
+        return set().union(*(_environment_names(v) for v in value.values()))
+    if isinstance(value, list):
+        return set().union(*(_environment_names(v) for v in value))
+    return set(ENV_REFERENCE.findall(value)) if isinstance(value, str) else set()
+
+
+def runbook(compiled: CompiledStrategy) -> dict[str, Any]:
+    """How to start, monitor, stop and roll back this strategy: every value from its config."""
+    data, pins = compiled.data, compiled.lock.pins
+    strategy, deployment, source = data["strategy"], data["deployment"], data["data"]
+    strategy_id = compiled.id
+    store = deployment["state_store"]
+    if store["kind"] == "file":
+        directory = f"{store.get('path', 'state')}/{strategy_id}"
+        state = {
+            "kind": "file",
+            "where": directory,
+            "state": f"{directory}/state.json",
+            "heartbeat": f"{directory}/heartbeat.json",
+            "ledger": f"{directory}/paper-broker.json",
+            "lease": f"{directory}/lease",
+        }
+    else:
+        prefix = f"qcompile:{strategy_id}"
+        state = {
+            "kind": "redis",
+            "where": f"Redis ({store.get('url', '')}), keys {prefix}:*",
+            "state": f"{prefix}:state",
+            "heartbeat": f"{prefix}:heartbeat",
+            "ledger": f"{prefix}:paper-broker",
+            "lease": f"{prefix}:lease",
+        }
+    reconnect = {"initial_s": 1, "cap_s": 60, "jitter": 0.1, "stable_s": 30}
+    reconnect.update(deployment.get("reconnect") or {})
+    return {
+        "id": strategy_id,
+        "name": strategy["name"],
+        "version": strategy["version"],
+        "phase": strategy["status"],
+        "signal": pins["signal"],
+        "data": {
+            "vendor": source["vendor"],
+            "api_version": source["api_version"],
+            "interval": source["interval"],
+            "timestamp": pins["data"]["timestamp"],
+            "ws_base": source.get("ws_base"),
+            "rest_base": source.get("rest_base"),
+            "local": (source.get("local") or {}).get("path"),
+        },
+        "environment": sorted(_environment_names({"data": source, "deployment": deployment})),
+        "deployment": {
+            "name": deployment["name"],
+            "broker": deployment["broker"],
+            "heartbeat_interval_s": deployment["heartbeat_interval_s"],
+            "silence_s": 2 * deployment["heartbeat_interval_s"],
+            "reconnect": reconnect,
+            "rate_limit_default_s": deployment.get("rate_limit_default_s", 60),
+            "safe_state_budget_ms": deployment.get("safe_state_budget_ms", 100),
+            "alert_sinks": [a["kind"] for a in deployment["alerts"]],
+            "on_call": deployment["on_call"],
+        },
+        "state": state,
+        "alerts": [
+            {
+                "key": key,
+                "severity": entry.severity,
+                "meaning": entry.meaning,
+                "action": entry.action,
+            }
+            for key, entry in ALERTS.items()
+        ],
+    }
+
+
+CHECKLIST_SECTIONS = (
+    ("code", "Code review"),
+    ("data", "Data and infrastructure"),
+    ("monitoring", "Monitoring and alerting"),
+    ("docs", "Documentation and handoff"),
+)
+
+
+def checklist(compiled: CompiledStrategy) -> dict[str, Any]:
+    """The §5 checklist as the build evaluated it (the same list the production gate reads).
+    The engineer's own sign-off of this checklist is not shown: it signs this file's hash."""
+    strategy = compiled.data["strategy"]
+    items = compiled.checklist
+    recorded = strategy.get("signoffs") or {}
+    signoffs = []
+    for artefact in ("brief", "report", "validation"):
+        record = recorded.get(artefact) or {}
+        signed = f"{record['by']} at {record['at']}" if record.get("by") else "not signed"
+        signoffs.append({"artefact": artefact, "role": SIGNOFF_ROLES[artefact], "signed": signed})
+    return {
+        "id": compiled.id,
+        "name": strategy["name"],
+        "version": strategy["version"],
+        "sections": CHECKLIST_SECTIONS,
+        "items": [item.__dict__ for item in items],
+        "ticked": sum(item.ticked for item in items),
+        "total": len(items),
+        "signoffs": signoffs,
+    }
+
+
+def checklist_bytes(compiled: CompiledStrategy) -> bytes:
+    """The checklist.md this strategy's build writes (what the quant engineer signs)."""
+    return render(
+        "checklist.md.j2", {"header": _header(compiled), "checklist": checklist(compiled)}
+    )
+
+
+def rollback(compiled: CompiledStrategy) -> dict[str, Any]:
+    """Values the rollback script pins; every one reaches the shell through ``shquote``."""
+    deployment = compiled.data["deployment"]
+    store = deployment["state_store"]
+    log_dir = f"{store.get('path', 'state')}/{compiled.id}" if store["kind"] == "file" else "logs"
+    heartbeat = deployment["heartbeat_interval_s"]
+    return {
+        "strategy_id": compiled.id,
+        "log_file": f"{log_dir}/runner.log",
+        "stop_timeout_s": 60,
+        # a restarted runner writes its heartbeat once connected; allow two intervals and start-up
+        "heartbeat_timeout_s": int(2 * heartbeat + 60),
+    }
+
+
 def plan_strategy(compiled: CompiledStrategy) -> StrategyPlan:
     strategy_id = compiled.id
     header = _header(compiled)
@@ -227,6 +366,9 @@ def plan_strategy(compiled: CompiledStrategy) -> StrategyPlan:
         },
         "backtest.py.j2": {"header": header, "strategy_id": strategy_id},
         "runner.py.j2": {"header": header, "strategy_id": strategy_id},
+        "runbook.md.j2": {"header": header, "runbook": runbook(compiled)},
+        "rollback.sh.j2": {"header": header, **rollback(compiled)},
+        "checklist.md.j2": {"header": header, "checklist": checklist(compiled)},
     }
     artefacts = [
         Artefact(f"{strategy_id}/{t.removesuffix('.j2')}", t, contexts[t])

@@ -92,6 +92,11 @@ PROJECT_SCHEMA: dict[str, Any] = {
                 "Where backtest reports and their evidence live, relative to the root.",
                 required=False,
             ),
+            "coverage_report": _text(
+                "coverage.py JSON report of the signal tests (`coverage json`), relative to the "
+                "root: the checklist's signal-coverage item reads it.",
+                required=False,
+            ),
         },
     ),
     "gates": _doc(

@@ -34,6 +34,15 @@ class WriteReport:
         return bool(self.created or self.updated or self.removed)
 
 
+def _mode(content: bytes) -> int:
+    """Scripts (a ``#!`` line) are executable, so `generated/<id>/rollback.sh` runs as written."""
+    return 0o755 if content.startswith(b"#!") else 0o644
+
+
+def _current_mode(path: Path) -> int:
+    return 0o755 if os.access(path, os.X_OK) else 0o644
+
+
 def existing_files(directory: Path) -> list[str]:
     if not directory.is_dir():
         return []
@@ -46,7 +55,7 @@ def compare(directory: Path, outputs: dict[str, bytes]) -> WriteReport:
         target = directory / path
         if not target.is_file():
             report.created.append(path)
-        elif target.read_bytes() != outputs[path]:
+        elif target.read_bytes() != outputs[path] or _mode(outputs[path]) != _current_mode(target):
             report.updated.append(path)
         else:
             report.unchanged.append(path)
@@ -108,6 +117,7 @@ def write_tree(directory: Path, outputs: dict[str, bytes]) -> WriteReport:
             # no fsync per file: generated/ is derived from committed inputs, so a power cut can
             # at worst ask for a rebuild; the swap below already makes a failed build harmless
             target.write_bytes(outputs[path])
+            target.chmod(_mode(outputs[path]))
         if directory.exists():
             if not _exchange(staging, directory):
                 # no atomic exchange here: two renames, with a window where only the backup exists

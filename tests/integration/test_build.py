@@ -24,9 +24,12 @@ def test_build_writes_one_folder_per_strategy(
     for strategy_id in IDS:
         assert sorted(p.name for p in (generated / strategy_id).iterdir()) == [
             "backtest.py",
+            "checklist.md",
             "config.yaml",
             "params.yaml",
             "passport.yaml",
+            "rollback.sh",
+            "runbook.md",
             "runner.py",
         ]
     passport = yaml.safe_load((generated / "STR-2026-0042/passport.yaml").read_text())

@@ -24,7 +24,7 @@ import yaml
 
 from qcompile.emulator import Emulator, ticks_from_bars
 from qcompile.emulator import load_bars as emulator_bars
-from qcompile.live.runner import Runner, RunnerError, Session
+from qcompile.live.runner import Runner, RunnerError, Session, compatibility
 from qcompile.live.state import FileStateStore, LeaseError
 from qcompile.signals.pinning import pinned_signal
 from tests.conftest import REPO
@@ -377,12 +377,20 @@ def test_redis_state_and_its_lease(project: Path, emulator: Emulator, redis_url:
 
 
 def test_an_incompatible_state_is_refused(project: Path, emulator: Emulator) -> None:
-    start_runner(project, emulator).stop()
+    first = start_runner(project, emulator)
+    assert wait_until(lambda: first.engine.state.positions)
+    held = sorted(first.engine.state.positions)
+    first.stop()
     params = yaml.safe_load(PARAMS.read_text())
-    params["pins"]["signal"]["version"] = "9.9.9"
-    params["signal"]["version"] = "9.9.9"
-    with pytest.raises(RunnerError):
+    params["universe"]["symbols"] = [s for s in SYMBOLS if s not in held]
+    with pytest.raises(RunnerError, match="outside the universe"):
         start_runner(project, emulator, params=params)
+    params = yaml.safe_load(PARAMS.read_text())
+    params["pins"]["signal"]["version"] = "1.0.0"  # a rollback's older signal: allowed, noted
+    problems, notes = compatibility(
+        FileStateStore(project / "state", "STR-2026-0007", "r").load(), params
+    )
+    assert problems == [] and "targets are recomputed" in notes[0]
 
 
 def test_a_restart_reconciles_with_the_brokers_books(project: Path, emulator: Emulator) -> None:

@@ -158,3 +158,29 @@ def test_a_broken_scenario_is_a_clear_error(deployed: Path) -> None:
     assert "duration_s" in result.stderr  # every problem at once
     assert "Traceback" not in result.stderr
     assert not (deployed / "state").exists()  # nothing started, nothing written
+
+
+def test_heartbeat_check_state_and_stop_from_outside(deployed: Path) -> None:
+    import json
+    from datetime import UTC, datetime
+
+    process = runner_process(deployed, "--feed", "emulator", "--bars", "2000", "--speed", "50")
+    try:
+        beat = cli_process(deployed, "heartbeat", STRATEGY, "--wait", "60")
+        assert beat.returncode == 0, beat.stderr + process.stderr.read() if process.poll() else ""
+        record = json.loads(beat.stdout)
+        assert record["connected"] is True and record["pid"] == process.pid
+        assert record["strategy_version"] == "2.1.0"
+        check = cli_process(deployed, "run", STRATEGY, "--check-state")
+        assert check.returncode == 0 and "is compatible" in check.stdout, check.stderr
+        stopped = cli_process(deployed, "stop", STRATEGY, "--timeout", "30")
+        assert stopped.returncode == 0 and f"stopped (pid {process.pid})" in stopped.stdout
+        assert process.wait(30) == 0  # it stopped cleanly: safe state, final save, exit 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+    after = datetime.now(UTC).isoformat()
+    none = cli_process(deployed, "heartbeat", STRATEGY, "--since", after)
+    assert none.returncode == 2 and "no heartbeat from a connected runner" in none.stderr
+    again = cli_process(deployed, "stop", STRATEGY)
+    assert again.returncode == 0 and "not running" in again.stdout

@@ -86,6 +86,12 @@ def run_options(function: Callable[..., Any]) -> Callable[..., Any]:
             help="Append 'seq sha256' per acknowledged state (crash-recovery tests).",
         ),
         click.option("--verbose", "-v", is_flag=True, help="Log every decision."),
+        click.option(
+            "--check-state",
+            is_flag=True,
+            help="Only check that the persisted state can be resumed with these parameters "
+            "(exit 0) or not (exit 2); start nothing.",
+        ),
     ]
     for option in reversed(options):
         function = option(function)
@@ -105,10 +111,17 @@ def execute(
     duration: float | None,
     acks: Path | None,
     verbose: bool,
+    check_state: bool = False,
 ) -> None:
     """Run the strategy until stopped; prints a summary. Ctrl-C and SIGTERM stop it cleanly."""
     from qcompile.live.runner import Runner, Session, emulator_for, load_params
 
+    if check_state:
+        from qcompile.live.control import check_state as check
+
+        for line in check(load_params(params_file), root):
+            click.echo(line)
+        return
     configure_logging(verbose)
     if not paper:
         raise click.UsageError("--live needs a real broker; only the paper broker exists yet")
@@ -150,6 +163,50 @@ def execute(
         )
         for symbol, quantity in summary.positions.items():
             click.echo(f"  {symbol:>8} {quantity:+,.4g}")
+
+
+def stop_runner(params_file: Path, root: Path, timeout: float) -> None:
+    """Stop the strategy's running instance and wait until its lease is free."""
+    from qcompile.live.control import stop
+    from qcompile.live.runner import load_params
+
+    click.echo(stop(load_params(params_file), root, timeout))
+
+
+def await_heartbeat(params_file: Path, root: Path, wait: float, since: str | None) -> None:
+    """Print the latest heartbeat of a connected runner, waiting up to ``wait`` seconds for
+    one newer than ``since``."""
+    import json
+    from datetime import datetime
+
+    from qcompile.live.control import wait_heartbeat
+    from qcompile.live.runner import load_params
+
+    try:
+        after = datetime.fromisoformat(since) if since else None
+    except ValueError:
+        raise click.BadParameter(f"not an ISO 8601 time: {since}", param_hint="--since") from None
+    beat = wait_heartbeat(load_params(params_file), root, wait, after)
+    click.echo(json.dumps(beat, sort_keys=True))
+
+
+def run_selftest(output: Path) -> None:
+    """Run the runner's safety checks against the emulator and record the result in ``output``."""
+    from qcompile.live import selftest
+
+    logging.basicConfig(level=logging.ERROR, force=True)
+    logging.getLogger("qcompile").setLevel(
+        logging.CRITICAL + 1
+    )  # the checks trip alerts on purpose
+
+    def report(name: str, passed: bool, detail: str) -> None:
+        click.echo(f"{'ok  ' if passed else 'FAIL'} {name}: {detail}")
+
+    document = selftest.run(report)
+    selftest.write(document, output)
+    click.echo(f"wrote {output}")
+    if not document["passed"]:
+        raise QcompileError("a runtime check failed: the checklist items it proves stay open")
 
 
 def emulator_options(function: Callable[..., Any]) -> Callable[..., Any]:

@@ -32,6 +32,7 @@ log = logging.getLogger("qcompile.live")
 
 BAR_COLUMNS = ("timestamp", "open", "high", "low", "close", "volume")
 PRICE_FIELDS = {"ticker": "last_price", "trade": "price"}
+STATE_FORMAT = 1  # bump when the meaning of a persisted state changes
 UNIT_PER_MS = {"s": 1e-3, "ms": 1.0, "us": 1e3, "ns": 1e6}
 
 
@@ -90,6 +91,7 @@ class EngineState:
 
     def to_dict(self, config: EngineConfig) -> dict[str, Any]:
         return {  # copies: a saver thread serialises it while decisions go on
+            "format": STATE_FORMAT,
             "strategy": {"id": config.strategy_id, "version": config.strategy_version},
             "signal": config.signal_pin,
             "cash": self.cash,

@@ -43,7 +43,7 @@ from qcompile.errors import QcompileError
 from qcompile.live.alerts import Alert, Alerter, build_sinks
 from qcompile.live.backoff import Backoff
 from qcompile.live.broker import PaperBroker
-from qcompile.live.engine import BAR_COLUMNS, Engine, EngineConfig, EngineState
+from qcompile.live.engine import BAR_COLUMNS, STATE_FORMAT, Engine, EngineConfig, EngineState
 from qcompile.live.feed import Feed
 from qcompile.live.saver import Saver
 from qcompile.live.secrets import install_redaction, resolve
@@ -101,6 +101,35 @@ def single_threaded_signals() -> Iterator[None]:
         yield
     finally:
         numba.set_num_threads(previous)
+
+
+def compatibility(
+    saved: Mapping[str, Any], params: Mapping[str, Any]
+) -> tuple[list[str], list[str]]:
+    """(problems, notes) of resuming ``saved`` under ``params``. Problems forbid it: another
+    strategy's state, another state format, positions or orders in symbols this universe does not
+    trade. A different signal version is only a note (a rollback changes it on purpose): targets
+    are recomputed at the next bar close."""
+    problems, notes = [], []
+    strategy_id = params["strategy"]["id"]
+    owner = (saved.get("strategy") or {}).get("id")
+    if owner != strategy_id:
+        problems.append(f"it belongs to {owner}, not {strategy_id}")
+    if saved.get("format", STATE_FORMAT) != STATE_FORMAT:
+        problems.append(f"state format {saved.get('format')}, this runner reads {STATE_FORMAT}")
+    universe = set(params["universe"]["symbols"])
+    held = set(saved.get("positions") or {}) | {
+        o.get("symbol") for o in saved.get("pending_orders") or []
+    }
+    if held - universe:
+        problems.append(f"it holds {', '.join(sorted(held - universe))}, outside the universe")
+    wrote, pin = saved.get("signal") or {}, params["pins"]["signal"]
+    if (wrote.get("name"), wrote.get("version")) != (pin["name"], pin["version"]):
+        notes.append(
+            f"written under signal {wrote.get('name')}@{wrote.get('version')}, this release pins "
+            f"{pin['name']}@{pin['version']}: targets are recomputed at the next bar close"
+        )
+    return problems, notes
 
 
 def load_params(params_file: Path) -> dict[str, Any]:
@@ -264,22 +293,15 @@ class Runner:
                 self.latencies.extend(done - r for r in received)
 
     def _check_compatible(self, saved: dict[str, Any]) -> None:
-        """A persisted state is resumed only by the strategy and signal that wrote it."""
-        problems = []
-        if saved.get("strategy", {}).get("id") != self.strategy_id:
-            problems.append(f"it belongs to {saved.get('strategy', {}).get('id')}")
-        pin = self.params["pins"]["signal"]
-        wrote = saved.get("signal", {})
-        if (wrote.get("name"), wrote.get("version")) != (pin["name"], pin["version"]):
-            problems.append(
-                f"it was written by signal {wrote.get('name')}@{wrote.get('version')}, "
-                f"this runner pins {pin['name']}@{pin['version']}"
-            )
+        """A persisted state is resumed only where it means the same thing."""
+        problems, notes = compatibility(saved, self.params)
+        for note in notes:
+            log.warning("persisted state: %s", note)
         if problems:
             where = self.store.location if self.store else "the state store"
             raise RunnerError(
                 f"{where}: persisted state is not compatible: {'; '.join(problems)}. "
-                "Roll back to the release that wrote it, or move the state aside deliberately."
+                "Roll back to a release that can read it, or move the state aside deliberately."
             )
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -361,7 +383,7 @@ class Runner:
             self._decide_until_stopped()
 
     def _decide_until_stopped(self) -> None:
-        next_beat = 0.0
+        next_beat, beat_connected = 0.0, False
         while True:
             try:
                 first = self._pushes.get(timeout=0.05)
@@ -393,8 +415,9 @@ class Runner:
                     done = time.perf_counter()
                     self.latencies.extend(done - r for r in received)
             now = time.monotonic()
-            if now >= next_beat:
-                next_beat = now + self.heartbeat_s
+            connected = self.feed.connected.is_set()
+            if now >= next_beat or connected != beat_connected:  # a change is news at once
+                next_beat, beat_connected = now + self.heartbeat_s, connected
                 self._liveness()
 
     def _liveness(self) -> None:
@@ -405,6 +428,11 @@ class Runner:
             {
                 "at": datetime.now(UTC).isoformat(timespec="milliseconds"),
                 "instance": self.session.instance_id,
+                "strategy_version": str(self.params["strategy"]["version"]),
+                "signal": f"{self.engine.config.signal_pin['name']}@"
+                f"{self.engine.config.signal_pin['version']}",
+                "host": socket.gethostname(),
+                "pid": os.getpid(),
                 "connected": self.feed.connected.is_set(),
                 "suspended": state.suspended,
                 "seq": self.saver.seq,

@@ -1,0 +1,85 @@
+"""Every alert the production runner raises: what it means and what to do (shared).
+
+The runtime raises alerts by these keys; the compiler writes this table into each strategy's
+runbook. A test checks that every key the runtime uses is listed here, so the runbook never
+meets an alert it cannot explain.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+
+class AlertEntry(NamedTuple):
+    severity: str
+    meaning: str
+    action: str
+
+
+ALERTS: dict[str, AlertEntry] = {
+    "feed.silent": AlertEntry(
+        "critical",
+        "Nothing arrived from the feed for two heartbeat intervals (a half-open connection): "
+        "treated as a disconnection.",
+        "The runner is already in its safe state and reconnecting. If it repeats, check the "
+        "vendor's status page and this host's network.",
+    ),
+    "runner.safe_state": AlertEntry(
+        "critical",
+        "The feed was lost or refused: working orders were cancelled, signals suspended, state "
+        "saved.",
+        "Nothing to do while it reconnects; trading resumes by itself after a fresh data check. "
+        "Investigate if it does not resume within a few minutes.",
+    ),
+    "runner.safe_state_slow": AlertEntry(
+        "critical",
+        "Reaching the safe state took longer than the budget (safe_state_budget_ms).",
+        "Check the host's load and the state store's latency; confirm with the broker that no "
+        "order was left working.",
+    ),
+    "feed.contract": AlertEntry(
+        "critical",
+        "A message broke the pinned data contract (timestamp unit, number format or protocol "
+        "variant): the feed is not what the strategy was validated on.",
+        "Do not force a resume. Compare the feed with the pinned convention in params.yaml; if "
+        "the vendor changed it, the data source version must change and the strategy go back "
+        "through validation.",
+    ),
+    "feed.malformed": AlertEntry(
+        "warning",
+        "The feed sent a message that is not valid JSON; it was dropped.",
+        "Occasional: nothing. Repeated: report to the vendor.",
+    ),
+    "feed.rate_limited": AlertEntry(
+        "warning",
+        "The vendor answered a command with a rate limit (3001); the command sender paused for "
+        "Retry-After while reading went on.",
+        "Check that no other process uses the same API key.",
+    ),
+    "feed.refused": AlertEntry(
+        "critical",
+        "The vendor refused the connection: authentication (1001-1004), quota (3002) or the "
+        "connection limit (3003).",
+        "Check the API key in the environment, the plan's quota and other connections on the key.",
+    ),
+    "feed.error": AlertEntry(
+        "warning",
+        "The vendor answered one of the runner's commands with an error.",
+        "Read the log line for the code; a subscription error needs the symbols checked.",
+    ),
+    "runner.reconciled": AlertEntry(
+        "warning",
+        "At start-up the persisted state disagreed with the broker; the broker's books were "
+        "adopted.",
+        "Read the listed differences and confirm the positions with the broker.",
+    ),
+    "runner.lagging": AlertEntry(
+        "warning",
+        "Decisions fall behind the feed by more than a heartbeat interval.",
+        "Check the host's load; the strategy may need a faster host or fewer symbols.",
+    ),
+    "runner.resumed": AlertEntry(
+        "info", "The feed passed a fresh data check after a safe state: signals resumed.", "None."
+    ),
+    "runner.started": AlertEntry("info", "The runner started (instance named).", "None."),
+}
