@@ -146,6 +146,14 @@ def test_a_replay_trades_with_the_backtests_signal(
     for symbol, target in state["targets"].items():  # held in the direction of the last target
         assert (state["positions"].get(symbol, 0) > 0) == (target > 0), symbol
     assert summary.orders == summary.fills  # every order filled at the next quote
+    journal = FileStateStore(project / "state", "STR-2026-0007", "reader").read_journal()
+    fills = [r for r in journal if r["type"] == "fill"]
+    days = [r for r in journal if r["type"] == "daily"]
+    assert len(fills) == summary.fills and all(f["price"] > 0 for f in fills)
+    replayed_days = {e["timestamp"] // DAY for e in events}
+    assert [d["bar_ms"] // DAY for d in days] == sorted(replayed_days)[:-1]  # each completed day
+    assert days[-1]["positions"] == state["positions"] or fills[-1]["bar_ms"] > days[-1]["bar_ms"]
+    assert any(r["type"] == "alert" and r["key"] == "runner.started" for r in journal)
 
     # The same pinned function over the same bars gives the targets the runner decided.
     params = yaml.safe_load(PARAMS.read_text())

@@ -119,3 +119,26 @@ def _after(stamp: Any, since: datetime | None) -> bool:
         return datetime.fromisoformat(str(stamp)) > since
     except ValueError:
         return False
+
+
+def journal_event(
+    params: Mapping[str, Any],
+    root: Path,
+    kind: str,
+    detail: str,
+    env: Mapping[str, str] = os.environ,
+) -> dict[str, Any]:
+    """Append an operator's event (a rollback, say) to the strategy's journal."""
+    from datetime import UTC
+
+    record = {
+        "type": kind,
+        "at": datetime.now(UTC).isoformat(timespec="milliseconds"),
+        "detail": detail,
+    }
+    store = _store(params, root, env)
+    try:
+        store.append_journal(record)
+    finally:
+        store.close()
+    return record

@@ -20,6 +20,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import polars as pl
@@ -34,6 +35,17 @@ BAR_COLUMNS = ("timestamp", "open", "high", "low", "close", "volume")
 PRICE_FIELDS = {"ticker": "last_price", "trade": "price"}
 STATE_FORMAT = 1  # bump when the meaning of a persisted state changes
 UNIT_PER_MS = {"s": 1e-3, "ms": 1.0, "us": 1e3, "ns": 1e6}
+
+
+def journal_alert(alert: Alert) -> dict[str, Any]:
+    """An alert as a journal record: retrospectives list what broke from these."""
+    return {
+        "type": "alert",
+        "at": alert.at.isoformat(timespec="milliseconds"),
+        "key": alert.key,
+        "severity": alert.severity,
+        "summary": alert.summary,
+    }
 
 
 class ContractViolation(Exception):
@@ -129,6 +141,7 @@ class Engine:
         history: Callable[[str, int, int], list[list[float]]],
         state: EngineState | None = None,
         clock: Callable[[], float] = time.perf_counter,
+        journal: Callable[[dict[str, Any]], None] = lambda record: None,
     ):
         self.config = config
         self.signal = signal
@@ -137,6 +150,8 @@ class Engine:
         self._save = save
         self._history_source = history
         self.clock = clock
+        self.journal = journal
+        self._day: int | None = None  # start of the interval whose close is marked next
         self.state = state or EngineState(cash=config.initial_capital)
         self.lock = threading.RLock()
         self.counters = Counters()
@@ -318,12 +333,30 @@ class Engine:
             log.info("fresh data checked on connection %d: signals resumed", epoch)
             self._alert("runner.resumed", "info", "feed data fresh again: signals resumed")
         self.counters.accepted += 1
+        self._mark_interval(tick.timestamp // self.config.interval_ms * self.config.interval_ms)
         self.state.cursor[tick.symbol] = tick.timestamp
         self.last_price[tick.symbol] = tick.price
         self._bar(tick)
         for fill in self.broker.on_quote(tick.symbol, tick.price, tick.timestamp):
             self._filled(fill)
         return True
+
+    def _mark_interval(self, start: int) -> None:
+        """Journal the equity of each completed interval (a day for daily bars), marked at the
+        last prices when the next one begins: the live side of the weekly review."""
+        if self._day is not None and start > self._day:
+            self.journal(
+                {
+                    "type": "daily",
+                    "bar_ms": self._day,
+                    "date": datetime.fromtimestamp(self._day / 1000, UTC).date().isoformat(),
+                    "equity": round(self.equity(), 6),
+                    "cash": round(self.state.cash, 6),
+                    "positions": dict(sorted(self.state.positions.items())),
+                }
+            )
+        if self._day is None or start > self._day:
+            self._day = start
 
     def _bar(self, tick: Tick) -> None:
         """Aggregate ticks into bars; a tick in a later interval closes the bar being built, and
@@ -414,6 +447,17 @@ class Engine:
             self.state.positions.pop(fill.symbol, None)
         self.state.cash -= fill.quantity * fill.price + fill.commission
         self.counters.fills += 1
+        self.journal(
+            {
+                "type": "fill",
+                "bar_ms": fill.timestamp,
+                "order_id": fill.order_id,
+                "symbol": fill.symbol,
+                "quantity": fill.quantity,
+                "price": round(fill.price, 8),
+                "commission": round(fill.commission, 8),
+            }
+        )
         log.info("%s: filled %+g at %.4f", fill.symbol, fill.quantity, fill.price)
 
     def reconcile(self) -> list[str]:
@@ -463,12 +507,12 @@ class Engine:
     def _alert(
         self, key: str, severity: str, summary: str, details: dict[str, Any] | None = None
     ) -> None:
-        self.alerter.send(
-            Alert(
-                key=key,
-                severity=severity,
-                summary=summary,
-                strategy_id=self.config.strategy_id,
-                details=details or {},
-            )
+        alert = Alert(
+            key=key,
+            severity=severity,
+            summary=summary,
+            strategy_id=self.config.strategy_id,
+            details=details or {},
         )
+        self.journal(journal_alert(alert))
+        self.alerter.send(alert)

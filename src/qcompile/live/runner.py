@@ -43,7 +43,14 @@ from qcompile.errors import QcompileError
 from qcompile.live.alerts import Alert, Alerter, build_sinks
 from qcompile.live.backoff import Backoff
 from qcompile.live.broker import PaperBroker
-from qcompile.live.engine import BAR_COLUMNS, STATE_FORMAT, Engine, EngineConfig, EngineState
+from qcompile.live.engine import (
+    BAR_COLUMNS,
+    STATE_FORMAT,
+    Engine,
+    EngineConfig,
+    EngineState,
+    journal_alert,
+)
 from qcompile.live.feed import Feed
 from qcompile.live.saver import Saver
 from qcompile.live.secrets import install_redaction, resolve
@@ -276,6 +283,7 @@ class Runner:
             self._save,
             self._history(),
             state,
+            journal=self._journal,
         )
 
     def _save(self, snapshot: dict[str, Any], wait: bool) -> None:
@@ -374,9 +382,17 @@ class Runner:
         self._threads.append(thread)
 
     def _alert(self, key: str, severity: str, summary: str) -> None:
-        self.alerter.send(
-            Alert(key=key, severity=severity, summary=summary, strategy_id=self.strategy_id)
-        )
+        alert = Alert(key=key, severity=severity, summary=summary, strategy_id=self.strategy_id)
+        self._journal(journal_alert(alert))
+        self.alerter.send(alert)
+
+    def _journal(self, record: dict[str, Any]) -> None:
+        """Journal a record; a failing journal is logged, never a reason to stop trading."""
+        assert self.store is not None
+        try:
+            self.store.append_journal(record)
+        except (OSError, QcompileError) as error:
+            log.error("journal append failed: %s", error)
 
     def _decide_loop(self) -> None:
         with single_threaded_signals():

@@ -33,6 +33,7 @@ log = logging.getLogger("qcompile.live.state")
 
 STATE_FILE = "state.json"
 HEARTBEAT_FILE = "heartbeat.json"
+JOURNAL_FILE = "journal.jsonl"
 LEASE_FILE = "lease"
 _TEMP_SUFFIX = re.compile(r"\.tmp-\d+$")
 
@@ -70,6 +71,13 @@ class StateStore(Protocol):
 
     def read_heartbeat(self) -> dict[str, Any] | None:
         """The last heartbeat record, or None."""
+
+    def append_journal(self, record: dict[str, Any]) -> None:
+        """Append one durable record to the strategy's journal (fills, daily equity, alerts,
+        rollbacks): what reviews and retrospectives read. Needs no lease: appends never clash."""
+
+    def read_journal(self) -> list[dict[str, Any]]:
+        """Every journal record, oldest first."""
 
     def release(self) -> None:
         """Drop the lease; idempotent."""
@@ -148,6 +156,22 @@ def atomic_write(path: Path, data: bytes) -> None:
         raise StateError(f"{path}: could not write: {err}") from err
     finally:
         os.close(dir_fd)
+
+
+def _journal_lines(lines: list[str], where: str) -> list[dict[str, Any]]:
+    """Parsed journal records; a torn last line (a crash mid-append) is skipped, any other bad
+    line is an error naming its number."""
+    records = []
+    for number, line in enumerate(lines, start=1):
+        try:
+            record = json.loads(line)
+        except ValueError:
+            if number == len(lines):
+                break
+            raise StateError(f"{where}:{number}: journal line is not JSON") from None
+        if isinstance(record, dict):
+            records.append(record)
+    return records
 
 
 def _check_strategy_id(strategy_id: str) -> None:
@@ -333,6 +357,26 @@ class FileStateStore:
             return _parse_record((self.path / HEARTBEAT_FILE).read_bytes())
         except OSError:
             return None
+
+    def append_journal(self, record: dict[str, Any]) -> None:
+        # One write of one line with O_APPEND: concurrent appenders never interleave a line.
+        line = json.dumps(record, sort_keys=True, separators=(",", ":"), default=str) + "\n"
+        self.path.mkdir(parents=True, exist_ok=True)
+        descriptor = os.open(
+            self.path / JOURNAL_FILE, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644
+        )
+        try:
+            os.write(descriptor, line.encode("utf-8"))
+            os.fsync(descriptor)
+        finally:
+            os.close(descriptor)
+
+    def read_journal(self) -> list[dict[str, Any]]:
+        try:
+            text = (self.path / JOURNAL_FILE).read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return []
+        return _journal_lines(text.splitlines(), str(self.path / JOURNAL_FILE))
 
 
 # --------------------------------------------------------------------------------------------
@@ -591,6 +635,18 @@ class RedisStateStore:
     def read_heartbeat(self) -> dict[str, Any] | None:
         return _parse_record(
             self._call("reading the heartbeat", self._client.get, self.keys["heartbeat"])
+        )
+
+    def append_journal(self, record: dict[str, Any]) -> None:
+        line = json.dumps(record, sort_keys=True, separators=(",", ":"), default=str)
+        self._call("appending to the journal", self._client.rpush, f"{self._prefix}:journal", line)
+
+    def read_journal(self) -> list[dict[str, Any]]:
+        lines = self._call(
+            "reading the journal", self._client.lrange, f"{self._prefix}:journal", 0, -1
+        )
+        return _journal_lines(
+            [x.decode() if isinstance(x, bytes) else x for x in lines], f"{self._prefix}:journal"
         )
 
 
