@@ -86,6 +86,7 @@ if ((dry_run == 0)); then
 fi
 
 step "$QCOMPILE" heartbeat "$STRATEGY_ID" --wait "$HEARTBEAT_TIMEOUT_S" --since "$started"
+step "$QCOMPILE" journal "$STRATEGY_ID" --add rollback --detail "to release $target (commit $commit)"
 
 printf 'Rolled back to %s. conf/ still describes the newer release: revert it in a pull request,\n' "$target"
 printf 'or qcompile build --check fails.\n'

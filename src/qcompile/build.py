@@ -12,7 +12,7 @@ Hydra. The public functions here are what the CLI calls; they never print.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -30,6 +30,7 @@ from qcompile.fingerprint import (
 )
 from qcompile.hashing import sha256_bytes, sha256_file, sha256_json
 from qcompile.project import PRIMARY_CONFIG, Project
+from qcompile.review_rules import CODES, REVIEW_KEY, review_diagnostic, today
 from qcompile.write import WriteReport, stale_files, write_tree
 
 MANIFEST = "manifest.json"
@@ -237,6 +238,7 @@ def compile_project(
     cache = FingerprintCache(project.cache_dir / "fingerprints.json")
     fingerprints: dict[tuple[str, str], DataFingerprint | None] = {}
     reports_dir = project.root / settings.get("reports_dir", "reports")
+    on = today()
     compiled = []
     warnings: list[Diagnostic] = []
     for composed, data in resolved:
@@ -318,6 +320,15 @@ def compile_project(
                         severity="warning",
                     )
                 )
+        review = review_diagnostic(
+            strategy["id"],
+            strategy["status"],
+            strategy.get("deployment_record"),
+            on,
+            composed.locate(REVIEW_KEY),
+        )
+        if review is not None:
+            warnings.append(review)
         following = next_phase(strategy["status"])
         unmet_next = [u for u in gate(following) if u.phase == following] if following else []
         compiled.append(
@@ -414,6 +425,43 @@ def render_outputs(
         return outputs
 
 
+def _generated_reviews(
+    project: Project, manifest: dict[str, Any], only: list[str] | None
+) -> list[Diagnostic]:
+    """The one-year rule without compiling: when the input digest matched, the passports in
+    generated/ are exactly what conf/ compiles to, and the date is not an input of the digest."""
+    from qcompile.sourcemap import read_config_file
+
+    on = today()
+    warnings = []
+    for strategy_id, entry in sorted(manifest.get("strategies", {}).items()):
+        source = str(entry.get("source", ""))
+        if only and strategy_id not in only and Path(source).stem not in only:
+            continue
+        if (entry.get("summary") or {}).get("phase") != "production":
+            continue
+        passport = _raw_yaml(project.generated_dir / strategy_id / "passport.yaml")
+        record = passport.get("deployment") if isinstance(passport, dict) else None
+        record = record if isinstance(record, dict) else None
+        line = 0
+        if source and (project.root / source).is_file():
+            config, _ = read_config_file(project.root, project.root / source, project.conf_dir)
+            line = config.line_of(REVIEW_KEY)
+        found = review_diagnostic(strategy_id, "production", record, on, (source, line))
+        if found is not None:
+            warnings.append(found)
+    return warnings
+
+
+def _enforce_reviews(warnings: list[Diagnostic]) -> None:
+    """``--check`` fails on the one-year rule so that CI enforces it; a plain build only warns.
+    Like any configuration error, it is reported before staleness."""
+    if any(w.code in CODES for w in warnings):
+        raise DiagnosticsError(
+            [replace(w, severity="error") if w.code in CODES else w for w in warnings]
+        )
+
+
 def build(
     project: Project,
     overrides: list[str] | None = None,
@@ -429,16 +477,23 @@ def build(
         and manifest.get("inputs_sha256") == digest
         and _outputs_intact(project, manifest)
     ):
+        warnings = _generated_reviews(project, manifest, only)
+        if check:
+            _enforce_reviews(warnings)
         return BuildOutcome(
             WriteReport(unchanged=_existing(project)),
             up_to_date=True,
             strategies=sorted(manifest.get("strategies", {})),
+            warnings=warnings,
         )
     compilation = compile_project(project, overrides, only)
     outputs = render_outputs(project, compilation, overrides, only, digest)
     strategies = sorted(c.id for c in compilation.strategies)
     if check:
+        _enforce_reviews(compilation.warnings)
         stale = stale_files(project.generated_dir, outputs)
+        if only:  # a partial build's manifest and index differ by construction: judge its folders
+            stale = [p for p in stale if p.split("/", 1)[0] in strategies]
         if stale:
             raise StaleError([f"generated/{p}" for p in stale])
         return BuildOutcome(

@@ -323,6 +323,20 @@ def selftest(output: str | None) -> None:
     run_selftest(Path(output) if output else selftest_path(project_settings(project), project.root))
 
 
+@main.command(name="journal")
+@click.argument("strategy")
+@click.option("--add", "kind", type=click.Choice(["rollback", "note"]), help="Append an event.")
+@click.option("--detail", default="", help="What happened (with --add).")
+@_handled
+def journal_command(strategy: str, kind: str | None, detail: str) -> None:
+    """Print STRATEGY's runner journal (fills, daily equity, alerts, rollbacks), or --add an
+    operator's event to it (the rollback script records itself this way)."""
+    from qcompile.live.command import journal
+
+    project = _project()
+    journal(_params_file(project, strategy), project.root, kind, detail)
+
+
 @main.command(name="list")
 @_OVERRIDES
 @_handled
@@ -525,6 +539,185 @@ def promote(strategy: str, to_phase: str) -> None:
     verb = "demoted" if moved.demotion else "promoted"
     click.echo(f"{verb} {moved.strategy_id}: {moved.previous} -> {moved.phase} in {moved.file}")
     click.echo("Run `qcompile build` to update generated/.")
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the rows and mismatches as JSON.")
+@_handled
+def status(as_json: bool) -> None:
+    """Every strategy in generated/: phase, pinned versions, last and next full review (one-year
+    rule; QCOMPILE_TODAY=YYYY-MM-DD fixes the date) and runner liveness from its heartbeat.
+    Version mismatches (between strategies, or runner versus generated/) are marked and listed."""
+    import datetime as dt
+    import json
+
+    from qcompile.review_rules import today
+    from qcompile.status import status_rows
+
+    on = today()
+    rows, mismatches = status_rows(_project(), on, dt.datetime.now(dt.UTC))
+    if as_json:
+        document = {"today": on.isoformat(), "strategies": rows, "mismatches": mismatches}
+        click.echo(json.dumps(document, indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
+
+    liveness_style = {"up": "green", "stale": "yellow", "down": "red", "never": "dim"}
+    table = Table()
+    for column in ("id", "phase", "version", "signal", "data", "last review", "next review"):
+        table.add_column(column)
+    table.add_column("runner")
+
+    def cell(text: str, mismatch: bool) -> Text:
+        return Text(f"{text} *", "red") if mismatch else Text(text)
+
+    for row in rows:
+        due = row["next_review"] or ("no date" if row["phase"] == "production" else "")
+        table.add_row(
+            row["id"],
+            row["phase"],
+            cell(row["version"], "version" in row["mismatch"]),
+            cell(row["signal"], "signal" in row["mismatch"]),
+            row["data"],
+            row["last_review"] or "",
+            Text(f"{due} overdue", "bold red") if row["review_overdue"] else Text(due),
+            Text(row["liveness"]["text"], liveness_style.get(row["liveness"]["state"], "")),
+        )
+    console = Console(width=200)
+    console.print(table)
+    for note in mismatches:
+        console.print(Text(f"* {note}", "red"))
+    overdue = sum(1 for row in rows if row["review_overdue"])
+    if overdue:
+        console.print(
+            Text(
+                f"{overdue} strateg{'y' if overdue == 1 else 'ies'} overdue for review.", "bold red"
+            )
+        )
+
+
+@main.command()
+@click.option("--month", metavar="YYYY-MM", help="Which month (default: the previous one).")
+@click.option("--output", "-o", type=click.Path(dir_okay=False), help="Also write it to FILE.")
+@_handled
+def retro(month: str | None, output: str | None) -> None:
+    """Print, as Markdown, what broke in a month: alerts by severity, safe-state transitions and
+    rollbacks from each runner's journal, and the releases made (docs/retrospective-template.md)."""
+    from pathlib import Path
+
+    from qcompile.retro import collect, previous_month, render_markdown
+    from qcompile.review_rules import today
+
+    chosen = month or previous_month(today())
+    text = render_markdown(chosen, collect(_project(), chosen))
+    click.echo(text, nl=False)
+    if output:
+        Path(output).write_text(text, encoding="utf-8")
+        click.echo(f"wrote {output}", err=True)
+
+
+@main.group()
+def review() -> None:
+    """Operations reviews of the production strategies (docs/reviews.md)."""
+
+
+@review.command()
+@click.option("--week", metavar="YYYY-Www", help="ISO week to review (default: the current one).")
+@click.option(
+    "--threshold",
+    type=click.FloatRange(min=0),
+    help="Relative deviation that flags a statistic (default: operations.review_threshold, 0.2).",
+)
+@_STRATEGY
+@_handled
+def weekly(week: str | None, threshold: float | None, only: tuple[str, ...]) -> None:
+    """Compare each production strategy's trailing 20 live days with its backtest; write
+    reports/<id>/reviews/<week>.md and .html and send flags to its alert sinks."""
+    from qcompile.review import STATISTICS
+    from qcompile.review import weekly as run_weekly
+
+    project = _project()
+    overdue: list[Any] = []
+    try:
+        reviews = run_weekly(project, week, threshold, only=list(only) or None, overdue=overdue)
+    finally:
+        for diagnostic in overdue:  # the one-year rule: flagged here as in `qcompile build`
+            click.echo(diagnostic.render(), err=True)
+    if not reviews:
+        click.echo("no strategy is in production; nothing to review.")
+        return
+    failed = False
+    for item in reviews:
+        flags = ", ".join(STATISTICS[key] for key in item.flags) or "nothing flagged"
+        click.echo(f"{item.strategy_id} {item.week}: {flags}; wrote {project.rel(item.markdown)}")
+        for failure in item.alert_failures:
+            failed = True
+            click.echo(f"error: alert not delivered: {failure}", err=True)
+    if failed:
+        sys.exit(EXIT_CONFIG)
+
+
+@main.command()
+@_STRATEGY
+@_handled
+def refresh(only: tuple[str, ...]) -> None:
+    """Re-run every production strategy's pinned backtest on the current local data into
+    reports/<id>/<version>/refresh/<date>/ and compare it with the original report; a material
+    divergence moves the strategy back to validation. The outcome is recorded in its YAML."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from qcompile.refresh import refresh as run_refresh
+    from qcompile.refresh import summary_rows
+
+    results = run_refresh(_project(), list(only) or None)
+    if not results:
+        click.echo("no strategy is in production; nothing to refresh.")
+        return
+    columns = ("id", "version", "result", "sharpe", "phase", "report", "reason")
+    table = Table()
+    for column in columns:
+        table.add_column(column)
+    for row in summary_rows(results):
+        table.add_row(*(row[c] for c in columns))
+    Console(width=200).print(table)
+    click.echo("Commit the strategy files; run `qcompile build` to update generated/.")
+    if any(item.result == "data_changed" for item in results):
+        click.echo(
+            "error: local data changed since it was pinned; run `qcompile build`, then refresh",
+            err=True,
+        )
+        sys.exit(EXIT_CONFIG)
+
+
+@main.command()
+@click.option("--port", type=click.IntRange(0, 65535), default=8780, show_default=True)
+@click.option(
+    "--host",
+    default="127.0.0.1",
+    show_default=True,
+    help="Address to listen on; anything but loopback exposes positions without authentication.",
+)
+@click.option(
+    "--strategy", "-s", "only", multiple=True, metavar="ID", help="Only this strategy; repeatable."
+)
+@click.option(
+    "--refresh",
+    type=click.FloatRange(min=0.2),
+    default=2.0,
+    show_default=True,
+    help="Seconds between page refreshes.",
+)
+@_handled
+def dashboard(port: int, host: str, only: tuple[str, ...], refresh: float) -> None:
+    """Serve a read-only local web page of every built strategy's live state: positions, daily
+    PnL, open orders, signal cursor and heartbeat age, read from the state stores (no lease)."""
+    from qcompile.live.dashboard import serve
+
+    project = _project()
+    serve(project.root, host=host, port=port, only=only, refresh_s=refresh, announce=click.echo)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -115,6 +115,38 @@ PROJECT_SCHEMA: dict[str, Any] = {
             for phase in PHASES[1:]
         },
     ),
+    "operations": _doc(
+        "Production operations: the weekly review and the quarterly refresh (docs/reviews.md).",
+        type="dict",
+        required=False,
+        schema={
+            "review_threshold": _number(
+                "Relative deviation of a live statistic from its backtest expectation above "
+                "which `qcompile review weekly` flags it (0.2 = 20 %).",
+                minimum=0,
+                required=False,
+            ),
+            "refresh_thresholds": _doc(
+                "Divergence of a refreshed backtest from its original report that sends the "
+                "strategy back to validation: `sharpe` and `win_rate` absolute differences, "
+                "`total_return` and `max_drawdown` relative to the original's magnitude, "
+                "`trade_count` relative. Unlisted metrics keep their defaults (docs/reviews.md).",
+                type="dict",
+                required=False,
+                keysrules={
+                    "type": "string",
+                    "allowed": [
+                        "sharpe",
+                        "total_return",
+                        "max_drawdown",
+                        "win_rate",
+                        "trade_count",
+                    ],
+                },
+                valuesrules={"type": "number", "min": 0},
+            ),
+        },
+    ),
 }
 
 STRATEGY_SCHEMA: dict[str, Any] = {
@@ -311,6 +343,31 @@ STRATEGY_SCHEMA: dict[str, Any] = {
                     ),
                     "last_review_date": _date(
                         "Date of the last full code review.", required=False, nullable=True
+                    ),
+                    "refresh_history": _doc(
+                        "Results of `qcompile refresh`, oldest first, appended by the command: "
+                        "the date, the result (consistent, diverged, data_changed) and why.",
+                        type="list",
+                        required=False,
+                        schema={
+                            "type": "dict",
+                            "schema": {
+                                "date": _date("Date of the refresh (UTC)."),
+                                "result": _doc(
+                                    "What the refresh found.",
+                                    type="string",
+                                    required=True,
+                                    allowed=["consistent", "diverged", "data_changed"],
+                                ),
+                                "reason": _text("Why, in one line.", required=False),
+                                "phase": _doc(
+                                    "The phase the strategy was moved to, if it was.",
+                                    type="string",
+                                    required=False,
+                                    allowed=list(PHASES),
+                                ),
+                            },
+                        },
                     ),
                 },
             ),

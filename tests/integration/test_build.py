@@ -187,3 +187,12 @@ def test_validate_and_list(example: Path) -> None:
         assert strategy_id in listing.output
     assert "gap_fill@1.0.0" in listing.output
     assert not (example / "generated").exists()  # neither command writes
+
+
+def test_check_of_one_strategy_judges_only_its_folder(example: Path) -> None:
+    assert cli(example, "build").exit_code == 0
+    assert cli(example, "build", "--check", "-s", "STR-2026-0007").exit_code == 0
+    runbook = example / "generated/STR-2026-0051/runbook.md"
+    runbook.write_text(runbook.read_text() + "edited\n")
+    assert cli(example, "build", "--check", "-s", "STR-2026-0007").exit_code == 0  # not its folder
+    assert cli(example, "build", "--check", "-s", "STR-2026-0051").exit_code != 0

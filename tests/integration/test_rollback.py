@@ -102,9 +102,16 @@ def test_rollback_restores_the_previous_release_and_the_heartbeat(tmp_path: Path
         assert result.returncode == 0, result.stdout + result.stderr
         assert live.wait(60) == 0  # the old instance stopped cleanly
         assert lookback(root) == 40  # the previous parameters are back in generated/
-        beat = json.loads(result.stdout.strip().splitlines()[-3])  # the heartbeat step's output
+        lines = result.stdout.splitlines()
+        step = next(
+            i for i, line in enumerate(lines) if line.startswith("+") and " heartbeat " in line
+        )
+        beat = json.loads(lines[step + 1])  # the heartbeat step's output
         assert beat["strategy_version"] == "0.1.0" and beat["connected"] is True
         assert beat["pid"] != live.pid  # a new runner, with the previous release's parameters
+        journal = qcompile(root, "journal", STRATEGY).stdout.splitlines()
+        rollbacks = [json.loads(line) for line in journal if '"rollback"' in line]
+        assert len(rollbacks) == 1 and "to release previous" in rollbacks[0]["detail"]
     finally:
         if live.poll() is None:
             live.kill()

@@ -17,13 +17,17 @@ RUNTIME_PACKAGES = (
     "qcompile.live",
     "qcompile.emulator",
 )
-# errors, hashing, signalsource, templating and datalayout serve both halves; workflows, sweep
-# and sweepreport are the glue the CLI calls
+# errors, hashing, signalsource, templating and datalayout serve both halves; workflows, sweep,
+# sweepreport, status, retro, review and refresh are the glue the CLI calls
 SHARED_MODULES = (
     "__init__",
     "cli",
     "datalayout",
     "errors",
+    "refresh",
+    "retro",
+    "review",
+    "status",
     "hashing",
     "signalsource",
     "sweep",

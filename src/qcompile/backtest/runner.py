@@ -28,7 +28,7 @@ from qcompile.backtest.engine import Costs, Result, Settings
 from qcompile.backtest.fast import run
 from qcompile.backtest.grid import GridResult, run_grid
 from qcompile.backtest.kernel import GRID_COLUMNS
-from qcompile.backtest.metrics import FORMULAS, Metrics, bar_returns, compute
+from qcompile.backtest.metrics import FORMULAS, Metrics, bar_returns, compute, max_drawdown
 from qcompile.backtest.overfitting import summarise
 from qcompile.datalayout import symbol_files
 from qcompile.errors import QcompileError
@@ -306,6 +306,10 @@ def backtest(
             "periods_per_year": ppy,
         },
         "metrics": metrics.as_dict(),
+        "daily": daily_statistics(
+            [_date(ms) for ms in result.equity["timestamp"].to_list()],
+            result.equity["equity"].to_list(),
+        ),
         "in_sample": in_sample.as_dict() if in_sample else None,
         "out_of_sample": out_of_sample.as_dict() if out_of_sample else None,
         "minimum_sample": sample,
@@ -330,6 +334,53 @@ def backtest(
         title = f"Backtest report: {strategy['name']} ({strategy['id']} v{strategy['version']})"
         _write(target / "report.html", html(text, title, result, evidence))
     return Report(target, report_path, evidence_path, metrics, evidence["eligible_for_production"])
+
+
+REVIEW_WINDOW = 20  # trading days: the weekly review's trailing window (source document §6)
+
+
+def daily_returns(dates: list[str], equity: list[float]) -> list[float]:
+    """Close-to-close returns of the last equity value of each date: the same daily series
+    whatever the bar interval, so a backtest and a live journal compare like for like."""
+    closes: dict[str, float] = {}
+    for day, value in zip(dates, equity, strict=True):
+        closes[day] = value
+    values = [closes[day] for day in sorted(closes)]
+    return bar_returns(values)
+
+
+def daily_statistics(
+    dates: list[str], equity: list[float], window: int = REVIEW_WINDOW
+) -> dict[str, float | int | None]:
+    """Win rate (share of days with a positive return), mean daily return, daily volatility
+    (sample stdev) and the max drawdown expected over ``window`` days: the mean, over every
+    trailing ``window``-day stretch, of that stretch's max drawdown. A drawdown over years is
+    not comparable with one over 20 days; this is."""
+    returns = daily_returns(dates, equity)
+    if len(returns) < 2:
+        return {
+            "days": len(returns),
+            "window": window,
+            "win_rate": None,
+            "mean_return": None,
+            "volatility": None,
+            "max_drawdown": None,
+        }
+    mean = sum(returns) / len(returns)
+    volatility = float(np.std(returns, ddof=1))
+    growth = np.cumprod(np.concatenate([[1.0], 1.0 + np.asarray(returns)]))
+    depths = [
+        max_drawdown(growth[start : start + window + 1].tolist()).depth
+        for start in range(max(1, len(growth) - window))
+    ]
+    return {
+        "days": len(returns),
+        "window": window,
+        "win_rate": sum(1 for r in returns if r > 0) / len(returns),
+        "mean_return": mean,
+        "volatility": volatility,
+        "max_drawdown": sum(depths) / len(depths),
+    }
 
 
 def _write(path: Path, text: str) -> None:

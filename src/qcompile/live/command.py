@@ -147,7 +147,12 @@ def execute(
                 target=lambda: (emulator.wait_exhausted(10**9), runner.wait_idle(30), stop.set()),
                 daemon=True,
             ).start()
-        stop.wait(duration)
+        deadline = None if duration is None else time.monotonic() + duration
+        # wake twice a second: a signal that lands while the process was paused (SIGSTOP, a VM
+        # pause) can be taken by another thread, and a long wait would never see its flag
+        while not stop.wait(0.5):
+            if deadline is not None and time.monotonic() >= deadline:
+                break
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
@@ -188,6 +193,28 @@ def await_heartbeat(params_file: Path, root: Path, wait: float, since: str | Non
         raise click.BadParameter(f"not an ISO 8601 time: {since}", param_hint="--since") from None
     beat = wait_heartbeat(load_params(params_file), root, wait, after)
     click.echo(json.dumps(beat, sort_keys=True))
+
+
+def journal(params_file: Path, root: Path, kind: str | None, detail: str) -> None:
+    """Print the strategy's journal, or append an operator's event to it."""
+    import json
+
+    from qcompile.live.control import journal_event
+    from qcompile.live.runner import load_params
+    from qcompile.live.state import open_store
+
+    params = load_params(params_file)
+    if kind:
+        click.echo(json.dumps(journal_event(params, root, kind, detail), sort_keys=True))
+        return
+    store = open_store(
+        params["deployment"]["state_store"], params["strategy"]["id"], "reader", root
+    )
+    try:
+        for record in store.read_journal():
+            click.echo(json.dumps(record, sort_keys=True))
+    finally:
+        store.close()
 
 
 def run_selftest(output: Path) -> None:
