@@ -70,7 +70,7 @@ def project_settings(project: Project) -> dict[str, Any]:
 
 def inputs_digest(project: Project, overrides: list[str], only: list[str] | None) -> str | None:
     """Digest of everything a build reads, or None when it cannot be known without compiling."""
-    from qcompile.plan import compiler_sha256
+    from qcompile.hashing import compiler_sha256
     from qcompile.signalsource import package_files
 
     primary = _raw_yaml(project.conf_dir / PRIMARY_CONFIG)
@@ -136,6 +136,8 @@ def _event_files(project: Project, overrides: list[str]) -> dict[str, str | None
         return None
     files: dict[str, str | None] = {}
     for path in sorted((project.conf_dir / "strategy").glob("*.yaml")):
+        if b"events" not in path.read_bytes():
+            continue  # no key named events: nothing to parse (most strategies)
         raw = _raw_yaml(path)
         strategy = raw.get("strategy") if isinstance(raw, dict) else None
         signal = strategy.get("signal") if isinstance(strategy, dict) else None
@@ -149,12 +151,12 @@ def _event_files(project: Project, overrides: list[str]) -> dict[str, str | None
     return files
 
 
-def _outputs_intact(project: Project, manifest: dict[str, Any]) -> bool:
+def _outputs_intact(project: Project, manifest: dict[str, Any], existing: list[str]) -> bool:
     expected = dict(manifest.get("files", {}))
     for entry in manifest.get("strategies", {}).values():
         expected.update(entry.get("outputs", {}))
     expected[MANIFEST] = None
-    present = set(_existing(project))
+    present = set(existing)
     if present != set(expected):
         return False
     return all(
@@ -472,16 +474,17 @@ def build(
     overrides = list(overrides or [])
     digest = inputs_digest(project, overrides, only)
     manifest = read_manifest(project)
+    existing = _existing(project) if digest is not None else []
     if (
         digest is not None
         and manifest.get("inputs_sha256") == digest
-        and _outputs_intact(project, manifest)
+        and _outputs_intact(project, manifest, existing)
     ):
         warnings = _generated_reviews(project, manifest, only)
         if check:
             _enforce_reviews(warnings)
         return BuildOutcome(
-            WriteReport(unchanged=_existing(project)),
+            WriteReport(unchanged=existing),
             up_to_date=True,
             strategies=sorted(manifest.get("strategies", {})),
             warnings=warnings,

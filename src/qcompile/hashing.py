@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -54,3 +55,13 @@ def runtime_sha256() -> str:
             digest.update(f"{package}/{path.name}\0".encode())
             digest.update(path.read_bytes())
     return digest.hexdigest()
+
+
+@cache
+def compiler_sha256() -> str:
+    """Hash of the compiler's own modules and templates: a changed compiler re-renders everything,
+    even when a development install did not bump the version. Lives here, not in plan, so that
+    the no-change build's digest needs no template engine imported."""
+    package = Path(__file__).resolve().parent
+    files = sorted(package.glob("*.py")) + sorted((package / "templates").glob("*.j2"))
+    return sha256_json({p.relative_to(package).as_posix(): sha256_file(p) for p in files})

@@ -10,18 +10,16 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from functools import cache
-from pathlib import Path
 from typing import Any
 
 from qcompile import __version__
 from qcompile.alertcatalog import ALERTS
 from qcompile.checklist import ItemStatus
 from qcompile.compose import ComposedStrategy
-from qcompile.hashing import sha256_file, sha256_json
+from qcompile.hashing import compiler_sha256, sha256_json
 from qcompile.lifecycle import Unmet, next_phase
 from qcompile.lock import Lock
-from qcompile.render import TEMPLATES_DIR, render, template_names
+from qcompile.render import render
 from qcompile.schema import SIGNOFF_ROLES
 
 REGENERATE = "qcompile build"
@@ -70,15 +68,6 @@ class StrategyPlan:
     inputs_sha256: str
     artefacts: list[Artefact]
     summary: dict[str, Any]
-
-
-@cache
-def compiler_sha256() -> str:
-    """Hash of the compiler's own modules and templates: a changed compiler re-renders everything,
-    even when a development install did not bump the version."""
-    package = Path(__file__).parent
-    files = sorted(package.glob("*.py")) + [TEMPLATES_DIR / name for name in template_names()]
-    return sha256_json({p.relative_to(package).as_posix(): sha256_file(p) for p in files})
 
 
 def _header(compiled: CompiledStrategy) -> dict[str, Any]:
