@@ -517,6 +517,9 @@ def signoff(
             f"  replaces the sign-off by {signature.replaced.get('by')} "
             f"at {signature.replaced.get('at')}"
         )
+    if signature.changes:
+        click.echo("  signed the checklist as the next build writes it; it differs from the file:")
+        click.echo(signature.changes, nl=False)
     click.echo(f"wrote {signature.file}; run `qcompile build` to update generated/.")
 
 

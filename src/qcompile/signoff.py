@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from qcompile.errors import DiagnosticsError, QcompileError
-from qcompile.hashing import sha256_file, sha256_json
+from qcompile.hashing import sha256_bytes, sha256_file, sha256_json
 from qcompile.lifecycle import CHECKLIST_ITEMS, PHASES, SignedArtefact, next_phase
 from qcompile.project import Project
 from qcompile.schema import EMAIL_PATTERN, SIGNOFF_ARTEFACTS, SIGNOFF_ROLES, TIMESTAMP_PATTERN
@@ -120,6 +120,7 @@ class Signature:
     record: dict[str, str]  # by, at and (artefacts) sha256
     what: str  # what was signed, for the message
     replaced: dict[str, Any] | None  # the record this one replaced, if any
+    changes: str = ""  # checklist: how the signed text differs from the file on disk
 
 
 def sign(
@@ -172,6 +173,8 @@ def sign(
         _check_signer(passport, str(role), artefact, by)
         where = artefact_locations(config)[artefact]
         digest = artefact_sha256(project.root, config, artefact)
+        if digest is not None and artefact == "checklist":
+            digest, changes = _checklist_to_sign(project, strategy_id, where)
         if digest is None:
             raise QcompileError(
                 f"cannot sign the {artefact} of {strategy_id}: {where} does not exist; "
@@ -189,7 +192,32 @@ def sign(
         record,
         what,
         dict(previous) if isinstance(previous, dict) else None,
+        changes if item is None and artefact == "checklist" else "",
     )
+
+
+def _checklist_to_sign(project: Project, strategy_id: str, where: str) -> tuple[str, str]:
+    """The hash of the checklist the next build writes (what the gate compares), and a unified
+    diff from the file on disk when they differ. The build may be refusing to write it: a
+    production strategy whose checklist changed fails its gate until the engineer re-signs, so
+    the engineer signs what the build will write, and sees here exactly how it differs."""
+    import difflib
+
+    from qcompile.build import compile_project
+    from qcompile.plan import checklist_bytes
+
+    (compiled,) = compile_project(project, [], [strategy_id], enforce_gates=False).strategies
+    rendered = checklist_bytes(compiled)
+    on_disk = (project.root / where).read_bytes()
+    if rendered == on_disk:
+        return sha256_bytes(rendered), ""
+    diff = difflib.unified_diff(
+        on_disk.decode("utf-8").splitlines(keepends=True),
+        rendered.decode("utf-8").splitlines(keepends=True),
+        f"a/{where}",
+        f"b/{where} (as the next build writes it)",
+    )
+    return sha256_bytes(rendered), "".join(diff)
 
 
 def _artefact_for(role: str, artefact: str | None) -> str:

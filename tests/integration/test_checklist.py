@@ -89,3 +89,20 @@ def test_a_complete_checklist_opens_the_production_gate(example: Path) -> None:
     assert cli(example, "build").exit_code == 0
     passport = (example / "generated" / STRATEGY / "passport.yaml").read_text()
     assert "phase: production" in passport
+
+
+def test_a_changed_checklist_of_a_production_strategy_can_be_re_signed(example: Path) -> None:
+    test_a_complete_checklist_opens_the_production_gate(example)
+    with_coverage_value = json.loads((example / "coverage.json").read_text())
+    with_coverage_value["files"]["src/qcompile/signals/reversion.py"]["summary"][
+        "percent_covered"
+    ] = 93.0  # new evidence: the checklist text changes, so its sign-off is stale
+    (example / "coverage.json").write_text(json.dumps(with_coverage_value))
+    refused = cli(example, "build")
+    assert refused.exit_code == 2 and "signoff.checklist" in refused.output
+    assert "88 % covered" in checklist(example)  # nothing written: the old checklist stays
+    resigned = cli(example, "signoff", STRATEGY, "--role", "quant_engineer", "--by", ENGINEER)
+    assert resigned.exit_code == 0, resigned.output
+    assert "-| [x] | Unit tests cover" in resigned.output and "93 % covered" in resigned.output
+    assert cli(example, "build").exit_code == 0  # the signature matches what the build writes
+    assert "93 % covered" in checklist(example)

@@ -235,9 +235,8 @@ def test_the_quant_engineer_signs_the_generated_checklist(example: Path) -> None
     assert "generated/STR-2026-0063/checklist.md does not exist; run `qcompile build` first" in (
         missing.output
     )
+    assert cli(example, "build").exit_code == 0
     checklist = example / "generated/STR-2026-0063/checklist.md"
-    checklist.parent.mkdir(parents=True, exist_ok=True)
-    checklist.write_text("# Deployment checklist\n")  # stands in for the build's checklist
     signed = cli(
         example, "signoff", "STR-2026-0063", "--role", "quant_engineer", "--by", "eng@quantfund.com"
     )
@@ -245,7 +244,15 @@ def test_the_quant_engineer_signs_the_generated_checklist(example: Path) -> None
     assert _signoff(example, "STR-2026-0063")["signoffs"]["checklist"]["sha256"] == sha256_file(
         checklist
     )
-    checklist.write_text("# Deployment checklist, edited\n")
+    # new evidence changes what the checklist says: the signature no longer covers it
+    (example / "coverage.json").write_text(
+        '{"files": {"src/qcompile/signals/reversion.py": {"summary": {"percent_covered": 90}}}}'
+    )
+    edit(
+        example / "conf/qcompile.yaml",
+        "  reports_dir:",
+        "  coverage_report: coverage.json\n  reports_dir:",
+    )
     validated = cli(example, "validate")
     assert validated.exit_code == 0, validated.output
     assert "checklist sign-off by eng@quantfund.com" in validated.output
