@@ -180,13 +180,7 @@ def test_a_half_open_connection_is_detected_and_makes_the_safe_state(
     from qcompile.live.broker import Order
 
     with runner.engine.lock:
-        runner.broker.submit(Order("manual-1", "MSFT", 10.0, 0))
-        runner.engine.state.pending["manual-1"] = {
-            "id": "manual-1",
-            "symbol": "MSFT",
-            "quantity": 10.0,
-            "submitted_ms": 0,
-        }
+        runner.engine.submit(Order("manual-1", "MSFT", 10.0, 0))
     # ... and two heartbeat intervals of silence end the connection: safe state, order cancelled.
     assert wait_until(lambda: runner.engine.counters.safe_states >= 1, timeout=5)
     assert any(r.startswith("heartbeat") for r in runner.feed.stats.disconnects)

@@ -19,7 +19,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -404,16 +404,14 @@ class Engine:
         delta = wanted - held
         if abs(delta) < 1e-9:
             return
-        order = Order(f"{self.config.strategy_id}-{bar_ms}-{symbol}", symbol, delta, bar_ms)
-        self.broker.submit(order)
-        self.state.pending[order.id] = {
-            "id": order.id,
-            "symbol": symbol,
-            "quantity": delta,
-            "submitted_ms": bar_ms,
-        }
-        self.counters.orders += 1
+        self.submit(Order(f"{self.config.strategy_id}-{bar_ms}-{symbol}", symbol, delta, bar_ms))
         log.info("%s: target %+d, order %+g submitted", symbol, target, delta)
+
+    def submit(self, order: Order) -> None:
+        """Send ``order`` to the broker and record it as pending (call with the lock held)."""
+        self.broker.submit(order)
+        self.state.pending[order.id] = asdict(order)
+        self.counters.orders += 1
 
     def _signal_target(self, symbol: str, rows: deque[list[float]]) -> int:
         frame = pl.DataFrame(
@@ -485,15 +483,7 @@ class Engine:
                 )
             self.state.positions = broker_positions
             self.state.cash = self.broker.cash()
-            self.state.pending = {
-                o.id: {
-                    "id": o.id,
-                    "symbol": o.symbol,
-                    "quantity": o.quantity,
-                    "submitted_ms": o.submitted_ms,
-                }
-                for o in self.broker.working_orders()
-            }
+            self.state.pending = {o.id: asdict(o) for o in self.broker.working_orders()}
             if differences:
                 self.persist(wait=True)
                 self._alert(

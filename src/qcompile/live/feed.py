@@ -33,6 +33,7 @@ from urllib.parse import quote
 import websocket
 
 from qcompile.live.backoff import Backoff
+from qcompile.live.secrets import redact
 
 log = logging.getLogger("qcompile.live.feed")
 
@@ -99,7 +100,7 @@ class Feed:
         self._reconnect_reason = reason
 
     def _redact(self, text: str) -> str:
-        return text.replace(self._secret, "***") if self._secret else text
+        return redact(text, [self._secret])
 
     def run(self, stop: threading.Event) -> None:
         """Connect, read and reconnect until ``stop`` is set: the one connection loop."""

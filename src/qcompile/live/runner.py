@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import logging
 import os
 import queue
@@ -54,7 +53,7 @@ from qcompile.live.engine import (
 from qcompile.live.feed import Feed
 from qcompile.live.saver import Saver
 from qcompile.live.secrets import install_redaction, resolve
-from qcompile.live.state import StateStore, open_store
+from qcompile.live.state import StateStore, canonical_json, open_store
 from qcompile.marketdata.intervals import INTERVAL_MS
 from qcompile.marketdata.rest import RestClient
 from qcompile.signals import SignalError
@@ -147,8 +146,8 @@ def load_params(params_file: Path) -> dict[str, Any]:
 
 
 def state_digest(state: Mapping[str, Any]) -> str:
-    text = json.dumps(state, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(text.encode()).hexdigest()
+    """Hash of the bytes the store saves for ``state`` (what an acknowledgement vouches for)."""
+    return hashlib.sha256(canonical_json(state)).hexdigest()
 
 
 class Runner:
@@ -201,9 +200,7 @@ class Runner:
     def _signal(self) -> Callable[..., pl.DataFrame]:
         pinned = self.params["pins"]["signal"]
         try:
-            spec = pinned_signal(
-                {**pinned, "name": pinned["name"]}, self.params["signal"]["packages"], self.root
-            )
+            spec = pinned_signal(pinned, self.params["signal"]["packages"], self.root)
             calendar = event_calendar(pinned.get("events"), self.root)
         except SignalError as error:
             raise RunnerError(str(error)) from None

@@ -11,6 +11,7 @@ check of exactly the runtime that would trade.
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import random
@@ -95,7 +96,7 @@ class _Bench:
 
     def __init__(self, root: Path):
         from qcompile.emulator import Emulator, ticks_from_bars
-        from qcompile.signals.pinning import pinned_signal
+        from qcompile.signals import get_signal
         from qcompile.signalsource import function_sha256
 
         self.root = root
@@ -108,15 +109,10 @@ class _Bench:
                 root / "data" / f"{symbol}.parquet"
             )
         live = bars.filter(pl.col("timestamp") >= cut)
-        from qcompile.signals import get_signal
-
+        # pin the installed signal's source: the runner checks it against the code at start
         spec = get_signal("ma_crossover", "1.1.0", ["qcompile.signals"])
-        import inspect
-
         source = function_sha256(Path(inspect.getsourcefile(spec.function)), spec.function.__name__)
-        pin = {"name": "ma_crossover", "version": "1.1.0", "source_sha256": source}
-        pinned_signal(pin, ["qcompile.signals"], root)  # the same check the runner makes
-        self.params = _params(pin)
+        self.params = _params({"name": "ma_crossover", "version": "1.1.0", "source_sha256": source})
         self.emulator = Emulator(
             ticks_from_bars(live, DAY),
             api_keys=[KEY],
@@ -165,13 +161,7 @@ def check_safe_state(bench: _Bench) -> str:
         assert _wait(lambda: not runner.engine.state.suspended)
         bench.emulator.inject("silence", duration_s=5.0)  # no quote can fill the order below
         with runner.engine.lock:
-            runner.broker.submit(Order("selftest-1", SYMBOLS[0], 1.0, 0))
-            runner.engine.state.pending["selftest-1"] = {
-                "id": "selftest-1",
-                "symbol": SYMBOLS[0],
-                "quantity": 1.0,
-                "submitted_ms": 0,
-            }
+            runner.engine.submit(Order("selftest-1", SYMBOLS[0], 1.0, 0))
         bench.emulator.inject("drop")
         assert _wait(lambda: runner.engine.counters.safe_states >= 1)
         assert runner.broker.working_orders() == [], "a working order survived the safe state"
@@ -283,10 +273,6 @@ def check_state_recovery(bench: _Bench, scratch: Path) -> str:
 
 
 CHECKS = ("heartbeat", "safe_state", "reconnect", "rate_limits", "state_recovery")
-
-
-def default_path(reports_dir: Path) -> Path:
-    return reports_dir / "runtime" / f"qcompile-{__version__}.json"
 
 
 def run(report: Callable[[str, bool, str], None] = lambda *_: None) -> dict[str, Any]:
