@@ -49,6 +49,20 @@ def copy_example_project(root: Path) -> Path:
     return root
 
 
+PRODUCTION_EXAMPLE = "conf/strategy/fast_reversion.yaml"  # STR-2026-0088, signed into production
+
+
+def without_production_example(root: Path) -> Path:
+    """Drop the production example from a copy whose test changes project-wide evidence.
+
+    A coverage report or a runtime self-test result changes every strategy's checklist, so the
+    production example's checklist sign-off would go stale and fail the build; that interaction
+    has its own test (test_signoff.py), the others test something else.
+    """
+    (root / PRODUCTION_EXAMPLE).unlink(missing_ok=True)
+    return root
+
+
 def tree_digest(directory: Path) -> dict[str, str]:
     """Every file under ``directory`` with its content hash: equal digests mean untouched trees."""
     if not directory.exists():

@@ -11,7 +11,7 @@ import yaml
 
 from tests.conftest import cli, cli_process, copy_example_project, edit, tree_digest
 
-IDS = ["STR-2026-0007", "STR-2026-0042", "STR-2026-0051", "STR-2026-0063"]
+IDS = ["STR-2026-0007", "STR-2026-0042", "STR-2026-0051", "STR-2026-0063", "STR-2026-0088"]
 
 
 def test_build_writes_one_folder_per_strategy(
@@ -51,6 +51,21 @@ def test_build_writes_one_folder_per_strategy(
     index = (generated / "index.md").read_text()
     for strategy_id in IDS:
         assert f"[{strategy_id}]({strategy_id}/passport.yaml)" in index
+    phases = {
+        strategy_id: yaml.safe_load((generated / strategy_id / "passport.yaml").read_text())
+        for strategy_id in IDS
+    }
+    # the example walks every phase; the production one passed every gate, checklist included
+    assert {p["lifecycle"]["phase"] for p in phases.values()} == {
+        "ideation",
+        "research",
+        "validation",
+        "production",
+    }
+    production = phases["STR-2026-0088"]["lifecycle"]
+    assert production["phase"] == "production" and production["next_gate_missing"] == []
+    checklist = (generated / "STR-2026-0088/checklist.md").read_text()
+    assert "22 of 22 items ticked: complete." in checklist
 
 
 def test_secrets_stay_references_everywhere(example: Path) -> None:
@@ -180,7 +195,7 @@ def test_failed_build_leaves_generated_exactly_as_it_was(example: Path) -> None:
 
 def test_validate_and_list(example: Path) -> None:
     result = cli(example, "validate")
-    assert result.exit_code == 0 and "4 strategies valid" in result.output
+    assert result.exit_code == 0 and "5 strategies valid" in result.output
     listing = cli(example, "list")
     assert listing.exit_code == 0
     for strategy_id in IDS:

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from qcompile.checklist import MANUAL_ITEMS, RUNTIME_ITEMS
-from tests.conftest import cli, edit
+from tests.conftest import cli, edit, without_production_example
 
 STRATEGY = "STR-2026-0063"  # the z-score example, in validation with its report signed
 ENGINEER = "j.chen@quantfund.com"
@@ -23,6 +23,7 @@ def row(text: str, item: str) -> str:
 
 
 def with_coverage(root: Path, percent: float) -> None:
+    without_production_example(root)
     report = {
         "files": {"src/qcompile/signals/reversion.py": {"summary": {"percent_covered": percent}}}
     }

@@ -10,7 +10,7 @@ import pytest
 
 from qcompile.checklist import RUNTIME_ITEMS
 from qcompile.hashing import runtime_sha256
-from tests.conftest import cli, cli_process
+from tests.conftest import cli, cli_process, without_production_example
 
 STRATEGY = "STR-2026-0063"
 
@@ -38,6 +38,7 @@ def test_every_check_passes_against_the_real_emulator(selftest_result: dict) -> 
 
 
 def test_the_result_ticks_the_runtime_items(example: Path, selftest_result: dict) -> None:
+    without_production_example(example)
     target = example / "reports/runtime/qcompile-0.1.0.json"
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_text(json.dumps(selftest_result))

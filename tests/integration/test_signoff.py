@@ -253,10 +253,31 @@ def test_the_quant_engineer_signs_the_generated_checklist(example: Path) -> None
         "  reports_dir:",
         "  coverage_report: coverage.json\n  reports_dir:",
     )
+    # the production example's checklist changed too: in production that fails the build
+    refused = cli(example, "validate")
+    assert refused.exit_code == 2, refused.output
+    assert (
+        "fast_reversion.yaml:15: error: strategy.status: phase 'production' requires "
+        "signoff.checklist: checklist sign-off by j.chen@quantfund.com" in refused.output
+    )
+    assert "generated/STR-2026-0088/checklist.md changed since it was signed" in refused.output
+    # its engineer re-signs what the next build will write; in validation the stale sign-off
+    # is only reported
+    resigned = cli(
+        example,
+        "signoff",
+        "STR-2026-0088",
+        "--role",
+        "quant_engineer",
+        "--by",
+        "j.chen@quantfund.com",
+    )
+    assert resigned.exit_code == 0, resigned.output
     validated = cli(example, "validate")
     assert validated.exit_code == 0, validated.output
     assert "checklist sign-off by eng@quantfund.com" in validated.output
     assert "generated/STR-2026-0063/checklist.md changed since it was signed" in validated.output
+    assert cli(example, "build").exit_code == 0
 
 
 @pytest.mark.parametrize(
