@@ -7,6 +7,7 @@ target language reads back as exactly the original value, or refuses the value.
 from __future__ import annotations
 
 import math
+import re
 import shlex
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -91,10 +92,26 @@ def yaml_inline(value: Any) -> str:
     return text.removesuffix("\n...\n").removesuffix("\n")
 
 
+# Words a YAML emitter leaves plain: a letter first, no indicator (: # , [ ] { } & * ! | > ' " %
+# ` ?), single inner spaces; the resolver check below rules out true/no/null and the like.
+_PLAIN_WORDS = re.compile(r"[A-Za-z][A-Za-z0-9_./@+-]*(?: [A-Za-z0-9_./@+-]+)*\Z")
+_RESOLVER = yaml.resolver.Resolver()
+_STR_TAG = "tag:yaml.org,2002:str"
+
+
+def _plain(value: str) -> bool:
+    """Whether PyYAML would emit ``value`` as itself (tests compare the two on many strings)."""
+    return bool(_PLAIN_WORDS.match(value)) and (
+        _RESOLVER.resolve(yaml.ScalarNode, value, (True, False)) == _STR_TAG
+    )
+
+
 @lru_cache(maxsize=65536)
 def _scalar(value: Any) -> str:
-    # PyYAML decides the quoting of every scalar; the cache matters because the same keys and
-    # values recur across every strategy of a portfolio
+    # PyYAML decides the quoting of every other scalar; the cache matters because the same keys
+    # and values recur across every strategy of a portfolio
+    if isinstance(value, str) and _plain(value):
+        return value  # the common case, without a trip through the emitter
     return yaml_inline(value)
 
 

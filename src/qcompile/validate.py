@@ -17,6 +17,7 @@ from functools import cache
 from typing import Any
 
 from cerberus import Validator
+from cerberus.schema import DefinitionSchema
 
 from qcompile.compose import ComposedStrategy, ConfTree, did_you_mean
 from qcompile.errors import COMMAND_LINE, Diagnostic
@@ -186,9 +187,24 @@ _PARTS = {
 _PART_ERRORS: dict[tuple[str, str], list[Any]] = {}
 
 
+def part_schema(part: str) -> dict[str, Any]:
+    return {section: COMPOSED_SCHEMA[section] for section in _PARTS[part]}
+
+
+class _PrecheckedSchema(DefinitionSchema):
+    """A schema cerberus takes as already checked. Ours are constants of this module, checked by
+    cerberus itself in the test suite (tests/unit/test_schema.py); checking them again on every
+    run would cost each build about a tenth of a second."""
+
+    def validate(self, schema: Any = None) -> None:
+        return None
+
+
 @cache
 def _part_validator(part: str) -> _Validator:
-    return _Validator({section: COMPOSED_SCHEMA[section] for section in _PARTS[part]})
+    validator = _Validator()
+    validator.schema = _PrecheckedSchema(validator, part_schema(part))
+    return validator
 
 
 def _schema_errors(data: dict[str, Any]) -> list[Any]:

@@ -99,3 +99,41 @@ def test_yaml_inline_and_block_load_back(value) -> None:
 def test_yaml_hostile_value_cannot_add_keys(value: str) -> None:
     document = f"name: {yaml_inline(value)}\nsafe: true\n"
     assert yaml.safe_load(document) == {"name": value, "safe": True}
+
+
+WORDS = st.text(
+    alphabet=st.sampled_from(
+        list("abcdeflnorsuxyzABEFNOTY0123456789 _./@+-:#,'\"[]{}&*!|>%`?~=\t")
+    ),
+    max_size=12,
+)
+
+
+@settings(max_examples=2000)
+@given(
+    st.one_of(
+        WORDS,
+        st.sampled_from(
+            [
+                "yes",
+                "No",
+                "ON",
+                "off",
+                "True",
+                "NULL",
+                "y",
+                "n",
+                "e5",
+                "E",
+                "abc def",
+                "a  b",
+                "a b ",
+                "x-1.0",
+                "on-call",
+            ]
+        ),
+    )
+)
+def test_the_plain_fast_path_writes_what_pyyaml_writes(value: str) -> None:
+    # yaml_block takes a shortcut for words PyYAML leaves plain; it must never disagree with it
+    assert yaml_block({"k": value}) == "k: " + yaml_inline(value)
