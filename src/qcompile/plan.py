@@ -221,14 +221,20 @@ def _environment_names(value: Any) -> set[str]:
     return set(ENV_REFERENCE.findall(value)) if isinstance(value, str) else set()
 
 
+def _state_directory(compiled: CompiledStrategy) -> str | None:
+    """Where a file state store keeps this strategy's state and logs; None for other stores."""
+    store = compiled.data["deployment"]["state_store"]
+    return f"{store.get('path', 'state')}/{compiled.id}" if store["kind"] == "file" else None
+
+
 def runbook(compiled: CompiledStrategy) -> dict[str, Any]:
     """How to start, monitor, stop and roll back this strategy: every value from its config."""
     data, pins = compiled.data, compiled.lock.pins
     strategy, deployment, source = data["strategy"], data["deployment"], data["data"]
     strategy_id = compiled.id
     store = deployment["state_store"]
-    if store["kind"] == "file":
-        directory = f"{store.get('path', 'state')}/{strategy_id}"
+    directory = _state_directory(compiled)
+    if directory is not None:
         state = {
             "kind": "file",
             "where": directory,
@@ -329,10 +335,8 @@ def checklist_bytes(compiled: CompiledStrategy) -> bytes:
 
 def rollback(compiled: CompiledStrategy) -> dict[str, Any]:
     """Values the rollback script pins; every one reaches the shell through ``shquote``."""
-    deployment = compiled.data["deployment"]
-    store = deployment["state_store"]
-    log_dir = f"{store.get('path', 'state')}/{compiled.id}" if store["kind"] == "file" else "logs"
-    heartbeat = deployment["heartbeat_interval_s"]
+    log_dir = _state_directory(compiled) or "logs"
+    heartbeat = compiled.data["deployment"]["heartbeat_interval_s"]
     return {
         "strategy_id": compiled.id,
         "log_file": f"{log_dir}/runner.log",

@@ -98,7 +98,9 @@ def refresh(
     """Refresh every production strategy (or those in ``only``); returns one result each."""
     from qcompile.build import compile_project
 
-    compilation = compile_project(project, [], only)
+    # gates are not enforced: a production strategy whose data changed under it fails its
+    # evidence.fresh gate, and that is exactly the case the refresh must run and record
+    compilation = compile_project(project, [], only, enforce_gates=False)
     day = today().isoformat()
     results = []
     for compiled in sorted(compilation.strategies, key=lambda c: c.id):

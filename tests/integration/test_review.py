@@ -157,6 +157,27 @@ def test_review_flags_tripled_volatility_and_alerts(production, http_receiver) -
     assert "win rate" in tight.output
 
 
+def test_review_of_evidence_without_daily_statistics_reruns_the_pinned_backtest(
+    production, http_receiver
+) -> None:
+    root, daily = production
+    evidence_file = root / f"reports/{STRATEGY}/0.2.0/evidence.json"
+    evidence = json.loads(evidence_file.read_text())
+    del evidence["daily"]  # evidence written before the backtest recorded daily statistics
+    evidence_file.write_text(json.dumps(evidence, indent=2, sort_keys=True) + "\n")
+    _journal(root, _returns_like(daily))
+    result = cli(
+        root, "review", "weekly", "--week", WEEK, env={"SLACK_WEBHOOK_URL": http_receiver.url}
+    )
+    assert result.exit_code == 0, result.output
+    assert f"{STRATEGY} {WEEK}: nothing flagged" in result.output  # the same expectation
+    page = (root / f"reports/{STRATEGY}/reviews/{WEEK}.md").read_text()
+    assert "a fresh run of the pinned backtest" in page
+    assert "predates daily statistics" in page
+    assert not list(root.glob(f"reports/{STRATEGY}/0.2.0/refresh"))  # scratch run, nothing kept
+    assert "daily" not in json.loads(evidence_file.read_text())  # the evidence is not rewritten
+
+
 def test_review_rejects_a_malformed_week(example) -> None:
     result = cli(example, "review", "weekly", "--week", "2026-10")
     assert result.exit_code == 2
@@ -207,3 +228,29 @@ def test_refresh_divergence_demotes_to_validation(example) -> None:
     assert entry["result"] == "diverged"
     assert entry["phase"] == "validation"
     assert entry["reason"].startswith("trade_count 327 -> 326")
+
+
+def test_refresh_on_changed_data_reports_it_and_demotes_nothing(example) -> None:
+    import polars as pl
+
+    _production(example)
+    _built(example)
+    bars = example / "data/sample_us_daily/MSFT.parquet"
+    frame = pl.read_parquet(bars)
+    last = pl.int_range(pl.len()) == pl.len() - 1  # the data vendor revised one bar
+    frame = frame.with_columns(
+        [
+            pl.when(last).then(pl.col(c) * 1.01).otherwise(pl.col(c)).alias(c)
+            for c in ("open", "high", "low", "close")
+        ]
+    )
+    frame.write_parquet(bars)
+    result = cli(example, "refresh", "--strategy", STRATEGY)
+    assert result.exit_code != 0, result.output
+    assert "data_changed" in result.output
+    text = (example / STRATEGY_FILE).read_text()
+    assert "  status: production" in text  # nothing says the strategy changed: no demotion
+    (entry,) = yaml.safe_load(text)["strategy"]["deployment_record"]["refresh_history"]
+    assert entry["result"] == "data_changed"
+    assert entry["reason"].startswith("data changed since pinned:")
+    assert "phase" not in entry
