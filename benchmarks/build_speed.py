@@ -78,7 +78,9 @@ for name in sorted(p.stem for p in (root / "conf/strategy").glob("*.yaml")):
 
 
 # Both sides run as a user's machine runs them: with Python's bytecode cache (a sandbox that sets
-# PYTHONDONTWRITEBYTECODE would make every process recompile qcompile's editable sources).
+# PYTHONDONTWRITEBYTECODE would make every process recompile qcompile's editable sources) and
+# qcompile's compiled-template cache (~/.cache/qcompile/jinja) warm. "Cold" means no generated/
+# and no project cache (.qcompile/: data fingerprints), i.e. a fresh clone's first build.
 ENV = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
 
 

@@ -6,6 +6,7 @@ missing value into an error, and values reach the text only through explicit fil
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -20,9 +21,26 @@ def markdown_cell(value: Any) -> str:
     return text.replace("\\", "\\\\").replace("|", "\\|").replace("<", "&lt;").replace(">", "&gt;")
 
 
+def _bytecode_cache() -> jinja2.BytecodeCache | None:
+    """Compiled templates kept between runs, like Python's own bytecode cache: compiling them
+    costs each command ~50 ms. Entries carry their template's checksum, so an edited template is
+    compiled afresh; QCOMPILE_TEMPLATE_CACHE=off disables it."""
+    setting = os.environ.get("QCOMPILE_TEMPLATE_CACHE", "")
+    if setting == "off":
+        return None
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    directory = Path(setting) if setting else base / "qcompile" / "jinja"
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return None  # a read-only home: compile every time
+    return jinja2.FileSystemBytecodeCache(str(directory))
+
+
 def environment(directory: Path, filters: dict[str, Callable[..., Any]]) -> jinja2.Environment:
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(directory),
+        bytecode_cache=_bytecode_cache(),
         undefined=jinja2.StrictUndefined,
         autoescape=False,
         keep_trailing_newline=True,
