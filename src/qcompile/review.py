@@ -171,16 +171,12 @@ def _review(
     env: Mapping[str, str],
 ) -> StrategyReview:
     from qcompile.backtest.runner import daily_statistics
-    from qcompile.live.state import open_store
+    from qcompile.live.control import read_store
 
     strategy = params["strategy"]
     expected, source = _expectation(project, params, evidence_file)
+    journal = read_store(params, project.root, "read_journal", "weekly-review", env)
     spec = params["deployment"]["state_store"]
-    store = open_store(spec, strategy["id"], "weekly-review", project.root, env)
-    try:
-        journal = store.read_journal()
-    finally:
-        store.close()
     days = live_window(journal, end)
     live = daily_statistics([d for d, _ in days], [e for _, e in days], window=WINDOW)
     statistics = compare(live, expected, threshold)

@@ -65,14 +65,10 @@ def read_store(
 
     Raises QcompileError (a missing environment variable, an unreachable Redis) for the caller
     to show as unknown rather than fail the whole listing."""
-    from qcompile.live.state import open_store
+    from qcompile.live.control import read_store as read_live_store
 
-    spec = (params.get("deployment") or {}).get("state_store") or {"kind": "file"}
-    store = open_store(spec, strategy_id, STATUS_INSTANCE, project.root, env)
-    try:
-        return getattr(store, read)()
-    finally:
-        store.close()
+    identified = {**params, "strategy": {**(params.get("strategy") or {}), "id": strategy_id}}
+    return read_live_store(identified, project.root, read, STATUS_INSTANCE, env)
 
 
 def _age(seconds: float) -> str:

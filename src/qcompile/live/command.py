@@ -199,22 +199,15 @@ def journal(params_file: Path, root: Path, kind: str | None, detail: str) -> Non
     """Print the strategy's journal, or append an operator's event to it."""
     import json
 
-    from qcompile.live.control import journal_event
+    from qcompile.live.control import journal_event, read_store
     from qcompile.live.runner import load_params
-    from qcompile.live.state import open_store
 
     params = load_params(params_file)
     if kind:
         click.echo(json.dumps(journal_event(params, root, kind, detail), sort_keys=True))
         return
-    store = open_store(
-        params["deployment"]["state_store"], params["strategy"]["id"], "reader", root
-    )
-    try:
-        for record in store.read_journal():
-            click.echo(json.dumps(record, sort_keys=True))
-    finally:
-        store.close()
+    for record in read_store(params, root, "read_journal"):
+        click.echo(json.dumps(record, sort_keys=True))
 
 
 def run_selftest(output: Path) -> None:

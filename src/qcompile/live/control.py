@@ -33,6 +33,23 @@ def _store(params: Mapping[str, Any], root: Path, env: Mapping[str, str]) -> Sta
     )
 
 
+def read_store(
+    params: Mapping[str, Any],
+    root: Path,
+    read: str,
+    reader: str = "reader",
+    env: Mapping[str, str] = os.environ,
+) -> Any:
+    """``read_heartbeat()`` or ``read_journal()`` of the strategy's state store, its lease
+    untouched; ``reader`` names who opened it (in the store's logs, never as the lease holder)."""
+    spec = (params.get("deployment") or {}).get("state_store") or {"kind": "file"}
+    store = open_store(spec, str(params["strategy"]["id"]), reader, root, env)
+    try:
+        return getattr(store, read)()
+    finally:
+        store.close()
+
+
 def _lease_free(store: StateStore) -> bool:
     try:
         store.acquire()
