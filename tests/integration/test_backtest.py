@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import cli, edit, write_random_walk_bars
+from tests.conftest import cli, edit, without_production_example, write_random_walk_bars
 
 
 @pytest.fixture
@@ -143,6 +143,7 @@ def test_without_local_data_the_error_says_how_to_get_it(example: Path) -> None:
 
 
 def test_a_local_only_source_without_data_says_to_copy_it(example: Path) -> None:
+    without_production_example(example)  # its production gate needs the sample data
     shutil.rmtree(example / "data/sample_us_daily")
     shutil.rmtree(example / "reports/STR-2026-0063")
     edit(example / "conf/strategy/zscore_reversion.yaml", "status: validation", "status: research")
