@@ -13,6 +13,13 @@ trade list). The 87,000-backtest reference is extrapolated from a sample of comb
 full run would take tens of minutes; the column says so. Peak memory of the big grid is measured in
 a child process (its own peak RSS, data included).
 
+When vectorbt is installed (``pip install 'qcompile[reference]'``; it is an optional reference,
+never a dependency), a fourth column times the same crossover with it: moving averages, signals
+and ``Portfolio.from_signals`` with the same slippage and a fixed fee per order, each workload run
+once first so that its JIT compilation (tens of seconds on a fresh machine) is not counted. It
+executes at the signal bar's close rather than the next open, so its figures compare work, not
+results. The 87,000-backtest grid is not run with it (the issue measured 181 s and 14.5 GB).
+
     python benchmarks/backtest_speed.py [--repeat 5] [--symbols 500] [--bars 5000]
 """
 
@@ -26,7 +33,9 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
+import numpy as np
 import polars as pl
 
 from qcompile.backtest import engine, fast
@@ -91,6 +100,33 @@ def reference(bars: pl.DataFrame, combos: list[dict], run=engine.run) -> None:
         )
 
 
+def vectorbt_workload(bars: pl.DataFrame, combos: list[dict]) -> Callable[[], object] | None:
+    """The workload as vectorbt runs it, its wide price table prepared here (untimed, like the
+    other engines' data loading); None when vectorbt is not installed."""
+    try:
+        import pandas as pd
+        import vectorbt as vbt
+    except ImportError:
+        return None
+    wide = bars.pivot(on="symbol", index="timestamp", values="close").sort("timestamp")
+    closes = pd.DataFrame(wide.drop("timestamp").to_numpy())
+    tiled = np.tile(closes.to_numpy(), len(combos))  # combination-major, as MA.run orders columns
+
+    def run() -> object:
+        fast = vbt.MA.run(closes, window=[c["fast"] for c in combos]).ma.to_numpy()
+        slow = vbt.MA.run(closes, window=[c["slow"] for c in combos]).ma.to_numpy()
+        above = fast > slow
+        portfolio = vbt.Portfolio.from_signals(
+            tiled, above, ~above, slippage=SETTINGS.costs.slippage_bps / 10_000,
+            fixed_fees=SETTINGS.costs.min_commission, init_cash=SETTINGS.initial_capital,
+            freq="1D",
+        )  # fmt: skip
+        return portfolio.total_return(), portfolio.sharpe_ratio(), portfolio.max_drawdown()
+
+    run()  # JIT compilation and vectorbt's caches, not counted
+    return run
+
+
 def batched(bars: pl.DataFrame, combos: list[dict]) -> None:
     run_grid(bars, EVERYTHING, combos, ma_crossover, _ma_grid, SETTINGS, PPY)
 
@@ -102,7 +138,19 @@ def big_grid_child(symbols: int, bars: int) -> None:
     start = time.perf_counter()
     batched(universe, COMBOS)
     seconds = time.perf_counter() - start
-    print(f"{seconds} {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}")
+    print(f"{seconds} {peak_megabytes()}")
+
+
+def peak_megabytes() -> float:
+    """This process's peak resident memory. Linux's VmHWM starts afresh at exec; ru_maxrss does
+    not, so a child forked from a large parent (one with vectorbt loaded) would report the
+    parent's size."""
+    status = Path("/proc/self/status")
+    if status.is_file():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def main() -> None:
@@ -132,7 +180,9 @@ def main() -> None:
         )
         compiled = timed(lambda d=data, c=combos: reference(d, c, fast.run), 1)
         grid = timed(lambda d=data, c=combos: batched(d, c), repeat)
-        rows.append((label, ref, compiled, grid, ""))
+        vectorbt = vectorbt_workload(data, combos)
+        vbt_seconds = float("nan") if vectorbt is None else timed(vectorbt, min(repeat, 3))
+        rows.append((label, ref, compiled, grid, vbt_seconds, ""))
     sample = COMBOS[:: len(COMBOS) // 6][:6]
     per_combo = timed(lambda: reference(universe, sample, fast.run), 1) / len(sample)
     child = subprocess.run(
@@ -147,18 +197,29 @@ def main() -> None:
             float("nan"),
             per_combo * len(COMBOS),
             seconds,
+            float("nan"),
             f"peak {peak_mb:.0f} MB; fast.run extrapolated from {len(sample)} pairs",
         )
     )
     print("backtest engine speed (median seconds, signal included, data loading excluded)")
-    header = f"{'workload':<40}{'reference':>11}{'fast.run':>10}{'grid':>9}{'vs fast.run':>13}"
+    header = (
+        f"{'workload':<40}{'reference':>11}{'fast.run':>10}{'grid':>9}{'vectorbt':>10}"
+        f"{'vs fast.run':>13}{'vs vectorbt':>13}"
+    )
     print(header)
-    for label, ref, compiled, grid, note in rows:
+    for label, ref, compiled, grid, vbt_seconds, note in rows:
         ref_text = "n/a" if ref != ref else f"{ref:.4f}"
-        print(
-            f"{label:<40}{ref_text:>11}{compiled:>10.4f}{grid:>9.4f}{compiled / grid:>12.1f}x"
-            + (f"  {note}" if note else "")
+        vbt_text, vbt_ratio = (
+            ("n/a", "")
+            if vbt_seconds != vbt_seconds
+            else (f"{vbt_seconds:.4f}", f"{vbt_seconds / grid:.1f}x")
         )
+        print(
+            f"{label:<40}{ref_text:>11}{compiled:>10.4f}{grid:>9.4f}{vbt_text:>10}"
+            f"{compiled / grid:>12.1f}x{vbt_ratio:>13}" + (f"  {note}" if note else "")
+        )
+    if all(row[4] != row[4] for row in rows):
+        print("vectorbt: not installed (pip install 'qcompile[reference]' adds its column)")
 
 
 if __name__ == "__main__":

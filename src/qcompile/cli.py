@@ -178,10 +178,18 @@ def backtest(strategy: str, overrides: tuple[str, ...]) -> None:
 @click.option("--resume", is_flag=True, help="Reuse jobs a previous run of this sweep finished.")
 @click.option(
     "--launcher",
-    type=click.Choice(["local", "serial"]),
+    metavar="NAME",
     default="local",
     show_default=True,
-    help="local: batches in a process pool over all cores; serial: one after another.",
+    help="local: batches in a process pool over all cores; serial: one after another here; or a "
+    "Hydra launcher (pip install 'qcompile[slurm|joblib|ray]'): submitit_local, submitit_slurm, "
+    "joblib, ray, or conf/hydra/launcher/NAME.yaml such as slurm.",
+)
+@click.option(
+    "--tasks",
+    type=click.IntRange(min=1),
+    metavar="N",
+    help="With a Hydra launcher: at most N launcher jobs (default: one per batch).",
 )
 @_handled
 def sweep(
@@ -191,9 +199,11 @@ def sweep(
     dry_run: bool,
     resume: bool,
     launcher: str,
+    tasks: int | None,
 ) -> None:
     """Backtest STRATEGY at every point of a Hydra sweep, e.g.
     'strategy.signal.params.fast=range(5,50,5)' costs=retail,institutional.
+    hydra.launcher.KEY=VALUE overrides configure a Hydra launcher.
 
     Writes reports/<id>/sweeps/<name>/: results.parquet, results.csv and summary.md."""
     from qcompile import sweep as sweeps
@@ -227,6 +237,7 @@ def sweep(
             resume=resume,
             progress=lambda done, total: bar.update(task, completed=done, total=total),
             launcher=launcher,
+            tasks=tasks,
         )
     where = project.rel(result.directory)
     click.echo(

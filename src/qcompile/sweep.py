@@ -6,31 +6,43 @@ metrics per job under ``reports/<id>/sweeps/<name>/`` (``results.parquet``, ``re
 ``summary.md``), byte-identical when run again.
 
 Jobs are expanded by Hydra's own override parser and sweeper logic, so the grammar is exactly
-Hydra's. They are then grouped by everything that is not a signal parameter: each group compiles
-once (one compose for its group selections) and all of its signal-parameter combinations run as
-one batched grid inside the engine. A group that fails (a config error, missing data) records its
-error on its jobs and the sweep goes on.
+Hydra's. They are then grouped into batches by everything that is not a signal parameter; all of
+a batch's signal-parameter combinations run as one batched grid inside the engine. Each distinct
+group selection (``costs=zero``) compiles once, in this process; a batch's other overrides are
+leaf values (``strategy.backtest.initial_capital=...``) applied to that compiled strategy and
+checked by the compiler's own schema and cross-field rules, without composing again. Overrides
+that could change a pin or an interpolation compile the batch on its own. A batch that fails (a
+config error, missing data) records its error on its jobs and the sweep goes on.
+
+Batches run in a process pool started before the sweep is expanded (``local``), in this process
+(``serial``), or through a Hydra launcher plugin (``submitit_local``, ``joblib``, a project's
+``conf/hydra/launcher/slurm.yaml``...: see ``sweeplaunch``); all of them run ``_run_batches``.
 
 Like ``workflows``, this module joins the compiler and the runtime; neither imports the other.
 """
 
 from __future__ import annotations
 
+import itertools
+import json
 import os
-import tempfile
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from qcompile.errors import DiagnosticsError, QcompileError
 from qcompile.hashing import sha256_json
-from qcompile.project import Project
+from qcompile.project import CONFIG_GROUPS, Project
 
 SIGNAL_PARAM = "strategy.signal.params."
 METRICS = ("total_return", "annualised_return", "sharpe", "sortino", "max_drawdown", "trade_count")
+# Leaf keys applied to a compiled strategy without composing again: the runtime parameters take
+# them as they are, and no pin the engine checks depends on them (plan.runtime_parameters,
+# lock.lock_strategy). Any other override compiles its batch on its own.
+PATCHABLE = ("strategy.backtest.", "strategy.rules.", "costs.")
+BUILTIN_LAUNCHERS = ("local", "serial")
+CHUNKS_PER_WORKER = 4  # pool tasks per worker: fewer round trips, still balanced
 
 
 @dataclass(frozen=True)
@@ -40,11 +52,26 @@ class Job:
     number: int
     overrides: tuple[str, ...]
     signal_params: dict[str, Any]  # strategy.signal.params.<name> -> value
-    context: tuple[str, ...]  # every other override: needs its own compose
+    context: tuple[str, ...]  # every other override: its batch
+    parsed: tuple[tuple[str, str, Any], ...] = ()  # context's (key, kind, value), kind as compose
 
     @property
     def label(self) -> str:
         return " ".join(self.overrides)
+
+
+@dataclass
+class Batch:
+    """Jobs that share every override but signal parameters: one engine grid."""
+
+    context: tuple[str, ...]
+    jobs: list[Job]
+    params: dict[str, Any] | None = None  # runtime parameters; None: compile where it runs
+    error: str = ""  # found while preparing: every job records it
+    # or: the strategy compiled for the batch's group selections, and leaf values to apply to it
+    # where the batch runs (checking them costs more than running a one-job batch)
+    compiled: Any = None
+    leaves: list[tuple[str, Any]] = field(default_factory=list)
 
 
 @dataclass
@@ -56,6 +83,12 @@ class SweepResult:
     batches: int = 0
     skipped: int = 0
     statistics: dict[str, Any] = field(default_factory=dict)
+    minimum_trades: int = 0  # a job needs this many trades to be named best
+
+
+Curve = tuple[Any, Any]  # (timestamps, equity) of one job
+# per job: its metrics and equity curve, or None for both and the error that stopped it
+BatchResults = list[tuple[Job, dict[str, Any] | None, Curve | None, str]]
 
 
 def _parser(project: Project) -> Any:
@@ -67,35 +100,76 @@ def _parser(project: Project) -> Any:
     return OverridesParser.create(config_loader=ConfigLoaderImpl(config_search_path=search_path))
 
 
+def launcher_settings(overrides: list[str]) -> tuple[list[str], list[str]]:
+    """(sweep overrides, ``hydra.*`` / ``hydra/*`` overrides): the latter configure a launcher."""
+    hydra = [o for o in overrides if o.lstrip("+~").startswith(("hydra.", "hydra/"))]
+    return [o for o in overrides if o not in hydra], hydra
+
+
 def expand(project: Project, overrides: list[str]) -> tuple[list[Job], list[str]]:
-    """Every job of the sweep, in Hydra's expansion order (the cartesian product), and the keys
-    that take more than one value, in the order given."""
-    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    """Every job of the sweep, in Hydra's expansion order (the cartesian product, as its basic
+    sweeper makes it), and the keys that take more than one value, in the order given.
+    ``hydra.*`` overrides are not jobs. Each override is parsed once, not once per job."""
     from hydra.errors import HydraException
 
-    parser = _parser(project)
+    overrides = launcher_settings(overrides)[0]
     try:
-        parsed = parser.parse_overrides(overrides)
-        combinations = BasicSweeper.split_arguments(parsed, None)[0]
+        parsed = _parser(project).parse_overrides(overrides)
         keys = [o.get_key_element() for o in parsed if o.is_sweep_override()]
+        choices: dict[str, list[tuple[str, Any, Any]]] = {}  # key -> (text, value, parsed)
+        for override in parsed:
+            choices[override.get_key_element()] = [
+                (text, value, override) for text, value in _enumerate(override)
+            ]
     except HydraException as error:
         raise QcompileError(f"sweep overrides: {str(error).splitlines()[0]}") from None
     jobs = []
-    for number, job in enumerate(combinations):
-        params, context = {}, []
-        for text in job:
-            override = parser.parse_override(text)
+    for number, combination in enumerate(itertools.product(*choices.values())):
+        params, context, parts = {}, [], []
+        for text, value, override in combination:
             key = override.get_key_element()
             if (
                 key.startswith(SIGNAL_PARAM)
                 and not override.is_add()
                 and "." not in key[len(SIGNAL_PARAM) :]
             ):
-                params[key[len(SIGNAL_PARAM) :]] = override.value()
+                params[key[len(SIGNAL_PARAM) :]] = value
             else:
                 context.append(text)
-        jobs.append(Job(number, tuple(job), params, tuple(context)))
+                parts.append((key, _kind(override), value))
+        texts = tuple(text for text, _, _ in combination)
+        jobs.append(Job(number, texts, params, tuple(context), tuple(parts)))
     return jobs, keys
+
+
+def _enumerate(override: Any) -> list[tuple[str, Any]]:
+    """(``key=value`` text, Python value) of each value ``override`` takes: the texts Hydra's
+    basic sweeper writes (``BasicSweeper.split_arguments``), the values its parser gives."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.types import Override, ValueType
+    from hydra.errors import HydraException
+
+    key = override.get_key_element()
+    if not override.is_sweep_override():
+        return [(f"{key}={override.get_value_element_as_str()}", override.value())]
+    if not override.is_discrete_sweep():
+        raise HydraException(
+            f"{BasicSweeper.__name__} does not support sweep type : {override.value_type.name}"
+        )
+    if override.value_type == ValueType.GLOB_CHOICE_SWEEP:  # option names, as they are
+        return [(f"{key}={name}", name) for name in override.sweep_iterator()]
+    return [  # enumerated once: a shuffled sweep is shuffled once
+        (f"{key}={Override._get_value_element_as_str(item)}", Override._convert_value(item))
+        for item in override.sweep_iterator()
+    ]
+
+
+def _kind(override: Any) -> str:
+    if override.is_delete():
+        return "delete"
+    if override.is_force_add():
+        return "force_add"
+    return "add" if override.is_add() else "change"
 
 
 def batches(jobs: list[Job]) -> dict[tuple[str, ...], list[Job]]:
@@ -118,22 +192,67 @@ def run(
     resume: bool = False,
     progress: Callable[[int, int], None] | None = None,
     launcher: str = "local",
+    tasks: int | None = None,
 ) -> SweepResult:
     """Run every job; ``progress(done, total)`` is called as batches finish. ``launcher``:
-    ``local`` runs batches in a process pool over all cores, ``serial`` in this process."""
-    from qcompile.build import compile_project
-    from qcompile.plan import runtime_parameters
+    ``local`` runs batches in a process pool over all cores, ``serial`` in this process, any
+    other name is an option of Hydra's ``hydra/launcher`` group (``tasks``: at most this many
+    launcher jobs, default one per batch)."""
+    overrides, hydra_overrides = launcher_settings(overrides)
+    if launcher not in BUILTIN_LAUNCHERS:
+        from qcompile.sweeplaunch import check_launcher
 
+        check_launcher(project, launcher)  # a missing extra fails before any work
+    elif hydra_overrides:
+        raise QcompileError(
+            f"{hydra_overrides[0]}: hydra.* overrides configure a Hydra launcher; "
+            f"--launcher {launcher} takes none"
+        )
+    elif tasks is not None:
+        raise QcompileError(
+            f"--tasks counts a Hydra launcher's jobs; --launcher {launcher} has none"
+        )
+    pool = _Pool() if launcher == "local" else None  # its workers import while this composes
+    try:
+        return _run(
+            project, strategy, overrides, name, resume, progress, launcher, pool, tasks,
+            hydra_overrides,
+        )  # fmt: skip
+    finally:
+        if pool is not None:
+            pool.close()
+
+
+def _run(
+    project: Project,
+    strategy: str,
+    overrides: list[str],
+    name: str | None,
+    resume: bool,
+    progress: Callable[[int, int], None] | None,
+    launcher: str,
+    pool: _Pool | None,
+    tasks: int | None,
+    hydra_overrides: list[str],
+) -> SweepResult:
     jobs, keys = expand(project, overrides)
-    base = compile_project(project, [], [strategy]).strategies
-    if not base:
-        raise QcompileError(f"no strategy {strategy!r}")
-    (compiled,) = base
-    params = runtime_parameters(compiled)
+    compiled = None  # the strategy as configured, compiled: needed to apply overrides to it
+    params = None if any(job.context for job in jobs) else _built_params(project, strategy)
+    if params is None:
+        from qcompile.build import compile_project
+        from qcompile.plan import runtime_parameters
+
+        # its problems are the command's (printed in full, exit 2)
+        base = compile_project(project, [], [strategy], enforce_gates=False).strategies
+        if not base:
+            raise QcompileError(f"no strategy {strategy!r}")
+        (compiled,) = base
+        params = runtime_parameters(compiled)
+    strategy_id = str(params["strategy"]["id"])
     directory = (
         project.root
         / params["backtest"]["reports_dir"]
-        / compiled.id
+        / strategy_id
         / "sweeps"
         / (name or sweep_name(strategy, overrides))
     )
@@ -155,12 +274,26 @@ def run(
     finished = len(rows)
     if progress:
         progress(finished, len(jobs))
-    for results in _execute(project, strategy, work, launcher, params):
-        for job, metrics, curve, error in results:
-            rows[job.number] = _row(job, keys, metrics, error)
+    if pool is not None and len(work) > 1:
+        pool.start_all()  # the other workers import while this process compiles
+    work = _by_selection(project, compiled, work)
+    prepared = _prepare(project, strategy, compiled, params, work)
+    if pool is not None:
+        results = pool.run(project, strategy, prepared, [len(jobs) for _, jobs in work])
+    elif launcher == "serial":
+        results = (_run_batches(project, strategy, [batch]) for batch in prepared)
+    else:
+        from qcompile.sweeplaunch import launch
+
+        results = launch(
+            project, strategy, list(prepared), directory, launcher, hydra_overrides, tasks
+        )
+    for outcome in results:
+        for job, metrics, curve, failure in outcome:
+            rows[job.number] = _row(job, keys, metrics, failure)
             if curve is not None:
                 curves[job.number] = curve
-        finished += len(results)
+        finished += len(outcome)
         if progress:
             progress(finished, len(jobs))
     ordered = [rows[number] for number in sorted(rows)]
@@ -172,105 +305,406 @@ def run(
         batches=len(grouped),
         skipped=len(done),
     )
-    result.statistics = _statistics(result, curves, params)
+    rule = pool.warming[0].result() if pool is not None else None
+    return _report(result, strategy_id, params, overrides, curves, rule)
+
+
+def _report(
+    result: SweepResult,
+    strategy_id: str,
+    params: dict[str, Any],
+    overrides: list[str],
+    curves: dict[int, Curve],
+    minimum_sample: dict[str, Any] | None = None,
+) -> SweepResult:
+    """The statistics, the plateau reading and every file of the sweep's folder.
+    ``minimum_sample``: the engine's minimum-sample rule, when it is at hand without importing
+    the engine here."""
     from qcompile.sweepreport import plateau
 
+    if minimum_sample is None:
+        from qcompile.backtest.runner import MINIMUM_SAMPLE as minimum_sample
+
+    result.minimum_trades = minimum_sample[params["strategy"]["type"]][0]
+    result.statistics = _statistics(result, curves)
     chosen = result.statistics.get("chosen_job")
     if chosen is not None:
-        result.statistics["plateau"] = plateau(result.rows, keys, chosen)
-    _write(result, compiled.id, params, overrides, curves)
+        result.statistics["plateau"] = plateau(result.rows, result.swept_keys, chosen)
+    _write(result, strategy_id, params, overrides, curves)
     return result
 
 
-Curve = tuple[Any, Any]  # (timestamps, equity) of one job
-# per job: its metrics and equity curve, or None for both and the error that stopped it
-BatchResults = list[tuple[Job, dict[str, Any] | None, Curve | None, str]]
+def _built_params(project: Project, strategy: str) -> dict[str, Any] | None:
+    """The runtime parameters ``qcompile build`` wrote to generated/<id>/params.yaml, when
+    generated/ is what conf/ compiles to now (the build's own no-change test: the digest of
+    every input, and the file as the manifest recorded it); None otherwise. A sweep of signal
+    parameters alone then needs no compile."""
+    import yaml
+
+    from qcompile.build import inputs_digest, read_manifest
+    from qcompile.hashing import sha256_file
+
+    manifest = read_manifest(project)
+    built = manifest.get("strategies") or {}
+    ident = strategy if strategy in built else _declared_id(project, strategy)
+    entry = built.get(ident) if ident else None
+    if not isinstance(entry, dict) or manifest.get("overrides"):
+        return None
+    path = project.generated_dir / str(ident) / "params.yaml"
+    recorded = (entry.get("outputs") or {}).get(f"{ident}/params.yaml")
+    if not recorded or not path.is_file() or sha256_file(path) != recorded:
+        return None
+    digest = inputs_digest(project, [], None)
+    if digest is None or digest != manifest.get("inputs_sha256"):
+        return None
+    params = yaml.safe_load(path.read_text(encoding="utf-8"))
+    return params if isinstance(params, dict) else None
 
 
-def _execute(
+def _declared_id(project: Project, stem: str) -> str | None:
+    import yaml
+
+    for suffix in (".yaml", ".yml"):
+        path = project.conf_dir / "strategy" / f"{stem}{suffix}"
+        if path.is_file():
+            try:
+                data = yaml.safe_load(path.read_text(encoding="utf-8"))
+            except yaml.YAMLError:
+                return None
+            ident = (data.get("strategy") or {}).get("id") if isinstance(data, dict) else None
+            return ident if isinstance(ident, str) and "${" not in ident else None
+    return None
+
+
+# --- preparing batches: one compile per group selection, leaf values applied after ---------
+
+
+def _compile(project: Project, strategy: str, overrides: list[str]) -> tuple[Any | None, str]:
+    """The strategy compiled with ``overrides``, or None and why not. Gates are not enforced: a
+    sweep is an experiment, not evidence, and may vary what the evidence was produced from."""
+    from qcompile.build import compile_project
+
+    try:
+        found = compile_project(project, overrides, [strategy], enforce_gates=False).strategies
+    except DiagnosticsError as error:
+        first = error.errors[0] if error.errors else error.diagnostics[0]
+        count = len(error.errors) or len(error.diagnostics)
+        message = f"{first.key}: {first.message}" + (f" (+{count - 1} more)" if count > 1 else "")
+        return None, message
+    except (QcompileError, TypeError, ValueError) as error:
+        return None, _first_line(error)
+    if not found:
+        return None, f"no strategy {strategy!r}"
+    return found[0], ""
+
+
+def _first_line(error: BaseException) -> str:
+    return str(error).splitlines()[0] if str(error) else type(error).__name__
+
+
+def _prepare(
     project: Project,
     strategy: str,
+    base: Any,
+    base_params: dict[str, Any],
     work: list[tuple[tuple[str, ...], list[Job]]],
-    launcher: str,
-    params: dict[str, Any],
-) -> Iterator[BatchResults]:
-    """Each batch's results, as batches finish. The pool is used only when there is more than
-    one batch: a batch of signal parameters is already one parallel grid in the engine."""
-    workers = min(os.cpu_count() or 1, len(work))
-    if launcher == "serial" or workers < 2:
-        for context, jobs in work:
-            yield list(_run_batch(project, strategy, context, jobs, params))
-        return
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor, as_completed
+) -> Iterator[Batch]:
+    """Each batch of ``work`` (in ``_by_selection`` order) with its runtime parameters, or the
+    compiled strategy and leaf values to apply where it runs (the rest compile there), or the
+    error that stops its jobs; in order, as they are ready."""
+    groups = _groups(project)
+    compiled: dict[tuple[str, ...], tuple[Any | None, str]] = {(): (base, "")}
+    configured = _configured(base)
+    interpolating: dict[int, bool] = {}
+    for context, jobs in work:
+        if not context:
+            yield Batch(context, jobs, base_params)
+            continue
+        split = _split(context, jobs[0].parsed, groups)
+        if split is None:
+            yield Batch(context, jobs)
+            continue
+        selection, leaves = split
+        if set(selection) <= configured:  # the options the strategy selects already
+            selection = ()
+        if selection not in compiled:  # the batches before it are running meanwhile
+            compiled[selection] = _compile(project, strategy, list(selection))
+        found, error = compiled[selection]
+        if found is None:
+            yield Batch(context, jobs, error=error)
+            continue
+        if id(found) not in interpolating:
+            interpolating[id(found)] = _interpolates(found.composed.data)
+        if leaves and interpolating[id(found)]:  # a changed value might be read elsewhere
+            yield Batch(context, jobs)
+            continue
+        yield Batch(context, jobs, compiled=found, leaves=leaves)
 
-    # spawn, not fork: polars keeps a thread pool, and a forked child of a threaded parent can
-    # deadlock on a lock some thread held at the fork. Each worker imports once and is reused.
-    with ProcessPoolExecutor(
-        max_workers=workers,
-        mp_context=multiprocessing.get_context("spawn"),
-        initializer=_one_thread_per_worker,
-    ) as pool:
-        futures = [
-            pool.submit(_batch_in_worker, project, strategy, context, jobs)
-            for context, jobs in work
-        ]
+
+def _groups(project: Project) -> set[str]:
+    return {*CONFIG_GROUPS, *(p.name for p in project.conf_dir.iterdir() if p.is_dir())}
+
+
+def _configured(base: Any) -> set[str]:
+    """The strategy's own group selections as overrides (``costs=retail``); none without it."""
+    selected = base.composed.selection if base is not None else {}
+    return {f"{group}={option}" for group, option in selected.items()}
+
+
+def _by_selection(
+    project: Project, base: Any, work: list[tuple[tuple[str, ...], list[Job]]]
+) -> list[tuple[tuple[str, ...], list[Job]]]:
+    """``work`` with the batches that need no compile of their own first, then those of each
+    group selection together, in order of first appearance: the pool starts on the first while
+    this process compiles the next. The order of the table is the jobs' own, whatever this is."""
+    groups, configured = _groups(project), _configured(base)
+    order: dict[tuple[str, ...], int] = {(): 0}
+
+    def rank(item: tuple[tuple[str, ...], list[Job]]) -> int:
+        context, jobs = item
+        split = _split(context, jobs[0].parsed, groups) if context else ((), [])
+        selection = () if split is None or set(split[0]) <= configured else split[0]
+        return order.setdefault(selection, len(order))
+
+    return sorted(work, key=rank)
+
+
+def _split(
+    context: tuple[str, ...], parsed: tuple[tuple[str, str, Any], ...], groups: set[str]
+) -> tuple[tuple[str, ...], list[tuple[str, Any]]] | None:
+    """(group selections, patchable leaf values) of a batch's overrides, or None when one of them
+    must be composed (an addition, a deletion, a key outside PATCHABLE, a mapping value)."""
+    if len(parsed) != len(context):
+        return None
+    selection, leaves = [], []
+    for text, (key, kind, value) in zip(context, parsed, strict=True):
+        if key.lstrip("+~").split("@")[0] in groups or "/" in key:
+            selection.append(text)
+        elif key.startswith(PATCHABLE) and kind == "change" and not isinstance(value, dict):
+            leaves.append((key, value))
+        else:
+            return None
+    return tuple(selection), leaves
+
+
+def _patched(compiled: Any, leaves: list[tuple[str, Any]]) -> tuple[dict[str, Any] | None, str]:
+    """Runtime parameters of ``compiled`` with ``leaves`` set, after the compiler's schema,
+    cross-field and secret checks; (None, "") when they must be composed instead (a key that is
+    not there: composing says why)."""
+    from qcompile.plan import runtime_parameters
+    from qcompile.validate import cross_field_diagnostics, schema_diagnostics, secret_problem
+
+    if not leaves:
+        return runtime_parameters(compiled), ""
+    data = dict(compiled.data)  # copied along each changed path only: the rest is shared, as is
+    for key, value in leaves:
+        *path, leaf = key.split(".")
+        node = data
+        for part in path:
+            child = node.get(part) if isinstance(node, dict) else None
+            if not isinstance(child, dict):
+                return None, ""
+            node[part] = node = dict(child)
+        if leaf not in node or isinstance(node[leaf], dict):
+            return None, ""
+        problem = secret_problem(key, value)
+        if problem:
+            return None, f"{key}: {problem}"
+        node[leaf] = value
+    problems = schema_diagnostics(compiled.composed, data)
+    problems += cross_field_diagnostics(compiled.composed, data)
+    errors = [d for d in problems if d.severity == "error"]
+    if errors:
+        more = f" (+{len(errors) - 1} more)" if len(errors) > 1 else ""
+        return None, f"{errors[0].key}: {errors[0].message}{more}"
+    return runtime_parameters(replace(compiled, data=data)), ""
+
+
+def _interpolates(data: Any) -> bool:
+    if isinstance(data, dict):
+        return any(_interpolates(value) for value in data.values())
+    if isinstance(data, list):
+        return any(_interpolates(value) for value in data)
+    return isinstance(data, str) and "${" in data and not data.startswith("${oc.env:")
+
+
+# --- running batches ------------------------------------------------------------------------
+
+
+def _run_batches(
+    project: Project, strategy: str, work: list[Batch], threads: int | None = None
+) -> BatchResults:
+    """Every job of ``work``: what each runner (the pool, this process, a launcher) calls.
+    ``threads``: the engine's threads (None: as configured)."""
+    if threads is not None:
+        import numba
+
+        numba.set_num_threads(threads)
+    results: BatchResults = []
+    for batch in work:
+        results.extend(_run_batch(project, strategy, batch))
+    return results
+
+
+def _run_batch(project: Project, strategy: str, batch: Batch) -> BatchResults:
+    """All of a batch's signal parameters at once, on its runtime parameters (compiled here when
+    they were not prepared)."""
+    params, error = batch.params, batch.error
+    if batch.compiled is not None:
+        params, error = _patched(batch.compiled, batch.leaves)
+    if params is None and not error:  # to be composed: compiling says what is wrong, if anything
+        compiled, error = _compile(project, strategy, list(batch.context))
+        if compiled is not None:
+            from qcompile.plan import runtime_parameters
+
+            params = runtime_parameters(compiled)
+    if params is None:
+        return [(job, None, None, error) for job in batch.jobs]
+    chosen = params["signal"]["params"]
+    combos = [{**chosen, **job.signal_params} for job in batch.jobs]
+    try:
+        tested = _grid_metrics(params, project.root, combos)
+    except (QcompileError, TypeError, ValueError) as failure:  # a bad combination, missing data
+        return [(job, None, None, _first_line(failure)) for job in batch.jobs]
+    rows = tested.metrics.to_dicts()
+    return [
+        (job, rows[number], (tested.clock, tested.equity[number]), "")
+        for number, job in enumerate(batch.jobs)
+    ]
+
+
+_INPUTS: dict[str, Any] = {}  # per process: bars and signal by what they are loaded from
+
+
+def _grid_metrics(params: dict[str, Any], root: Path, combos: list[dict[str, Any]]) -> Any:
+    """``runner.grid_metrics`` without its parameters file, and with the checked inputs (bars,
+    signal, data hash against the pins) loaded once per process for every batch that shares
+    them: a group sweep's jobs differ in costs or capital, not in data."""
+    from qcompile.backtest import runner
+
+    pins = params["pins"]
+    key = json.dumps(
+        [
+            str(root),
+            params["data"],
+            params["universe"]["symbols"],
+            {k: v for k, v in params["signal"].items() if k not in ("params", "ranges")},
+            pins["data"],
+            pins["signal"],
+        ],
+        sort_keys=True,
+        default=str,
+    )
+    if key not in _INPUTS:
+        _INPUTS.clear()  # one data set at a time is what a sweep needs; bars are large
+        _INPUTS[key] = runner._inputs(params, root)
+    bars, spec, _ = _INPUTS[key]
+    ppy = runner.periods_per_year(params["data"]["interval"])
+    settings, window = runner._settings(params), runner._window(params["backtest"])
+    return runner._grid(bars, spec, combos, settings, window, ppy)
+
+
+def _warm() -> dict[str, Any]:
+    """A pool worker's first task: import the engine and start numba's compiler, which the first
+    compiled call in a process pays for (a third of a second) whether its code is cached or not:
+    here that happens while this process expands and compiles the sweep. Returns the engine's
+    minimum-sample rule, which the report needs: importing the engine for it would cost more."""
+    import numba
+
+    from qcompile.backtest.runner import MINIMUM_SAMPLE
+
+    numba.njit(lambda value: value + 1)(1)
+    return MINIMUM_SAMPLE
+
+
+def _report_imports() -> None:
+    """What the report needs, imported while the workers run the batches."""
+    import polars  # noqa: F401
+
+    import qcompile.backtest.overfitting
+    import qcompile.backtest.report
+    import qcompile.sweepreport  # noqa: F401
+
+
+class _Pool:
+    """A spawn process pool over all cores, started at once so that its first worker imports the
+    engine while this process expands and compiles; more workers start only when there is more
+    than one batch. Spawn, not fork: polars keeps a thread pool, and a forked child of a threaded
+    parent can deadlock on a lock some thread held at the fork."""
+
+    def __init__(self) -> None:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        self.workers = os.cpu_count() or 1
+        self.executor = ProcessPoolExecutor(
+            max_workers=self.workers, mp_context=multiprocessing.get_context("spawn")
+        )
+        self.warming = [self.executor.submit(_warm)]
+
+    def start_all(self) -> None:
+        """Start every worker now (each submitted task finding no idle worker starts one)."""
+        self.warming += [self.executor.submit(_warm) for _ in range(self.workers - 1)]
+
+    def run(
+        self, project: Project, strategy: str, work: Iterator[Batch], sizes: list[int]
+    ) -> Iterator[BatchResults]:
+        """Each chunk's results as chunks finish, a chunk submitted as soon as its batches are
+        prepared. One batch runs alone with the engine's own threads (its grid is already
+        parallel); several run one engine thread per worker, in a few chunks per worker rather
+        than one round trip per batch. ``sizes``: the job count of each batch ``work`` yields."""
+        import threading
+        from concurrent.futures import as_completed
+
+        # the report's imports, on a thread: while the first worker warms up, this process only
+        # waits for it (a task submitted before it is idle would start a second worker)
+        importing = threading.Thread(target=_report_imports, daemon=True)
+        importing.start()
+        threads = None if len(sizes) == 1 else 1
+        if len(self.warming) == 1:  # a task submitted while no worker is idle starts another
+            self.warming[0].exception()
+        futures = []
+        for length in chunk_lengths(sizes, self.workers * CHUNKS_PER_WORKER):
+            chunk = list(itertools.islice(work, length))
+            futures.append(self.executor.submit(_run_batches, project, strategy, chunk, threads))
+        importing.join()
         for future in as_completed(futures):
             yield future.result()
 
-
-def _one_thread_per_worker() -> None:
-    """The pool already uses every core; the engine's own threads would only contend."""
-    import numba
-
-    numba.set_num_threads(1)
-
-
-def _batch_in_worker(
-    project: Project, strategy: str, context: tuple[str, ...], jobs: list[Job]
-) -> BatchResults:
-    return list(_run_batch(project, strategy, context, jobs))
+    def close(self) -> None:
+        """Stop the workers. Nothing of theirs is pending by now: they are ended rather than
+        waited for while their interpreters tear the engine's libraries down (half a second)."""
+        processes = list((getattr(self.executor, "_processes", None) or {}).values())
+        self.executor.shutdown(wait=False, cancel_futures=True)
+        for process in processes:
+            process.terminate()
+        for process in processes:
+            process.join()
 
 
-def _run_batch(
-    project: Project,
-    strategy: str,
-    context: tuple[str, ...],
-    jobs: list[Job],
-    compiled_params: dict[str, Any] | None = None,
-) -> Iterator[tuple[Job, dict[str, Any] | None, Curve | None, str]]:
-    """Compile once with the batch's overrides (or take ``compiled_params``, the strategy as
-    configured, for a batch without any), then every job's signal parameters at once."""
-    from qcompile.backtest.runner import grid_metrics
-    from qcompile.build import compile_project
-    from qcompile.plan import runtime_parameters
+def chunk_lengths(sizes: list[int], count: int) -> list[int]:
+    """How many consecutive batches (of ``sizes`` jobs each) go in each of at most ``count``
+    chunks of about equal job counts."""
+    count = max(1, min(count, len(sizes)))
+    total = max(1, sum(sizes))
+    lengths = [0] * count
+    seen = 0
+    for size in sizes:
+        lengths[min(count - 1, seen * count // total)] += 1
+        seen += size
+    return [length for length in lengths if length]
 
-    try:
-        if compiled_params is None or context:
-            (compiled,) = compile_project(project, list(context), [strategy]).strategies
-            params = runtime_parameters(compiled)
-        else:
-            params = compiled_params
-        chosen = params["signal"]["params"]
-        combos = [{**chosen, **job.signal_params} for job in jobs]
-        with tempfile.TemporaryDirectory() as scratch:
-            params_file = Path(scratch) / "params.yaml"
-            params_file.write_text(yaml.safe_dump(params, sort_keys=False), encoding="utf-8")
-            tested = grid_metrics(params_file, project.root, combos)
-    except DiagnosticsError as error:
-        first = error.diagnostics[0]
-        message = f"{first.key}: {first.message}" + (
-            f" (+{len(error.diagnostics) - 1} more)" if len(error.diagnostics) > 1 else ""
-        )
-        yield from ((job, None, None, message) for job in jobs)
-        return
-    except (QcompileError, TypeError, ValueError) as error:  # a bad combination, missing data
-        message = str(error).splitlines()[0] if str(error) else type(error).__name__
-        yield from ((job, None, None, message) for job in jobs)
-        return
-    rows = tested.metrics.to_dicts()
-    for number, job in enumerate(jobs):
-        yield job, rows[number], (tested.clock, tested.equity[number]), ""
+
+def chunks(work: list[Batch], count: int) -> list[list[Batch]]:
+    """``work`` cut into at most ``count`` consecutive chunks of about equal job counts."""
+    cut, start = [], 0
+    for length in chunk_lengths([len(batch.jobs) for batch in work], count):
+        cut.append(work[start : start + length])
+        start += length
+    return cut
+
+
+# --- the table, the statistics and the report -----------------------------------------------
 
 
 def _row(job: Job, keys: list[str], metrics: dict[str, Any] | None, error: str) -> dict[str, Any]:
@@ -312,15 +746,12 @@ def _stored_curves(directory: Path, done: dict[str, dict[str, Any]]) -> dict[str
     }
 
 
-def _statistics(
-    result: SweepResult, curves: dict[int, Curve], params: dict[str, Any]
-) -> dict[str, Any]:
+def _statistics(result: SweepResult, curves: dict[int, Curve]) -> dict[str, Any]:
     """Deflated Sharpe of the best eligible job and PBO over every job that ran, when the jobs
     share one clock (a sweep over universes or windows does not)."""
     import numpy as np
 
     from qcompile.backtest.overfitting import summarise
-    from qcompile.backtest.runner import MINIMUM_SAMPLE
 
     ran = sorted(curves)
     succeeded = sum(1 for row in result.rows if not row["error"])
@@ -332,9 +763,8 @@ def _statistics(
     if any(not np.array_equal(curves[n][0], clock) for n in ran):
         return {"computed": False, "reason": "the jobs cover different bars"}
     equity = np.array([curves[n][1] for n in ran])
-    minimum = MINIMUM_SAMPLE[params["strategy"]["type"]][0]
     by_job = {row["job"]: row for row in result.rows}
-    eligible = np.array([(by_job[n]["trade_count"] or 0) >= minimum for n in ran])
+    eligible = np.array([(by_job[n]["trade_count"] or 0) >= result.minimum_trades for n in ran])
     statistics = summarise(equity, eligible)
     statistics["chosen_job"] = ran[int(statistics.pop("chosen"))]
     return statistics
@@ -347,8 +777,6 @@ def _write(
     overrides: list[str],
     curves: dict[int, Curve],
 ) -> None:
-    import json
-
     import polars as pl
 
     result.directory.mkdir(parents=True, exist_ok=True)

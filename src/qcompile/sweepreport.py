@@ -1,9 +1,11 @@
 """The sweep summary: a diffable Markdown page over a sweep's results table, and its HTML twin.
 
 Consumes the results frame of ``sweep.run``; produces ``summary.md`` and ``summary.html`` (the same
-text plus a Sharpe heatmap for every pair of swept keys). The plateau-versus-peak reading looks
-at the chosen job's neighbours (one swept key one step away): a choice whose neighbours keep most
-of its Sharpe sits on a plateau; one whose neighbours do not is a peak, likely fitted to noise.
+text plus a Sharpe heatmap for every pair of swept keys, drawn here as plain SVG: a sweep's page
+needs no plotting library, whose import alone would cost more than a small grid's backtests).
+The plateau-versus-peak reading looks at the chosen job's neighbours (one swept key one step
+away): a choice whose neighbours keep most of its Sharpe sits on a plateau; one whose neighbours
+do not is a peak, likely fitted to noise.
 A "best" combination is named only among jobs that meet the strategy type's minimum trade count
 (source document §3.3), so a lucky handful of trades never tops the table. Sorting is by Sharpe,
 then job number: the same table always gives the same bytes.
@@ -12,6 +14,8 @@ then job number: the same table always gives the same bytes.
 from __future__ import annotations
 
 from typing import Any
+
+from qcompile.backtest.svgheatmap import heatmap, ordered
 
 TOP = 10
 PLATEAU_SHARE = 0.8  # neighbours keeping this share of the chosen Sharpe make a plateau
@@ -24,8 +28,6 @@ def plateau(rows: list[dict[str, Any]], keys: list[str], job: int) -> dict[str, 
     chosen = next((row for row in ran if row["job"] == job), None)
     if chosen is None or not keys or chosen["sharpe"] <= 0:
         return None
-    from qcompile.backtest.charts import ordered
-
     # the heatmap's order, so that neighbours are adjacent cells
     order = {key: ordered({str(row[key]) for row in ran}) for key in keys}
 
@@ -64,10 +66,8 @@ def summary_markdown(
 ) -> str:
     import polars as pl
 
-    from qcompile.backtest.runner import MINIMUM_SAMPLE
-
     strategy = params["strategy"]
-    minimum = MINIMUM_SAMPLE[strategy["type"]][0]  # trades a job needs to be named best
+    minimum = result.minimum_trades  # trades a job needs to be named best
     ok = frame.filter(pl.col("error").is_null())
     eligible = ok.filter(pl.col("trade_count") >= minimum)
     ranked = eligible.sort(["sharpe", "job"], descending=[True, False], nulls_last=True)
@@ -162,7 +162,6 @@ def _statistics_lines(statistics: dict[str, Any]) -> list[str]:
 
 def summary_html(title: str, keys: list[str], frame: Any, markdown_text: str) -> str:
     """The summary as one page with a Sharpe heatmap for every pair of swept keys."""
-    from qcompile.backtest import charts
     from qcompile.backtest.report import page
 
     rows = [
@@ -171,7 +170,7 @@ def summary_html(title: str, keys: list[str], frame: Any, markdown_text: str) ->
         if row["error"] is None
     ]
     figures = [
-        charts.heatmap(rows, x, y, f"Mean Sharpe by {x} and {y}")
+        heatmap(rows, x, y, f"Mean Sharpe by {x} and {y}")
         for index, x in enumerate(keys)
         for y in keys[index + 1 :]
         if rows

@@ -170,3 +170,64 @@ def test_the_generated_harness_takes_the_same_sweep_arguments(example: Path) -> 
     assert run.returncode == 0, run.stderr
     assert "2 job(s), 0 failed" in run.stdout
     assert (example / "reports/STR-2026-0007/sweeps/h/results.csv").is_file()
+
+
+def test_leaf_values_applied_to_a_compiled_group_give_what_composing_gives(
+    example: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from qcompile import sweep as sweeps
+
+    sweep = (
+        "sweep",
+        "ma_trend",
+        f"{FAST}=10,20",
+        "costs=glob(*)",
+        "strategy.backtest.initial_capital=100000,-5,250000",
+        'strategy.backtest.start_date="2009-06-01","2030-01-01"',
+        "--launcher",
+        "serial",
+    )
+    patched = cli(example, *sweep, "--name", "patched")
+    monkeypatch.setattr(sweeps, "PATCHABLE", ())  # every batch composed on its own
+    composed = cli(example, *sweep, "--name", "composed")
+    assert patched.exit_code == composed.exit_code == 0, patched.output + composed.output
+    base = example / "reports/STR-2026-0007/sweeps"
+    patched_table = pl.read_csv(base / "patched/results.csv")
+    composed_table = pl.read_csv(base / "composed/results.csv")
+    # the same metrics, and a refused value refused for the same reason (composing one batch
+    # reports every problem of its overrides; checking leaf values stops at the schema's)
+    assert patched_table.drop("error").equals(composed_table.drop("error"))
+    for mine, theirs in zip(patched_table["error"], composed_table["error"], strict=True):
+        assert (mine is None) == (theirs is None)
+        assert mine is None or mine.split(" (+")[0] == theirs.split(" (+")[0]
+    errors = set(patched_table["error"].drop_nulls())
+    assert "strategy.backtest.initial_capital: must be >= 1, was -5" in errors
+    assert any(error.startswith("strategy.backtest.end_date: must be after") for error in errors)
+    assert patched_table.filter(pl.col("error").is_null()).height == 2 * 3 * 2
+
+
+def test_gates_do_not_stop_a_sweep(example: Path) -> None:
+    """zscore_reversion is in validation: its evidence was produced with its configured costs, so
+    compiling it with other costs fails the evidence.fresh gate. A sweep is an experiment."""
+    result = cli(example, "sweep", "zscore_reversion", "costs=retail,zero", "--name", "g")
+    assert result.exit_code == 0, result.output
+    assert "2 job(s), 0 failed" in result.output
+
+
+def test_a_signal_sweep_reads_the_built_parameters_only_while_they_are_current(
+    example: Path,
+) -> None:
+    from qcompile.build import compile_project
+    from qcompile.plan import runtime_parameters
+    from qcompile.project import Project
+    from qcompile.sweep import _built_params
+
+    project = Project(example)
+    assert _built_params(project, "ma_trend") is None  # nothing built yet
+    assert cli(example, "build").exit_code == 0
+    for strategy in ("ma_trend", "STR-2026-0007", "zscore_reversion"):
+        (compiled,) = compile_project(project, [], [strategy], enforce_gates=False).strategies
+        assert _built_params(project, strategy) == runtime_parameters(compiled)
+    costs = example / "conf/costs/retail.yaml"
+    costs.write_text(costs.read_text() + "\n# changed\n")
+    assert _built_params(project, "ma_trend") is None  # conf/ changed since the build

@@ -15,6 +15,8 @@ from typing import Any
 
 import matplotlib
 
+from qcompile.backtest.svgheatmap import cell_means
+
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
@@ -126,32 +128,11 @@ def parameter_heatmap(grid: Sequence[dict[str, Any]]) -> str | None:
     return heatmap(grid, varying[0], varying[1], "Sharpe across the tested parameters")
 
 
-def ordered(values: set[Any]) -> list[Any]:
-    """Numbers (or numeric text) in numeric order, anything else as text: the order of a heatmap's
-    axes, and of the steps between a sweep's neighbouring values."""
-    try:
-        return sorted(values, key=float)
-    except (TypeError, ValueError):
-        return sorted(values, key=str)
-
-
 def heatmap(rows: Sequence[dict[str, Any]], x_name: str, y_name: str, title: str) -> str:
     """Mean Sharpe of ``rows`` (each with ``params`` and ``sharpe``) per (x, y) cell: with more
     than two parameters swept, the others are averaged over."""
-    xs = ordered({row["params"][x_name] for row in rows})
-    ys = ordered({row["params"][y_name] for row in rows})
-    cells: dict[tuple[int, int], list[float]] = {}
-    for row in rows:
-        if row["sharpe"] is not None:
-            key = (ys.index(row["params"][y_name]), xs.index(row["params"][x_name]))
-            cells.setdefault(key, []).append(row["sharpe"])
-    values = [
-        [
-            sum(cells[(y, x)]) / len(cells[(y, x)]) if (y, x) in cells else float("nan")
-            for x in range(len(xs))
-        ]
-        for y in range(len(ys))
-    ]
+    xs, ys, means = cell_means(rows, x_name, y_name)
+    values = [[means.get((y, x), float("nan")) for x in range(len(xs))] for y in range(len(ys))]
     figure, axes = plt.subplots(figsize=(6, 4))
     image = axes.imshow(values, cmap="viridis", aspect="auto", origin="lower")
     axes.set_xticks(range(len(xs)), [str(x) for x in xs])

@@ -64,6 +64,12 @@ def simulate(
     count_trades = 0
     for index in range(n):
         target = wanted[index]
+        if target == side and index < n - 1:  # most bars: no order, mark to the close (as below)
+            close = closes[index]
+            equity[index] = cash + side * shares * close
+            position[index] = side
+            gross[index] = abs(shares * close)
+            continue
         price = prices[index]
         for _ in range(2):  # at most: close the open position, then open the new one
             if target == side:
@@ -238,6 +244,24 @@ def _portfolio_metrics(
     out[8] = exposure / defined if defined else 0.0
 
 
+@numba.njit(cache=True, nogil=True)
+def shared_calendar(times: np.ndarray, starts: np.ndarray) -> bool:
+    """Whether every sleeve has the first sleeve's timestamps, row for row."""
+    if starts.shape[0] < 2:
+        return True
+    span = starts[1] - starts[0]
+    for sleeve in range(1, starts.shape[0] - 1):
+        first = starts[sleeve]
+        if starts[sleeve + 1] - first != span:
+            return False
+        differ = False
+        for i in range(span):  # no early exit: a loop the compiler can vectorise
+            differ |= times[first + i] != times[i]
+        if differ:
+            return False
+    return True
+
+
 @numba.njit(cache=True, parallel=True)
 def grid_accumulate(
     prices: np.ndarray,  # the block's rows: fill reference per bar
@@ -247,6 +271,7 @@ def grid_accumulate(
     first_row: int,  # the block's first row in the whole traded frame
     latest: np.ndarray,  # (block sleeves, clock): last global row at or before, or -1
     own: np.ndarray,  # (block sleeves, clock): whether that row is stamped at this clock time
+    shared: bool,  # a shared calendar: clock index = row in the sleeve (latest and own unused)
     capital: float,
     slippage: float,
     per_share: float,
@@ -273,28 +298,61 @@ def grid_accumulate(
     grosses = np.empty((groups, longest))
     # a reversal closes a trade on every bar: up to one trade per bar, plus the last close
     trade_rows = np.empty((groups, longest + 1, 10))
+    tallies = np.empty((groups, 4))
     for group in numba.prange(groups):
-        equity = equities[group]
-        position = positions[group]
-        gross = grosses[group]
-        trades = trade_rows[group]
         for combination in range(group, combinations, groups):
             _accumulate_one(
-                prices, closes, wanted[combination], starts, first_row, latest, own, capital,
-                slippage, per_share, minimum, fractional, equity, position, gross, trades,
+                prices, closes, wanted[combination], starts, first_row, latest, own, shared,
+                capital, slippage, per_share, minimum, fractional, equities[group],
+                positions[group], grosses[group], trade_rows[group], tallies[group],
                 portfolio[combination], exposure[combination], stats[combination],
             )  # fmt: skip
+
+
+@numba.njit(cache=True, nogil=True)
+def grid_accumulate_serial(
+    prices: np.ndarray,
+    closes: np.ndarray,
+    wanted: np.ndarray,  # (combinations, block rows)
+    starts: np.ndarray,
+    first_row: int,
+    latest: np.ndarray,
+    own: np.ndarray,
+    shared: bool,
+    capital: float,
+    slippage: float,
+    per_share: float,
+    minimum: float,
+    fractional: bool,
+    portfolio: np.ndarray,  # in/out (combinations, clock)
+    exposure: np.ndarray,
+    stats: np.ndarray,
+    equity: np.ndarray,  # scratch (longest sleeve,)
+    position: np.ndarray,  # scratch (longest sleeve,), int8
+    gross: np.ndarray,  # scratch (longest sleeve,)
+    trades: np.ndarray,  # scratch (longest sleeve + 1, 10)
+    tally: np.ndarray,  # scratch (4,)
+) -> None:
+    """``grid_accumulate`` on one thread, without the GIL: the grid engine runs it beside the
+    signal of the next block of symbols. Same operations in the same order, same results."""
+    for combination in range(wanted.shape[0]):
+        _accumulate_one(
+            prices, closes, wanted[combination], starts, first_row, latest, own, shared, capital,
+            slippage, per_share, minimum, fractional, equity, position, gross, trades, tally,
+            portfolio[combination], exposure[combination], stats[combination],
+        )  # fmt: skip
 
 
 @numba.njit(cache=True)
 def _accumulate_one(
     prices: np.ndarray,
     closes: np.ndarray,
-    wanted: np.ndarray,
+    wanted: np.ndarray,  # (block rows,): one combination's targets
     starts: np.ndarray,
     first_row: int,
     latest: np.ndarray,
     own: np.ndarray,
+    shared: bool,
     capital: float,
     slippage: float,
     per_share: float,
@@ -304,37 +362,92 @@ def _accumulate_one(
     position: np.ndarray,
     gross: np.ndarray,
     trades: np.ndarray,
-    portfolio: np.ndarray,
+    tally: np.ndarray,
+    portfolio: np.ndarray,  # in/out (clock,)
     exposure: np.ndarray,
     stats: np.ndarray,
 ) -> None:
     """One combination over the block's sleeves, in symbol order."""
+    clock = portfolio.shape[0]
     for sleeve in range(starts.shape[0] - 1):
         first, last = starts[sleeve], starts[sleeve + 1]
         length = last - first
         count = simulate(
-            prices[first:last],
-            closes[first:last],
-            wanted[first:last],
-            capital,
-            slippage,
-            per_share,
-            minimum,
-            fractional,
-            equity[:length],
-            position[:length],
-            gross[:length],
+            prices[first:last], closes[first:last], wanted[first:last], capital, slippage,
+            per_share, minimum, fractional, equity[:length], position[:length], gross[:length],
             trades,
-        )
-        _add_trade_stats(trades, count, stats)
-        _add_to_clock(equity, gross, latest[sleeve], own[sleeve], first_row + first, capital,
-                      portfolio, exposure)  # fmt: skip
+        )  # fmt: skip
+        _tally_trades(trades, count, tally)
+        _add_tally(tally, stats)
+        _add_to_clock(
+            equity, gross, latest, own, shared, sleeve, first_row + first, capital, portfolio,
+            exposure, 0, clock,
+        )  # fmt: skip
+
+
+@numba.njit(cache=True, parallel=True)
+def grid_accumulate_sleeves(
+    prices: np.ndarray,
+    closes: np.ndarray,
+    wanted: np.ndarray,  # (block rows,): one combination's targets from each bar's fill
+    starts: np.ndarray,
+    first_row: int,
+    latest: np.ndarray,
+    own: np.ndarray,
+    shared: bool,
+    capital: float,
+    slippage: float,
+    per_share: float,
+    minimum: float,
+    fractional: bool,
+    portfolio: np.ndarray,  # in/out (clock,)
+    exposure: np.ndarray,  # in/out (clock,)
+    stats: np.ndarray,  # in/out (4,)
+    curves: np.ndarray,  # scratch (2, batch, longest sleeve): a batch of equity and gross curves
+    positions: np.ndarray,  # scratch (groups, longest sleeve), int8
+    trade_rows: np.ndarray,  # scratch (groups, longest sleeve + 1, 10)
+    tallies: np.ndarray,  # scratch (batch, 4)
+) -> None:
+    """``grid_accumulate`` for one combination, for grids too small to fill the threads: sleeves
+    are simulated in parallel (one group per row of ``positions``), a batch at a time, then the
+    batch is added to the portfolio in parallel over clock ranges, each clock entry still summing
+    its sleeves in symbol order; the trade statistics too are added in symbol order. So the result
+    is the same, bit for bit. The caller allocates the scratch once for all its calls."""
+    sleeves = starts.shape[0] - 1
+    groups = positions.shape[0]
+    batch = curves.shape[1]
+    equities = curves[0]
+    grosses = curves[1]
+    clock = portfolio.shape[0]
+    for begin in range(0, sleeves, batch):
+        size = min(batch, sleeves - begin)
+        for group in numba.prange(groups):
+            position = positions[group]
+            trades = trade_rows[group]
+            for k in range(group, size, groups):
+                first, last = starts[begin + k], starts[begin + k + 1]
+                length = last - first
+                count = simulate(
+                    prices[first:last], closes[first:last], wanted[first:last], capital,
+                    slippage, per_share, minimum, fractional, equities[k, :length],
+                    position[:length], grosses[k, :length], trades,
+                )  # fmt: skip
+                _tally_trades(trades, count, tallies[k])
+        for k in range(size):
+            _add_tally(tallies[k], stats)
+        for group in numba.prange(groups):
+            low = clock * group // groups
+            high = clock * (group + 1) // groups
+            for k in range(size):
+                _add_to_clock(
+                    equities[k], grosses[k], latest, own, shared, begin + k,
+                    first_row + starts[begin + k], capital, portfolio, exposure, low, high,
+                )  # fmt: skip
 
 
 @numba.njit(cache=True)
-def _add_trade_stats(trades: np.ndarray, count: int, stats: np.ndarray) -> None:
-    """Add one sleeve's closed trades to (closed, wins, won, lost): the sleeve's sums first, so
-    that the totals are the same whether sleeves ran one after another or in parallel."""
+def _tally_trades(trades: np.ndarray, count: int, tally: np.ndarray) -> None:
+    """One sleeve's closed trades as (closed, wins, won, lost)."""
     wins = 0
     won = 0.0
     lost = 0.0
@@ -345,28 +458,45 @@ def _add_trade_stats(trades: np.ndarray, count: int, stats: np.ndarray) -> None:
             won += pnl
         elif pnl < 0:
             lost -= pnl
-    stats[0] += count
-    stats[1] += wins
-    stats[2] += won
-    stats[3] += lost
+    tally[0] = count
+    tally[1] = wins
+    tally[2] = won
+    tally[3] = lost
+
+
+@numba.njit(cache=True)
+def _add_tally(tally: np.ndarray, stats: np.ndarray) -> None:
+    """Add a sleeve's sums to the totals, sleeve after sleeve in symbol order, so that the totals
+    are the same whether sleeves ran one after another or in parallel."""
+    for i in range(4):
+        stats[i] += tally[i]
 
 
 @numba.njit(cache=True)
 def _add_to_clock(
     equity: np.ndarray,
     gross: np.ndarray,
-    latest: np.ndarray,
+    latest: np.ndarray,  # (sleeves, clock), unless shared
     own: np.ndarray,
+    shared: bool,
+    sleeve: int,  # the sleeve's row in latest and own
     offset: int,  # global row of equity[0]
     capital: float,
     portfolio: np.ndarray,
     exposure: np.ndarray,
+    low: int,  # the clock range to add, [low, high)
+    high: int,
 ) -> None:
     """Add one sleeve to the portfolio clock: cash before its first bar, its last value after."""
-    for c in range(latest.shape[0]):
-        row = latest[c]
+    if shared:  # every sleeve is stamped at every clock time
+        for c in range(low, high):
+            portfolio[c] += equity[c]
+            exposure[c] += gross[c]
+        return
+    for c in range(low, high):
+        row = latest[sleeve, c]
         portfolio[c] += capital if row < 0 else equity[row - offset]
-        if own[c]:
+        if own[sleeve, c]:
             exposure[c] += gross[row - offset]
 
 

@@ -110,9 +110,10 @@ class _Bench:
             )
         live = bars.filter(pl.col("timestamp") >= cut)
         # pin the installed signal's source: the runner checks it against the code at start
-        spec = get_signal("ma_crossover", "1.1.0", ["qcompile.signals"])
+        spec = get_signal("ma_crossover", None, ["qcompile.signals"])
         source = function_sha256(Path(inspect.getsourcefile(spec.function)), spec.function.__name__)
-        self.params = _params({"name": "ma_crossover", "version": "1.1.0", "source_sha256": source})
+        pin = {"name": "ma_crossover", "version": spec.version, "source_sha256": source}
+        self.params = _params(pin)
         self.emulator = Emulator(
             ticks_from_bars(live, DAY),
             api_keys=[KEY],

@@ -1,10 +1,66 @@
-"""Helpers shared by the built-in signals: per-symbol windows and position holding."""
+"""Helpers shared by the built-in signals (and the grid engine): per-symbol windows, symbol runs
+and position holding."""
 
 from __future__ import annotations
 
+import numba
+import numpy as np
 import polars as pl
 
 SYMBOL = "symbol"
+RUNS_FROM_TIMES = 50_000  # rows from which symbol runs are read off the times (fixed costs)
+
+
+@numba.njit(cache=True)
+def _time_drops(times: np.ndarray, out: np.ndarray) -> int:
+    """Rows whose time is not after the previous row's, written to ``out`` as far as it goes;
+    returns how many there are."""
+    count = 0
+    for row in range(1, times.shape[0]):
+        if times[row] <= times[row - 1]:
+            if count < out.shape[0]:
+                out[count] = row
+            count += 1
+    return count
+
+
+def compared_starts(symbols: pl.Series) -> np.ndarray:
+    """First row of each symbol's run in a frame sorted by symbol, plus the row count: each row
+    against the one before, on zero-copy slices (cheaper than rle, which also builds the values)."""
+    rows = symbols.len()
+    if rows == 0:
+        return np.zeros(1, dtype=np.int64)
+    changes = symbols.slice(1).ne_missing(symbols.slice(0, rows - 1)).arg_true().to_numpy()
+    return np.concatenate(([0], changes.astype(np.int64) + 1, [rows])).astype(np.int64)
+
+
+def symbol_starts(bars: pl.DataFrame) -> np.ndarray:
+    """``compared_starts`` of bars sorted by symbol then time, on large frames read off the
+    timestamps first, which costs a fraction of comparing strings.
+
+    Within a symbol the times rise, so wherever the time does not rise a symbol starts. The runs
+    between those rows are exactly the symbols' if each run begins and ends on the same symbol
+    (the frame being sorted by symbol, so is every row between) and differs from the run before.
+    Otherwise (a symbol whose first bar comes after the previous symbol's last, or a repeated
+    timestamp), every symbol is compared with the one before after all.
+    """
+    symbols, stamps = bars[SYMBOL], bars["timestamp"]
+    rows = bars.height
+    if rows >= RUNS_FROM_TIMES and stamps.dtype.is_integer() and stamps.null_count() == 0:
+        times = stamps.to_numpy()
+        drops = np.empty(4096, dtype=np.int64)
+        count = _time_drops(times, drops)
+        if count > len(drops):
+            drops = np.empty(count, dtype=np.int64)
+            _time_drops(times, drops)
+        starts = np.concatenate(([0], drops[:count], [rows])).astype(np.int64)
+        firsts, lasts = symbols.gather(starts[:-1]), symbols.gather(starts[1:] - 1)
+        if (
+            firsts.eq_missing(lasts).all()
+            and firsts.slice(1).ne_missing(lasts.slice(0, count)).all()
+        ):
+            return starts
+    return compared_starts(symbols)
 
 
 def per_symbol(expr: pl.Expr) -> pl.Expr:

@@ -69,9 +69,10 @@ def load_packages(packages: list[str], search: Sequence[Path] = ()) -> None:
 
 
 def get_signal(
-    name: str, version: str, packages: list[str], search: Sequence[Path] = ()
+    name: str, version: str | None, packages: list[str], search: Sequence[Path] = ()
 ) -> SignalSpec:
-    """The registered signal, checked against the version the strategy pinned."""
+    """The registered signal, checked against the version the strategy pinned (None: the
+    installed one, whatever its version, for the runtime's own self-test)."""
     try:
         load_packages(packages, search)
     except ModuleNotFoundError as error:
@@ -79,7 +80,7 @@ def get_signal(
     spec = _REGISTRY.get(name)
     if spec is None:
         raise SignalError(f"no signal named {name!r} in {', '.join(packages)}")
-    if spec.version != version:
+    if version is not None and spec.version != version:
         raise SignalError(
             f"signal {name!r} is at version {spec.version}, the strategy pins {version}"
         )

@@ -9,7 +9,7 @@ import numba
 import numpy as np
 import polars as pl
 
-from qcompile.signals._frames import hold, per_symbol
+from qcompile.signals._frames import hold, per_symbol, symbol_starts
 from qcompile.signals.registry import signal
 
 
@@ -33,12 +33,6 @@ def _rolling_sums(
                 total -= values[i - window]
             out[i] = total / divisor
     return out
-
-
-def _runs(bars: pl.DataFrame) -> np.ndarray:
-    """First row of each symbol (bars are sorted by symbol), plus the row count."""
-    lengths = bars["symbol"].rle().struct.field("len").to_numpy()
-    return np.concatenate(([0], np.cumsum(lengths))).astype(np.int64)
 
 
 def _sma(bars: pl.DataFrame, starts: np.ndarray) -> Callable[[int], np.ndarray]:
@@ -77,7 +71,7 @@ def _crossover_grid(
     combos: Sequence[dict[str, Any]],
 ) -> np.ndarray:
     """Targets of many (fast, slow) pairs, each distinct window's average computed once."""
-    starts = _runs(bars)
+    starts = symbol_starts(bars)
     windows = sorted({c["fast"] for c in combos} | {c["slow"] for c in combos})
     average = averages(bars, starts)
     series = {w: average(w) for w in windows}
@@ -100,7 +94,7 @@ def _with_targets(bars: pl.DataFrame, targets: np.ndarray) -> pl.DataFrame:
     return bars.with_columns(signal=pl.Series(targets, dtype=pl.Int8))
 
 
-@signal("ma_crossover", version="1.1.0", grid=_ma_grid)
+@signal("ma_crossover", version="1.1.1", grid=_ma_grid)
 def ma_crossover(
     bars: pl.DataFrame, *, fast: int, slow: int, allow_short: bool = False
 ) -> pl.DataFrame:
@@ -109,7 +103,7 @@ def ma_crossover(
     return _with_targets(bars, _ma_grid(bars, [combo])[0])
 
 
-@signal("vwma_crossover", version="1.1.0", grid=_vwma_grid)
+@signal("vwma_crossover", version="1.1.1", grid=_vwma_grid)
 def vwma_crossover(
     bars: pl.DataFrame, *, fast: int, slow: int, allow_short: bool = False
 ) -> pl.DataFrame:

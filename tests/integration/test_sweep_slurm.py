@@ -1,0 +1,161 @@
+"""qcompile sweep --launcher slurm on a real single-node Slurm: munge, slurmctld and slurmd from
+Debian's packages (.ci/install-system-deps), started here on this machine with a private
+configuration, and conf/hydra/launcher/slurm.yaml submitting through sbatch.
+
+A missing Slurm fails the test (the README's test command installs it); where the tests do not
+run as root it is skipped, since slurmd must run as root.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import cli
+
+DAEMONS = ("munged", "slurmctld", "slurmd", "sbatch", "sinfo")
+FAST = "strategy.signal.params.fast"
+SWEEP = (f"{FAST}=10,20", "costs=zero,bogus", "strategy.backtest.initial_capital=100000,-5")
+
+
+def _binary(name: str) -> str | None:
+    return shutil.which(name) or shutil.which(name, path="/usr/sbin:/usr/bin")
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _munge_works() -> bool:
+    munge, unmunge = _binary("munge"), _binary("unmunge")
+    if not (munge and unmunge):
+        return False
+    token = subprocess.run([munge, "-n"], capture_output=True, check=False)
+    if token.returncode:
+        return False
+    check = subprocess.run([unmunge], input=token.stdout, capture_output=True, check=False)
+    return check.returncode == 0
+
+
+@pytest.fixture(scope="module")
+def slurm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A private single-node cluster; yields its slurm.conf (for SLURM_CONF)."""
+    if any(_binary(name) is None for name in DAEMONS):
+        # missing is a failure, not a skip: the README's test command installs it
+        pytest.fail("Slurm is not installed: run `sh .ci/install-system-deps`")
+    if os.geteuid() != 0:
+        pytest.skip("slurmd runs as root")
+    started: list[subprocess.Popen[bytes]] = []
+    if not _munge_works():  # munged from the package, on its usual socket, unless one runs
+        Path("/run/munge").mkdir(parents=True, exist_ok=True)
+        shutil.chown("/run/munge", "munge", "munge")
+        command = [str(_binary("munged")), "--foreground"]
+        runuser = _binary("runuser")
+        started.append(
+            subprocess.Popen(
+                [runuser, "-u", "munge", "--", *command] if runuser else [*command, "--force"],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        )
+        deadline = time.monotonic() + 10
+        while not _munge_works():
+            assert time.monotonic() < deadline, "munged did not start"
+            time.sleep(0.1)
+    root = tmp_path_factory.mktemp("slurm")
+    for name in ("state", "spool", "log"):
+        (root / name).mkdir()
+    host = socket.gethostname().split(".")[0]
+    conf = root / "slurm.conf"
+    conf.write_text(
+        "\n".join(
+            [
+                "ClusterName=qcompiletest",
+                f"SlurmctldHost={host}",
+                "SlurmUser=root",
+                "SlurmdUser=root",
+                "AuthType=auth/munge",
+                f"SlurmctldPort={_free_port()}",
+                f"SlurmdPort={_free_port()}",
+                f"StateSaveLocation={root}/state",
+                f"SlurmdSpoolDir={root}/spool",
+                f"SlurmctldPidFile={root}/slurmctld.pid",
+                f"SlurmdPidFile={root}/slurmd.pid",
+                f"SlurmctldLogFile={root}/log/slurmctld.log",
+                f"SlurmdLogFile={root}/log/slurmd.log",
+                "ProctrackType=proctrack/linuxproc",
+                "TaskPlugin=task/none",
+                "SelectType=select/cons_tres",
+                "SelectTypeParameters=CR_Core",
+                "ReturnToService=2",
+                "MpiDefault=none",
+                "JobAcctGatherType=jobacct_gather/none",
+                "AccountingStorageType=accounting_storage/none",
+                f"NodeName={host} CPUs={os.cpu_count() or 1} RealMemory=8000 State=UNKNOWN",
+                "PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP",
+                "",
+            ]
+        )
+    )
+    env = {**os.environ, "SLURM_CONF": str(conf)}
+    for daemon in ("slurmctld", "slurmd"):  # -D: in the foreground, so that they are ours to end
+        started.append(
+            subprocess.Popen(
+                [str(_binary(daemon)), "-D", "-f", str(conf)],
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            state = subprocess.run(
+                [str(_binary("sinfo")), "-h", "-o", "%t"], env=env, capture_output=True, text=True
+            )
+            if state.stdout.strip() == "idle":
+                break
+            assert time.monotonic() < deadline, f"Slurm did not come up: {state.stderr.strip()}"
+            time.sleep(0.3)
+        yield conf
+    finally:
+        for process in reversed(started):
+            process.terminate()
+        for process in reversed(started):
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+
+def test_a_sweep_through_slurm_gives_the_local_pools_table(
+    example: Path, slurm: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SLURM_CONF", str(slurm))
+    refused = cli(example, "sweep", "ma_trend", *SWEEP, "--launcher", "slurm",
+                  "hydra.launcher.mem_gb=100000")  # fmt: skip
+    assert refused.exit_code == 2
+    # sbatch's own words (submitit prints them), then ours: one line, no traceback
+    assert refused.output.splitlines()[-1].startswith("error: --launcher slurm: sbatch: error: ")
+    assert "Traceback" not in refused.output
+    local = cli(example, "sweep", "ma_trend", *SWEEP, "--name", "local")
+    assert local.exit_code == 0, local.output
+    launched = cli(example, "sweep", "ma_trend", *SWEEP, "--name", "slurm", "--launcher", "slurm",
+                   "hydra.launcher.timeout_min=5")  # fmt: skip
+    assert launched.exit_code == 0, launched.output
+    assert "8 job(s), 6 failed" in launched.output
+    base = example / "reports/STR-2026-0007/sweeps"
+    for name in ("results.csv", "statistics.json", "summary.md"):
+        assert (base / "slurm" / name).read_bytes() == (base / "local" / name).read_bytes()
+    # one array task per batch, run by slurmd: submitit's logs name the Slurm job
+    logs = list((base / "slurm/launcher/.submitit").glob("*/*_log.out"))
+    assert len(logs) == 4
