@@ -432,6 +432,12 @@ def render_outputs(
         return outputs
 
 
+def entry_named(strategy_id: str, entry: dict[str, Any], names: list[str]) -> bool:
+    """Whether a manifest entry is one of ``names``: by id, or by the stem of its file under
+    conf/strategy/, as the command line names strategies."""
+    return strategy_id in names or Path(str(entry.get("source", ""))).stem in names
+
+
 def _generated_reviews(
     project: Project, manifest: dict[str, Any], only: list[str] | None
 ) -> list[Diagnostic]:
@@ -442,9 +448,9 @@ def _generated_reviews(
     on = today()
     warnings = []
     for strategy_id, entry in sorted(manifest.get("strategies", {}).items()):
-        source = str(entry.get("source", ""))
-        if only and strategy_id not in only and Path(source).stem not in only:
+        if only and not entry_named(strategy_id, entry, only):
             continue
+        source = str(entry.get("source", ""))
         if (entry.get("summary") or {}).get("phase") != "production":
             continue
         passport = _raw_yaml(project.generated_dir / strategy_id / "passport.yaml")

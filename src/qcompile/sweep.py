@@ -341,13 +341,14 @@ def _built_params(project: Project, strategy: str) -> dict[str, Any] | None:
     parameters alone then needs no compile."""
     import yaml
 
-    from qcompile.build import inputs_digest, read_manifest
+    from qcompile.build import entry_named, inputs_digest, read_manifest
     from qcompile.hashing import sha256_file
 
     manifest = read_manifest(project)
     built = manifest.get("strategies") or {}
-    ident = strategy if strategy in built else _declared_id(project, strategy)
-    entry = built.get(ident) if ident else None
+    ident, entry = next(
+        ((i, e) for i, e in sorted(built.items()) if entry_named(i, e, [strategy])), (None, None)
+    )
     if not isinstance(entry, dict) or manifest.get("overrides"):
         return None
     path = project.generated_dir / str(ident) / "params.yaml"
@@ -361,21 +362,6 @@ def _built_params(project: Project, strategy: str) -> dict[str, Any] | None:
     return params if isinstance(params, dict) else None
 
 
-def _declared_id(project: Project, stem: str) -> str | None:
-    import yaml
-
-    for suffix in (".yaml", ".yml"):
-        path = project.conf_dir / "strategy" / f"{stem}{suffix}"
-        if path.is_file():
-            try:
-                data = yaml.safe_load(path.read_text(encoding="utf-8"))
-            except yaml.YAMLError:
-                return None
-            ident = (data.get("strategy") or {}).get("id") if isinstance(data, dict) else None
-            return ident if isinstance(ident, str) and "${" not in ident else None
-    return None
-
-
 # --- preparing batches: one compile per group selection, leaf values applied after ---------
 
 
@@ -387,15 +373,18 @@ def _compile(project: Project, strategy: str, overrides: list[str]) -> tuple[Any
     try:
         found = compile_project(project, overrides, [strategy], enforce_gates=False).strategies
     except DiagnosticsError as error:
-        first = error.errors[0] if error.errors else error.diagnostics[0]
-        count = len(error.errors) or len(error.diagnostics)
-        message = f"{first.key}: {first.message}" + (f" (+{count - 1} more)" if count > 1 else "")
-        return None, message
+        return None, _summary(error.errors or error.diagnostics)
     except (QcompileError, TypeError, ValueError) as error:
         return None, _first_line(error)
     if not found:
         return None, f"no strategy {strategy!r}"
     return found[0], ""
+
+
+def _summary(problems: list[Any]) -> str:
+    """A job's error from a batch's diagnostics: the first, and how many more there are."""
+    first, more = problems[0], len(problems) - 1
+    return f"{first.key}: {first.message}" + (f" (+{more} more)" if more else "")
 
 
 def _first_line(error: BaseException) -> str:
@@ -420,13 +409,11 @@ def _prepare(
         if not context:
             yield Batch(context, jobs, base_params)
             continue
-        split = _split(context, jobs[0].parsed, groups)
+        split = _selection(context, jobs, groups, configured)
         if split is None:
             yield Batch(context, jobs)
             continue
         selection, leaves = split
-        if set(selection) <= configured:  # the options the strategy selects already
-            selection = ()
         if selection not in compiled:  # the batches before it are running meanwhile
             compiled[selection] = _compile(project, strategy, list(selection))
         found, error = compiled[selection]
@@ -461,12 +448,24 @@ def _by_selection(
     order: dict[tuple[str, ...], int] = {(): 0}
 
     def rank(item: tuple[tuple[str, ...], list[Job]]) -> int:
-        context, jobs = item
-        split = _split(context, jobs[0].parsed, groups) if context else ((), [])
-        selection = () if split is None or set(split[0]) <= configured else split[0]
-        return order.setdefault(selection, len(order))
+        split = _selection(*item, groups, configured)
+        return order.setdefault(() if split is None else split[0], len(order))
 
     return sorted(work, key=rank)
+
+
+def _selection(
+    context: tuple[str, ...], jobs: list[Job], groups: set[str], configured: set[str]
+) -> tuple[tuple[str, ...], list[tuple[str, Any]]] | None:
+    """(group selections to compile with, leaf values) of a batch, no selection when the strategy
+    selects those options already; None when the batch must be composed on its own."""
+    if not context:
+        return (), []
+    split = _split(context, jobs[0].parsed, groups)
+    if split is None:
+        return None
+    selection, leaves = split
+    return (() if set(selection) <= configured else selection), leaves
 
 
 def _split(
@@ -515,8 +514,7 @@ def _patched(compiled: Any, leaves: list[tuple[str, Any]]) -> tuple[dict[str, An
     problems += cross_field_diagnostics(compiled.composed, data)
     errors = [d for d in problems if d.severity == "error"]
     if errors:
-        more = f" (+{len(errors) - 1} more)" if len(errors) > 1 else ""
-        return None, f"{errors[0].key}: {errors[0].message}{more}"
+        return None, _summary(errors)
     return runtime_parameters(replace(compiled, data=data)), ""
 
 
@@ -560,10 +558,12 @@ def _run_batch(project: Project, strategy: str, batch: Batch) -> BatchResults:
             params = runtime_parameters(compiled)
     if params is None:
         return [(job, None, None, error) for job in batch.jobs]
+    from qcompile.backtest.runner import grid_metrics
+
     chosen = params["signal"]["params"]
     combos = [{**chosen, **job.signal_params} for job in batch.jobs]
     try:
-        tested = _grid_metrics(params, project.root, combos)
+        tested = grid_metrics(params, project.root, combos)
     except (QcompileError, TypeError, ValueError) as failure:  # a bad combination, missing data
         return [(job, None, None, _first_line(failure)) for job in batch.jobs]
     rows = tested.metrics.to_dicts()
@@ -573,47 +573,19 @@ def _run_batch(project: Project, strategy: str, batch: Batch) -> BatchResults:
     ]
 
 
-_INPUTS: dict[str, Any] = {}  # per process: bars and signal by what they are loaded from
-
-
-def _grid_metrics(params: dict[str, Any], root: Path, combos: list[dict[str, Any]]) -> Any:
-    """``runner.grid_metrics`` without its parameters file, and with the checked inputs (bars,
-    signal, data hash against the pins) loaded once per process for every batch that shares
-    them: a group sweep's jobs differ in costs or capital, not in data."""
-    from qcompile.backtest import runner
-
-    pins = params["pins"]
-    key = json.dumps(
-        [
-            str(root),
-            params["data"],
-            params["universe"]["symbols"],
-            {k: v for k, v in params["signal"].items() if k not in ("params", "ranges")},
-            pins["data"],
-            pins["signal"],
-        ],
-        sort_keys=True,
-        default=str,
-    )
-    if key not in _INPUTS:
-        _INPUTS.clear()  # one data set at a time is what a sweep needs; bars are large
-        _INPUTS[key] = runner._inputs(params, root)
-    bars, spec, _ = _INPUTS[key]
-    ppy = runner.periods_per_year(params["data"]["interval"])
-    settings, window = runner._settings(params), runner._window(params["backtest"])
-    return runner._grid(bars, spec, combos, settings, window, ppy)
-
-
 def _warm() -> dict[str, Any]:
     """A pool worker's first task: import the engine and start numba's compiler, which the first
-    compiled call in a process pays for (a third of a second) whether its code is cached or not:
-    here that happens while this process expands and compiles the sweep. Returns the engine's
-    minimum-sample rule, which the report needs: importing the engine for it would cost more."""
-    import numba
+    compiled call in a process pays for (a fifth of a second) whether its code is cached or not:
+    here that happens while this process expands and compiles the sweep. The call loads a kernel
+    every grid runs, from numba's cache, rather than compiling a throwaway function. Returns the
+    engine's minimum-sample rule, which the report needs: importing the engine for it would cost
+    more."""
+    import numpy as np
 
+    from qcompile.backtest.kernel import shared_calendar
     from qcompile.backtest.runner import MINIMUM_SAMPLE
 
-    numba.njit(lambda value: value + 1)(1)
+    shared_calendar(np.zeros(2, dtype=np.int64), np.array([0, 1, 2], dtype=np.int64))
     return MINIMUM_SAMPLE
 
 

@@ -411,14 +411,35 @@ def summary(report: Report, root: Path) -> str:
     )
 
 
-def grid_metrics(params_file: Path, root: Path, combos: list[dict[str, Any]]) -> GridResult:
-    """Metrics of the strategy in ``params_file`` under each parameter combination, over its
-    backtest window, in one batched pass: what a sweep needs per job, nothing written.
+_CHECKED_INPUTS: dict[str, Any] = {}  # per process: the last checked inputs, by what they are
+
+
+def grid_metrics(params: dict[str, Any], root: Path, combos: list[dict[str, Any]]) -> GridResult:
+    """Metrics of the strategy whose runtime parameters are ``params`` under each parameter
+    combination, over its backtest window, in one batched pass: what a sweep needs per job,
+    nothing written.
 
     The same checks as ``backtest`` run first (signal source and data against their pins, the data
-    contract), so a sweep never reports numbers from inputs the lock does not describe."""
-    params = yaml.safe_load(params_file.read_text(encoding="utf-8"))
-    bars, spec, _ = _inputs(params, root)
+    contract), so a sweep never reports numbers from inputs the lock does not describe. The checked
+    inputs are kept for the next call with the same data, signal and pins (one set at a time: bars
+    are large): a group sweep's batches differ in costs or capital, not in data."""
+    pins = params["pins"]
+    key = json.dumps(
+        [
+            str(root),
+            params["data"],
+            params["universe"]["symbols"],
+            {k: v for k, v in params["signal"].items() if k not in ("params", "ranges")},
+            pins["data"],
+            pins["signal"],
+        ],
+        sort_keys=True,
+        default=str,
+    )
+    if key not in _CHECKED_INPUTS:
+        _CHECKED_INPUTS.clear()
+        _CHECKED_INPUTS[key] = _inputs(params, root)
+    bars, spec, _ = _CHECKED_INPUTS[key]
     ppy = periods_per_year(params["data"]["interval"])
     return _grid(bars, spec, combos, _settings(params), _window(params["backtest"]), ppy)
 
