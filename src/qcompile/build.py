@@ -12,6 +12,7 @@ Hydra. The public functions here are what the CLI calls; they never print.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
@@ -31,7 +32,7 @@ from qcompile.fingerprint import (
 from qcompile.hashing import sha256_bytes, sha256_file, sha256_json
 from qcompile.project import PRIMARY_CONFIG, Project
 from qcompile.review_rules import CODES, REVIEW_KEY, review_diagnostic, today
-from qcompile.write import WriteReport, stale_files, write_tree
+from qcompile.write import StagedWrite, WriteReport, stale_files
 
 MANIFEST = "manifest.json"
 
@@ -357,8 +358,10 @@ def render_outputs(
     overrides: list[str],
     only: list[str] | None,
     digest: str | None,
+    emit: Callable[[str, bytes], None] | None = None,
 ) -> dict[str, bytes]:
-    """Every file of the new generated/ tree, manifest included."""
+    """Every file of the new generated/ tree, manifest included; ``emit`` is handed each
+    strategy's files as soon as they are rendered (the writer stages them meanwhile)."""
     from qcompile.plan import plan_index, plan_strategy
     from qcompile.quoting import shared_blocks
     from qcompile.render import render
@@ -397,6 +400,9 @@ def render_outputs(
                 else:
                     rendered[path] = render(artefact.template, artefact.context)
             outputs.update(rendered)
+            if emit is not None:
+                for path, content in rendered.items():
+                    emit(path, content)
             entries[plan.id] = {
                 "source": plan.source,
                 "inputs_sha256": plan.inputs_sha256,
@@ -501,24 +507,22 @@ def build(
             warnings=warnings,
         )
     compilation = compile_project(project, overrides, only)
-    outputs = render_outputs(project, compilation, overrides, only, digest)
     strategies = sorted(c.id for c in compilation.strategies)
-    if check:
-        _enforce_reviews(compilation.warnings)
-        stale = stale_files(project.generated_dir, outputs)
-        if only:  # a partial build's manifest and index differ by construction: judge its folders
-            stale = [p for p in stale if p.split("/", 1)[0] in strategies]
-        if stale:
-            raise StaleError([f"generated/{p}" for p in stale])
-        return BuildOutcome(
-            WriteReport(unchanged=sorted(outputs)),
-            strategies=strategies,
-            warnings=compilation.warnings,
-        )
+    if not check:
+        with StagedWrite(project.generated_dir) as staged:
+            outputs = render_outputs(project, compilation, overrides, only, digest, staged.add)
+            return BuildOutcome(
+                staged.commit(outputs), strategies=strategies, warnings=compilation.warnings
+            )
+    outputs = render_outputs(project, compilation, overrides, only, digest)
+    _enforce_reviews(compilation.warnings)
+    stale = stale_files(project.generated_dir, outputs)
+    if only:  # a partial build's manifest and index differ by construction: judge its folders
+        stale = [p for p in stale if p.split("/", 1)[0] in strategies]
+    if stale:
+        raise StaleError([f"generated/{p}" for p in stale])
     return BuildOutcome(
-        write_tree(project.generated_dir, outputs),
-        strategies=strategies,
-        warnings=compilation.warnings,
+        WriteReport(unchanged=sorted(outputs)), strategies=strategies, warnings=compilation.warnings
     )
 
 

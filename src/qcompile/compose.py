@@ -3,11 +3,15 @@
 Consumes the parsed ``conf/`` files and command-line overrides (Hydra's grammar); produces a
 :class:`ComposedStrategy` per selected strategy, unresolved (secret references stay references).
 
-Composing from scratch costs tens of milliseconds per config, so the compose API runs once per
-distinct group selection (universe, costs, data, deployment plus group overrides); each strategy's
-own body and the leaf overrides are merged onto that shared base afterwards. A strategy whose
-defaults list does something the fast path does not model (non-group entries, ``_self_`` not
-last, package redirects) is composed by Hydra directly. Tests check both paths agree.
+Composing from scratch costs tens of milliseconds per config, so the compose API runs once for
+every group option the strategies select (universe, costs, data, deployment plus group overrides),
+each under a slot of its own; each strategy's own body and the leaf overrides are merged onto its
+options afterwards. When neither the primary config nor any selected option has a defaults list,
+Hydra would compose each of them to its own data at its package, so the parts are taken from the
+parsed files and Hydra is not started at all (its import and one compose were a third of a cold
+build). A strategy whose defaults list does something the fast path does not model (non-group
+entries, ``_self_`` not last, package redirects) is composed by Hydra directly. Tests check every
+path against Hydra composing each strategy itself.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from __future__ import annotations
 import difflib
 import re
 from collections.abc import Iterable
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -122,6 +126,8 @@ def did_you_mean(word: str, choices: Iterable[str]) -> str:
 
 def parse_overrides(texts: list[str], tree: ConfTree) -> tuple[list[Override], list[Diagnostic]]:
     """Parse overrides with Hydra's own grammar; sweeps are refused here (see ``qcompile sweep``)."""
+    if not texts:
+        return [], []  # without importing Hydra's parser, a tenth of a cold build
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
 
@@ -304,11 +310,13 @@ def compose_strategies(
         if s.name in selections and _fast_path_ok(s, selections[s.name], tree)
     }
     needed = sorted({pair for name in fast for pair in selections[name].items()})
-    with hydra_session(project):
-        primary_data: dict[str, Any] = {}
-        options: dict[tuple[str, str], Any] = {}
+    parts = _plain_parts(primary, needed, tree) if fast else None
+    with ExitStack() as session:
+        if parts is None or len(fast) < len(selections):  # Hydra composes something: start it
+            session.enter_context(hydra_session(project))
+        primary_data, options = parts or ({}, {})
         try:
-            if fast:
+            if fast and parts is None:
                 primary_data, options = _compose_options(needed)
         except Exception:  # compose each strategy on its own below, to say which one fails
             fast = set()
@@ -490,6 +498,22 @@ def _compose_options(
     data = _container(compose(config_name="qcompile", overrides=overrides))
     options = {pair: data.pop(slot, None) for pair, slot in slots.items()}
     return data, options
+
+
+def _plain_parts(
+    primary: ConfigFile, needed: list[tuple[str, str]], tree: ConfTree
+) -> tuple[dict[str, Any], dict[tuple[str, str], Any]] | None:
+    """The parts ``_compose_options`` would return, read straight from the parsed files when no
+    file involved has a defaults list (nor a ``hydra`` node): Hydra then composes each one to its
+    own data at its package, so starting Hydra (a third of a cold build) would add nothing."""
+    files = [tree.get(group, option) for group, option in needed]
+    if primary.defaults or "hydra" in load_data(primary):
+        return None
+    if any(f is None or f.defaults or not f.valid or f.node is None for f in files):
+        return None  # (an empty file is left to Hydra too: whether it adds an empty node)
+    return load_data(primary), {
+        pair: load_data(file) for pair, file in zip(needed, files, strict=True) if file is not None
+    }
 
 
 def _base(

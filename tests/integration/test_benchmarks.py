@@ -23,7 +23,8 @@ def _run(script: str, *args: str) -> str:
 def test_build_benchmark_runs_on_a_small_portfolio() -> None:
     out = _run("build_speed.py", "--strategies", "6", "--repeat", "1")
     assert "build speed, 6 strategies" in out
-    assert "qcompile build, cold (fresh process)" in out
+    for row in ("cold (fresh project)", "nothing changed", "cold after rm -rf generated/"):
+        assert f"qcompile build, {row}" in out
 
 
 def test_backtest_benchmark_runs_on_a_small_universe() -> None:

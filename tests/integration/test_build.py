@@ -193,6 +193,24 @@ def test_failed_build_leaves_generated_exactly_as_it_was(example: Path) -> None:
     assert not any(p.name.startswith(".generated") for p in example.iterdir())
 
 
+def test_a_write_error_is_one_line_and_changes_nothing(example: Path) -> None:
+    cli(example, "build")
+    before = tree_digest(example / "generated")
+    edit(example / "conf/strategy/ma_trend.yaml", "fast: 20", "fast: 30")
+    # a file where this process's build stages its tree: the writer cannot make its directory
+    blocker = example / f".generated.staging-{os.getpid()}"
+    blocker.write_text("in the way\n")
+    result = cli(example, "build")
+    assert result.exit_code == 2
+    assert result.output == (
+        f"error: cannot write {blocker.name}: File exists; generated/ is unchanged\n"
+    )
+    assert tree_digest(example / "generated") == before
+    blocker.unlink()
+    assert cli(example, "build").exit_code == 0
+    assert tree_digest(example / "generated") != before
+
+
 def test_validate_and_list(example: Path) -> None:
     result = cli(example, "validate")
     assert result.exit_code == 0 and "5 strategies valid" in result.output

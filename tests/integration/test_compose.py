@@ -1,4 +1,5 @@
-"""The fast compose path (one Hydra compose per group selection) equals Hydra composing directly."""
+"""The fast compose path (group options composed once, or read as they are when they have no
+defaults list) equals Hydra composing each strategy directly."""
 
 from __future__ import annotations
 
@@ -67,10 +68,27 @@ def _count_composes(monkeypatch) -> list[list[str]]:
     return calls
 
 
-def test_one_hydra_compose_serves_every_strategy(example: Path, monkeypatch) -> None:
+def test_files_without_defaults_lists_compose_without_starting_hydra(
+    example: Path, monkeypatch
+) -> None:
+    """No example option has a defaults list: each composes to its own data at its package,
+    so the parts are read from the parsed files (equality with Hydra: the test above)."""
     calls = _count_composes(monkeypatch)
     project = Project(example)
     assert len(compose_strategies(project, read_conf_tree(project), [])) == strategy_count(example)
+    assert calls == []
+
+
+def test_an_option_with_a_defaults_list_is_composed_by_hydra_once_for_all(
+    example: Path, monkeypatch
+) -> None:
+    from hydra import compose
+
+    costs = example / "conf/costs/retail.yaml"
+    costs.write_text("defaults:\n  - _self_\n" + costs.read_text())
+    calls = _count_composes(monkeypatch)
+    project = Project(example)
+    composed = compose_strategies(project, read_conf_tree(project), [])
     assert len(calls) == 1
     # every option the strategies select, each composed once under its own slot
     assert sorted(o.split("=")[1] for o in calls[0]) == [
@@ -83,6 +101,10 @@ def test_one_hydra_compose_serves_every_strategy(example: Path, monkeypatch) -> 
         "us_sample",
         "us_tech",
     ]
+    with hydra_session(project):
+        for item in composed:
+            direct = compose(config_name="qcompile", overrides=[f"+strategy={item.name}"])
+            assert item.data == OmegaConf.to_container(direct), item.name
 
 
 def test_unusual_defaults_fall_back_to_hydra_and_still_agree(example: Path, monkeypatch) -> None:

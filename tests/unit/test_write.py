@@ -47,21 +47,72 @@ def test_without_an_atomic_exchange_two_renames_give_the_same_result(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["generated"]
 
 
-def test_a_failure_while_staging_leaves_generated_untouched(tmp_path: Path, monkeypatch) -> None:
+def test_a_failure_while_staging_leaves_generated_untouched(tmp_path: Path) -> None:
     target = tmp_path / "generated"
     write_tree(target, {"keep.txt": b"old", "b.txt": b"old"})
     before = _tree(target)
-    real = Path.write_bytes
-    calls = []
-
-    def failing(self: Path, data: bytes) -> int:
-        calls.append(self.name)
-        if len(calls) == 2:
-            raise OSError(28, "No space left on device")
-        return real(self, data)
-
-    monkeypatch.setattr(Path, "write_bytes", failing)
-    with pytest.raises(OSError):
-        write_tree(target, {"a.txt": b"new", "b.txt": b"new", "c.txt": b"new"})
+    # a file where the next one needs a directory: a real error, raised by the writer process
+    with pytest.raises(write.WriteError) as raised:
+        write_tree(target, {"a.txt": b"new", "a.txt/inner.txt": b"new", "b.txt": b"new"})
+    assert str(raised.value) == (
+        "cannot write generated/a.txt/inner.txt: File exists; generated/ is unchanged"
+    )
     assert _tree(target) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["generated"]
+
+
+def test_an_unchanged_tree_is_left_alone(tmp_path: Path) -> None:
+    target = tmp_path / "generated"
+    write_tree(target, {"a/x.txt": b"1", "b.txt": b"2"})
+    inode = target.stat().st_ino
+    report = write_tree(target, {"a/x.txt": b"1", "b.txt": b"2"})
+    assert not report.changed and report.unchanged == ["a/x.txt", "b.txt"]
+    assert target.stat().st_ino == inode  # no staged copy was swapped in
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["generated"]
+
+
+def test_a_build_that_only_removes_files_still_swaps(tmp_path: Path) -> None:
+    target = tmp_path / "generated"
+    write_tree(target, {"a.txt": b"1", "gone/b.txt": b"2"})
+    report = write_tree(target, {"a.txt": b"1"})
+    assert (report.unchanged, report.removed) == (["a.txt"], ["gone/b.txt"])
+    assert _tree(target) == {"a.txt": b"1"}
+
+
+def test_files_added_while_rendering_and_at_commit_make_one_tree(tmp_path: Path) -> None:
+    target = tmp_path / "generated"
+    write_tree(target, {"s1/a.txt": b"old", "s1/b.txt": b"same", "s2/c.txt": b"drop"})
+    with write.StagedWrite(target) as staged:
+        staged.add("s1/a.txt", b"new")
+        staged.add("s1/b.txt", b"same")
+        report = staged.commit({"s1/a.txt": b"new", "s1/b.txt": b"same", "index.md": b"i"})
+    assert (report.created, report.updated, report.unchanged, report.removed) == (
+        ["index.md"],
+        ["s1/a.txt"],
+        ["s1/b.txt"],
+        ["s2/c.txt"],
+    )
+    assert _tree(target) == {"s1/a.txt": b"new", "s1/b.txt": b"same", "index.md": b"i"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["generated"]
+
+
+def test_an_error_while_rendering_discards_what_was_staged(tmp_path: Path) -> None:
+    target = tmp_path / "generated"
+    write_tree(target, {"a.txt": b"old"})
+    before = _tree(target)
+    with pytest.raises(RuntimeError, match="template failed"), write.StagedWrite(target) as staged:
+        staged.add("a.txt", b"new")
+        staged.add("b.txt", b"new")
+        raise RuntimeError("template failed")
+    assert _tree(target) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["generated"]
+
+
+def test_a_file_added_but_missing_from_the_outputs_is_refused(tmp_path: Path) -> None:
+    target = tmp_path / "generated"
+    write_tree(target, {"a.txt": b"old"})
+    with pytest.raises(ValueError, match=r"stray\.txt"), write.StagedWrite(target) as staged:
+        staged.add("stray.txt", b"x")
+        staged.commit({"a.txt": b"new"})
+    assert _tree(target) == {"a.txt": b"old"}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["generated"]
