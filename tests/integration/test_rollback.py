@@ -116,6 +116,7 @@ def test_rollback_restores_the_previous_release_and_the_heartbeat(tmp_path: Path
         if live.poll() is None:
             live.kill()
         subprocess.run([str(BIN / "qcompile"), "stop", STRATEGY], cwd=root, env=env, timeout=60)
+        live.communicate(timeout=60)  # reap it and close its pipes
 
 
 HOSTILE_PATH = "st ate/$(touch pwned)`touch pwned2`'; touch pwned3 #"

@@ -72,12 +72,13 @@ def test_kill_9_at_random_moments_loses_nothing_acknowledged(deployed: Path) -> 
         process = runner_process(
             deployed, "--feed", "emulator", "--bars", "1000", "--speed", "1500", "--acks", str(acks)
         )
-        try:  # each restart replays the same bars: the runner skips what its cursor has seen
-            assert wait_for_acks(acks, before), process.stderr and process.stderr.read()
-            time.sleep(rng.uniform(0.0, 0.3))
-        finally:
-            process.send_signal(signal.SIGKILL)
-            process.wait(30)
+        with process:  # closes its pipes on the way out
+            try:  # each restart replays the same bars: the runner skips what its cursor has seen
+                assert wait_for_acks(acks, before), process.stderr and process.stderr.read()
+                time.sleep(rng.uniform(0.0, 0.3))
+            finally:
+                process.send_signal(signal.SIGKILL)
+                process.wait(30)
         history = acked(acks)
         last_seq, last_digest = history[-1]
         store = FileStateStore(store_dir, STRATEGY, f"inspector-{kill}")
@@ -179,6 +180,7 @@ def test_heartbeat_check_state_and_stop_from_outside(deployed: Path) -> None:
     finally:
         if process.poll() is None:
             process.kill()
+        process.communicate(timeout=60)  # reap it and close its pipes
     after = datetime.now(UTC).isoformat()
     none = cli_process(deployed, "heartbeat", STRATEGY, "--since", after)
     assert none.returncode == 2 and "no heartbeat from a connected runner" in none.stderr
