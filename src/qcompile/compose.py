@@ -163,17 +163,21 @@ def parse_overrides(texts: list[str], tree: ConfTree) -> tuple[list[Override], l
                 )
             )
             continue
-        kind = (
-            "delete"
-            if parsed.is_delete()
-            else "force_add"
-            if parsed.is_force_add()
-            else ("add" if parsed.is_add() else "change")
-        )
+        kind = override_kind(parsed)
         key = parsed.key_or_group
         value = None if parsed.is_delete() else parsed.value()
         overrides.append(Override(text, key, kind, value, key in groups))
     return overrides, diagnostics
+
+
+def override_kind(parsed: Any) -> str:
+    """What a parsed Hydra override does: "delete" (~k), "force_add" (++k), "add" (+k) or
+    "change"."""
+    if parsed.is_delete():
+        return "delete"
+    if parsed.is_force_add():
+        return "force_add"
+    return "add" if parsed.is_add() else "change"
 
 
 def _fast_path_ok(config: ConfigFile, selection: dict[str, str], tree: ConfTree) -> bool:

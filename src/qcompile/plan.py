@@ -221,10 +221,10 @@ def _environment_names(value: Any) -> set[str]:
     return set(ENV_REFERENCE.findall(value)) if isinstance(value, str) else set()
 
 
-def _state_directory(compiled: CompiledStrategy) -> str | None:
-    """Where a file state store keeps this strategy's state and logs; None for other stores."""
-    store = compiled.data["deployment"]["state_store"]
-    return f"{store.get('path', 'state')}/{compiled.id}" if store["kind"] == "file" else None
+def state_directory(store: dict[str, Any], strategy_id: str) -> str | None:
+    """Where a file state store (a deployment's ``state_store``) keeps a strategy's state, journal
+    and logs, relative to the project; None for other stores."""
+    return f"{store.get('path', 'state')}/{strategy_id}" if store["kind"] == "file" else None
 
 
 def runbook(compiled: CompiledStrategy) -> dict[str, Any]:
@@ -233,7 +233,7 @@ def runbook(compiled: CompiledStrategy) -> dict[str, Any]:
     strategy, deployment, source = data["strategy"], data["deployment"], data["data"]
     strategy_id = compiled.id
     store = deployment["state_store"]
-    directory = _state_directory(compiled)
+    directory = state_directory(store, strategy_id)
     if directory is not None:
         state = {
             "kind": "file",
@@ -335,8 +335,9 @@ def checklist_bytes(compiled: CompiledStrategy) -> bytes:
 
 def rollback(compiled: CompiledStrategy) -> dict[str, Any]:
     """Values the rollback script pins; every one reaches the shell through ``shquote``."""
-    log_dir = _state_directory(compiled) or "logs"
-    heartbeat = compiled.data["deployment"]["heartbeat_interval_s"]
+    deployment = compiled.data["deployment"]
+    log_dir = state_directory(deployment["state_store"], compiled.id) or "logs"
+    heartbeat = deployment["heartbeat_interval_s"]
     return {
         "strategy_id": compiled.id,
         "log_file": f"{log_dir}/runner.log",

@@ -172,6 +172,7 @@ def _review(
 ) -> StrategyReview:
     from qcompile.backtest.runner import daily_statistics
     from qcompile.live.control import read_store
+    from qcompile.plan import state_directory
 
     strategy = params["strategy"]
     expected, source = _expectation(project, params, evidence_file)
@@ -182,11 +183,8 @@ def _review(
     statistics = compare(live, expected, threshold)
     directory = project.root / params["backtest"]["reports_dir"] / strategy["id"] / "reviews"
     directory.mkdir(parents=True, exist_ok=True)
-    where = (
-        f"{spec.get('path', 'state')}/{strategy['id']}/journal.jsonl"
-        if spec["kind"] == "file"
-        else f"the {spec['kind']} state store"
-    )
+    state = state_directory(spec, strategy["id"])
+    where = f"{state}/journal.jsonl" if state else f"the {spec['kind']} state store"
     text = _markdown(params, week, days, statistics, threshold, source, where)
     markdown_path, html_path = directory / f"{week}.md", directory / f"{week}.html"
     _write(markdown_path, text)

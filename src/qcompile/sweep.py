@@ -112,6 +112,8 @@ def expand(project: Project, overrides: list[str]) -> tuple[list[Job], list[str]
     ``hydra.*`` overrides are not jobs. Each override is parsed once, not once per job."""
     from hydra.errors import HydraException
 
+    from qcompile.compose import override_kind
+
     overrides = launcher_settings(overrides)[0]
     try:
         parsed = _parser(project).parse_overrides(overrides)
@@ -136,7 +138,7 @@ def expand(project: Project, overrides: list[str]) -> tuple[list[Job], list[str]
                 params[key[len(SIGNAL_PARAM) :]] = value
             else:
                 context.append(text)
-                parts.append((key, _kind(override), value))
+                parts.append((key, override_kind(override), value))
         texts = tuple(text for text, _, _ in combination)
         jobs.append(Job(number, texts, params, tuple(context), tuple(parts)))
     return jobs, keys
@@ -162,14 +164,6 @@ def _enumerate(override: Any) -> list[tuple[str, Any]]:
         (f"{key}={Override._get_value_element_as_str(item)}", Override._convert_value(item))
         for item in override.sweep_iterator()
     ]
-
-
-def _kind(override: Any) -> str:
-    if override.is_delete():
-        return "delete"
-    if override.is_force_add():
-        return "force_add"
-    return "add" if override.is_add() else "change"
 
 
 def batches(jobs: list[Job]) -> dict[tuple[str, ...], list[Job]]:

@@ -62,16 +62,19 @@ def existing_files(directory: Path) -> list[str]:
     return sorted(found)
 
 
+def _change(current: Path, content: bytes) -> str:
+    """ "created", "updated" or "unchanged": what writing ``content`` does to ``current``."""
+    if not current.is_file():
+        return "created"
+    if current.read_bytes() != content or _mode(content) != _current_mode(current):
+        return "updated"
+    return "unchanged"
+
+
 def compare(directory: Path, outputs: dict[str, bytes]) -> WriteReport:
     report = WriteReport()
     for path in sorted(outputs):
-        target = directory / path
-        if not target.is_file():
-            report.created.append(path)
-        elif target.read_bytes() != outputs[path] or _mode(outputs[path]) != _current_mode(target):
-            report.updated.append(path)
-        else:
-            report.unchanged.append(path)
+        getattr(report, _change(directory / path, outputs[path])).append(path)
     report.removed = [p for p in existing_files(directory) if p not in outputs]
     return report
 
@@ -152,17 +155,13 @@ class StagedWrite:
         if path in self._added:
             raise ValueError(f"{path} added twice")
         self._added.add(path)
-        current = self.directory / path
-        if not current.is_file():
-            self.report.created.append(path)
-        elif current.read_bytes() != content or _mode(content) != _current_mode(current):
-            self.report.updated.append(path)
-        else:
-            self.report.unchanged.append(path)
+        change = _change(self.directory / path, content)
+        getattr(self.report, change).append(path)
+        if change == "unchanged":
             if self._writer is None:
                 self._pending_links.append(path)
             else:
-                self._send(stager.LINK, 0, path, os.fsencode(current.resolve()))
+                self._link(path)
             return
         self._start()
         # no fsync per file: generated/ is derived from committed inputs, so a power cut can at
@@ -211,8 +210,12 @@ class StagedWrite:
 
                 fcntl.fcntl(self._writer.stdin.fileno(), fcntl.F_SETPIPE_SZ, _PIPE_SIZE)
         for path in self._pending_links:
-            self._send(stager.LINK, 0, path, os.fsencode((self.directory / path).resolve()))
+            self._link(path)
         self._pending_links.clear()
+
+    def _link(self, path: str) -> None:
+        """Stage the current tree's file as it is (a hard link: its inode and mtime are kept)."""
+        self._send(stager.LINK, 0, path, os.fsencode((self.directory / path).resolve()))
 
     def _send(self, operation: bytes, mode: int, path: str, payload: bytes) -> None:
         assert self._writer is not None and self._writer.stdin is not None
