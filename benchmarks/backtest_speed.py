@@ -38,10 +38,10 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from qcompile.backtest import engine, fast
-from qcompile.backtest.engine import Costs, Settings
-from qcompile.backtest.grid import run_grid
-from qcompile.backtest.metrics import compute
+from qcompile.research.backtest import engine, fast
+from qcompile.research.backtest.engine import Costs, Settings
+from qcompile.research.backtest.grid import run_grid
+from qcompile.research.backtest.metrics import compute
 from qcompile.signals.trend import _ma_grid, ma_crossover
 
 DAY = 86_400_000

@@ -35,8 +35,8 @@ import polars as pl
 import yaml
 
 from qcompile.emulator import Emulator, load_bars, ticks_from_bars
-from qcompile.live.runner import Runner, Session
-from qcompile.live.state import FileStateStore
+from qcompile.runtime.runner import Runner, Session
+from qcompile.runtime.state import FileStateStore
 
 REPO = Path(__file__).resolve().parents[1]
 PARAMS = REPO / "generated/STR-2026-0007/params.yaml"

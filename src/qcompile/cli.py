@@ -18,8 +18,8 @@ import click
 
 from qcompile import __version__
 from qcompile.errors import COMMAND_LINE, DiagnosticsError, QcompileError, StaleError
-from qcompile.live.command import emulator_options as live_emulator_options
-from qcompile.live.command import run_options as live_run_options
+from qcompile.runtime.command import emulator_options as live_emulator_options
+from qcompile.runtime.command import run_options as live_run_options
 
 EXIT_STALE = 1
 EXIT_CONFIG = 2
@@ -104,7 +104,7 @@ def build(overrides: tuple[str, ...], only: tuple[str, ...], check: bool) -> Non
     OVERRIDES follow Hydra's grammar (costs=zero, strategy.signal.params.fast=12, +key=value) and
     apply to every selected strategy.
     """
-    from qcompile.build import build as run_build
+    from qcompile.compiler.build import build as run_build
 
     outcome = run_build(_project(), list(overrides), list(only) or None, check=check)
     for warning in outcome.warnings:
@@ -138,7 +138,7 @@ def build(overrides: tuple[str, ...], only: tuple[str, ...], check: bool) -> Non
 @_handled
 def validate(overrides: tuple[str, ...], only: tuple[str, ...]) -> None:
     """Validate conf/ and check gates without writing anything."""
-    from qcompile.build import compile_project
+    from qcompile.compiler.build import compile_project
 
     compilation = compile_project(_project(), list(overrides), list(only) or None)
     for warning in compilation.warnings:
@@ -152,7 +152,7 @@ def validate(overrides: tuple[str, ...], only: tuple[str, ...]) -> None:
 @_handled
 def show(strategy: str, overrides: tuple[str, ...]) -> None:
     """Print STRATEGY's composed config; secrets are shown as references, never values."""
-    from qcompile.views import composed_yaml
+    from qcompile.compiler.views import composed_yaml
 
     click.echo(composed_yaml(_project(), strategy, list(overrides)), nl=False)
 
@@ -164,7 +164,7 @@ def show(strategy: str, overrides: tuple[str, ...]) -> None:
 def backtest(strategy: str, overrides: tuple[str, ...]) -> None:
     """Backtest STRATEGY on its local data and write reports/<id>/<version>/report.md and
     evidence.json (with OVERRIDES: an experiment under .../runs/<hash>/)."""
-    from qcompile.workflows import backtest as run_backtest
+    from qcompile.research.workflows import backtest as run_backtest
 
     _, summary = run_backtest(_project(), strategy, list(overrides))
     click.echo(summary)
@@ -206,7 +206,7 @@ def sweep(
     hydra.launcher.KEY=VALUE overrides configure a Hydra launcher.
 
     Writes reports/<id>/sweeps/<name>/: results.parquet, results.csv and summary.md."""
-    from qcompile import sweep as sweeps
+    from qcompile.research.sweep import run as sweeps
 
     project = _project()
     if dry_run:
@@ -257,7 +257,7 @@ def download(strategy: str, start: str | None, end: str | None) -> None:
     """Download STRATEGY's universe from its data source's REST API into its local data path.
 
     The API key comes from the environment variable that data.api_key references."""
-    from qcompile.workflows import download as run_download
+    from qcompile.research.workflows import download as run_download
 
     rows = run_download(_project(), strategy, start, end)
     for symbol, count in rows.items():
@@ -274,7 +274,7 @@ def run(strategy: str, **options: Any) -> None:
 
     `--feed emulator` replays the strategy's local data through the local protocol emulator: a
     live-like session with no API key. Ctrl-C stops it cleanly (safe state, state saved, exit 0)."""
-    from qcompile.live.command import execute
+    from qcompile.runtime.command import execute
 
     project = _project()
     execute(_params_file(project, strategy), project.root, **options)
@@ -286,7 +286,7 @@ def run(strategy: str, **options: Any) -> None:
 def emulator(**options: Any) -> None:
     """Serve the TickDB protocol emulator on loopback (WebSocket and REST on one port), replaying
     local bars, with faults scripted by --scenario (docs/emulator.md)."""
-    from qcompile.live.command import serve_emulator
+    from qcompile.runtime.command import serve_emulator
 
     serve_emulator(**options)
 
@@ -298,7 +298,7 @@ def emulator(**options: Any) -> None:
 def stop(strategy: str, timeout: float) -> None:
     """Stop STRATEGY's running instance on this host (SIGTERM: safe state, final save) and wait
     until its lease is free."""
-    from qcompile.live.command import stop_runner
+    from qcompile.runtime.command import stop_runner
 
     project = _project()
     stop_runner(_params_file(project, strategy), project.root, timeout)
@@ -311,7 +311,7 @@ def stop(strategy: str, timeout: float) -> None:
 @_handled
 def heartbeat(strategy: str, wait: float, since: str | None) -> None:
     """Print the liveness heartbeat of STRATEGY's connected runner (exit 2 if none in time)."""
-    from qcompile.live.command import await_heartbeat
+    from qcompile.runtime.command import await_heartbeat
 
     project = _project()
     await_heartbeat(_params_file(project, strategy), project.root, wait, since)
@@ -326,9 +326,9 @@ def selftest(output: str | None) -> None:
     this qcompile version (reports/runtime/qcompile-<version>.json)."""
     from pathlib import Path
 
-    from qcompile.build import project_settings
-    from qcompile.checklist import selftest_path
-    from qcompile.live.command import run_selftest
+    from qcompile.compiler.build import project_settings
+    from qcompile.compiler.rules.checklist import selftest_path
+    from qcompile.runtime.command import run_selftest
 
     project = _project()
     run_selftest(Path(output) if output else selftest_path(project_settings(project), project.root))
@@ -342,7 +342,7 @@ def selftest(output: str | None) -> None:
 def journal_command(strategy: str, kind: str | None, detail: str) -> None:
     """Print STRATEGY's runner journal (fills, daily equity, alerts, rollbacks), or --add an
     operator's event to it (the rollback script records itself this way)."""
-    from qcompile.live.command import journal
+    from qcompile.runtime.command import journal
 
     project = _project()
     journal(_params_file(project, strategy), project.root, kind, detail)
@@ -356,7 +356,7 @@ def list_strategies(overrides: tuple[str, ...]) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from qcompile.views import strategy_rows
+    from qcompile.compiler.views import strategy_rows
 
     rows = strategy_rows(_project(), list(overrides))
     table = Table(show_lines=False)
@@ -381,7 +381,7 @@ def list_strategies(overrides: tuple[str, ...]) -> None:
 @_handled
 def docs(output: str, check: bool) -> None:
     """Write the config reference generated from the validation schemas."""
-    from qcompile.reference import config_reference
+    from qcompile.compiler.reference import config_reference
 
     path = _project().root / output
     text = config_reference()
@@ -406,7 +406,7 @@ def release_command(strategy: str, note: str | None, by: str | None) -> None:
     Refused while generated/ is stale or generated/<id>/ or conf/ has uncommitted changes."""
     import datetime as dt
 
-    from qcompile.releases import history_file, release
+    from qcompile.lifecycle.releases import history_file, release
 
     project = _project()
     done = release(project, strategy, note=note, by=by, clock=lambda: dt.datetime.now(dt.UTC))
@@ -437,7 +437,7 @@ def release_command(strategy: str, note: str | None, by: str | None) -> None:
 @_handled
 def history_command(strategy: str, selected: str | None, field: str | None) -> None:
     """List STRATEGY's releases, oldest first, from releases/<id>.jsonl."""
-    from qcompile import releases as history
+    from qcompile.lifecycle import releases as history
 
     project = _project()
     strategy_id = history.resolve_strategy(project, strategy)
@@ -490,7 +490,7 @@ def history_command(strategy: str, selected: str | None, field: str | None) -> N
 @_handled
 def diff_command(strategy: str, from_rev: str | None, to_rev: str | None) -> None:
     """Show what changed in STRATEGY's pins and generated/<id>/ files, as a unified diff."""
-    from qcompile.releases import diff
+    from qcompile.lifecycle.releases import diff
 
     click.echo(diff(_project(), strategy, from_rev, to_rev), nl=False)
 
@@ -516,7 +516,7 @@ def signoff(
 ) -> None:
     """Record a sign-off in STRATEGY's YAML file: who, when (UTC) and the sha256 of what was
     signed. A sign-off whose artefact changes afterwards is stale and no longer meets the gate."""
-    from qcompile.signoff import sign
+    from qcompile.lifecycle.signoff import sign
 
     signature = sign(_project(), strategy, by, role=role, artefact=artefact, item=item)
     click.echo(f"signed {signature.key} of {signature.strategy_id}: {signature.what}")
@@ -547,7 +547,7 @@ def signoff(
 def promote(strategy: str, to_phase: str) -> None:
     """Move STRATEGY to phase --to if that phase's gate is met (else list what is missing), by
     rewriting strategy.status in its YAML file."""
-    from qcompile.signoff import promote as run_promote
+    from qcompile.lifecycle.signoff import promote as run_promote
 
     moved = run_promote(_project(), strategy, to_phase)
     verb = "demoted" if moved.demotion else "promoted"
@@ -565,8 +565,8 @@ def status(as_json: bool) -> None:
     import datetime as dt
     import json
 
-    from qcompile.review_rules import today
-    from qcompile.status import status_rows
+    from qcompile.compiler.rules.review_due import today
+    from qcompile.operations.status import status_rows
 
     on = today()
     rows, mismatches = status_rows(_project(), on, dt.datetime.now(dt.UTC))
@@ -621,8 +621,8 @@ def retro(month: str | None, output: str | None) -> None:
     rollbacks from each runner's journal, and the releases made (docs/retrospective-template.md)."""
     from pathlib import Path
 
-    from qcompile.retro import collect, previous_month, render_markdown
-    from qcompile.review_rules import today
+    from qcompile.compiler.rules.review_due import today
+    from qcompile.operations.retro import collect, previous_month, render_markdown
 
     chosen = month or previous_month(today())
     text = render_markdown(chosen, collect(_project(), chosen))
@@ -649,8 +649,8 @@ def review() -> None:
 def weekly(week: str | None, threshold: float | None, only: tuple[str, ...]) -> None:
     """Compare each production strategy's trailing 20 live days with its backtest; write
     reports/<id>/reviews/<week>.md and .html and send flags to its alert sinks."""
-    from qcompile.review import STATISTICS
-    from qcompile.review import weekly as run_weekly
+    from qcompile.operations.review import STATISTICS
+    from qcompile.operations.review import weekly as run_weekly
 
     project = _project()
     overdue: list[Any] = []
@@ -683,8 +683,8 @@ def refresh(only: tuple[str, ...]) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from qcompile.refresh import refresh as run_refresh
-    from qcompile.refresh import summary_rows
+    from qcompile.operations.refresh import refresh as run_refresh
+    from qcompile.operations.refresh import summary_rows
 
     results = run_refresh(_project(), list(only) or None)
     if not results:
@@ -728,7 +728,7 @@ def refresh(only: tuple[str, ...]) -> None:
 def dashboard(port: int, host: str, only: tuple[str, ...], refresh: float) -> None:
     """Serve a read-only local web page of every built strategy's live state: positions, daily
     PnL, open orders, signal cursor and heartbeat age, read from the state stores (no lease)."""
-    from qcompile.live.dashboard import serve
+    from qcompile.operations.dashboard import serve
 
     project = _project()
     serve(project.root, host=host, port=port, only=only, refresh_s=refresh, announce=click.echo)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable
-from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -42,26 +41,21 @@ def files_sha256(
     return sha256_json([(f.relative_to(directory).as_posix(), file_hash(f)) for f in sorted(files)])
 
 
-RUNTIME_PACKAGES = ("live", "emulator", "marketdata")
+RUNTIME_PACKAGES = ("runtime", "emulator", "marketdata")
+
+
+def sources_sha256(root: Path, packages: tuple[str, ...]) -> str:
+    """Hash of the Python sources of ``packages`` (folders under ``root``, sub-packages included),
+    each file named by its path below ``root``: read, never imported."""
+    digest = hashlib.sha256()
+    for package in packages:
+        for path in sorted((root / package).rglob("*.py")):
+            digest.update(f"{path.relative_to(root).as_posix()}\0".encode())
+            digest.update(path.read_bytes())
+    return digest.hexdigest()
 
 
 def runtime_sha256() -> str:
     """Hash of the production runtime's source files: what a `qcompile selftest` result vouches
     for. The compiler reads the same files (never imports them) to check that result."""
-    root = Path(__file__).resolve().parent
-    digest = hashlib.sha256()
-    for package in RUNTIME_PACKAGES:
-        for path in sorted((root / package).glob("*.py")):
-            digest.update(f"{package}/{path.name}\0".encode())
-            digest.update(path.read_bytes())
-    return digest.hexdigest()
-
-
-@cache
-def compiler_sha256() -> str:
-    """Hash of the compiler's own modules and templates: a changed compiler re-renders everything,
-    even when a development install did not bump the version. Lives here, not in plan, so that
-    the no-change build's digest needs no template engine imported."""
-    package = Path(__file__).resolve().parent
-    files = sorted(package.glob("*.py")) + sorted((package / "templates").glob("*.j2"))
-    return sha256_json({p.relative_to(package).as_posix(): sha256_file(p) for p in files})
+    return sources_sha256(Path(__file__).resolve().parent, RUNTIME_PACKAGES)

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from qcompile.live.alerts import (
+from qcompile.runtime.alerts import (
     Alert,
     AlertConfigError,
     Alerter,
@@ -19,7 +19,7 @@ from qcompile.live.alerts import (
     WebhookSink,
     build_sinks,
 )
-from qcompile.live.secrets import SecretError
+from qcompile.runtime.secrets import SecretError
 from tests.integration.conftest import HttpReceiver, SmtpSink, free_port
 
 HOOK_TOKEN = "s3cretHookToken"  # the secret part of the receiver's URL (see conftest)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from qcompile.checklist import MANUAL_ITEMS, RUNTIME_ITEMS
+from qcompile.compiler.rules.checklist import MANUAL_ITEMS, RUNTIME_ITEMS
 from tests.conftest import cli, edit, without_production_example
 
 STRATEGY = "STR-2026-0063"  # the z-score example, in validation with its report signed

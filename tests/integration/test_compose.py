@@ -8,7 +8,12 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from qcompile.compose import compose_strategies, hydra_session, parse_overrides, read_conf_tree
+from qcompile.compiler.compose import (
+    compose_strategies,
+    hydra_session,
+    parse_overrides,
+    read_conf_tree,
+)
 from qcompile.project import Project
 
 CASES = [

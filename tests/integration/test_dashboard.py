@@ -26,8 +26,8 @@ from typing import Any
 
 import pytest
 
-from qcompile.live.dashboard import DashboardError, DashboardServer, make_server
-from qcompile.live.state import FileStateStore
+from qcompile.operations.dashboard import DashboardError, DashboardServer, make_server
+from qcompile.runtime.state import FileStateStore
 from tests.conftest import REPO, cli_process
 
 STRATEGY = "STR-2026-0007"

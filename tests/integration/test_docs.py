@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from qcompile.reference import config_reference
+from qcompile.compiler.reference import config_reference
 from tests.conftest import GOLDEN, REPO, copy_example_project
 
 EXIT = re.compile(r"#\s*exits (\d+)\s*$")
@@ -94,7 +94,7 @@ def test_every_diagnostic_code_is_documented() -> None:
     codes = set()
     for golden in (GOLDEN / "diagnostics").glob("*.txt"):
         codes.update(re.findall(r"\[([a-z_]+\.[a-z_.]+)\]$", golden.read_text(), flags=re.M))
-    source = "".join(p.read_text() for p in (REPO / "src/qcompile").glob("*.py"))
+    source = "".join(p.read_text() for p in (REPO / "src/qcompile").rglob("*.py"))
     codes.update(
         re.findall(
             r'"((?:schema|rule|lock|secret|yaml|override|defaults|conf|config|cli|compose|report)'

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from qcompile.lifecycle.releases import release
 from qcompile.project import Project
-from qcompile.releases import release
 from tests.conftest import cli, copy_example_project, edit
 
 STRATEGY = "STR-2026-0007"

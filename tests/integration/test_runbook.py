@@ -39,7 +39,7 @@ def test_scripts_are_executable_as_written() -> None:
 
 def test_every_alert_the_runtime_raises_is_in_the_runbook() -> None:
     raised = set()
-    for path in (REPO / "src/qcompile/live").glob("*.py"):
+    for path in (REPO / "src/qcompile/runtime").glob("*.py"):
         if path.name == "alerts.py":
             continue  # the sink machinery, not a source of alerts
         raised |= set(re.findall(r'"((?:feed|runner)\.[a-z_]+)"', path.read_text()))

@@ -24,8 +24,8 @@ import yaml
 
 from qcompile.emulator import Emulator, ticks_from_bars
 from qcompile.emulator import load_bars as emulator_bars
-from qcompile.live.runner import Runner, RunnerError, Session, compatibility
-from qcompile.live.state import FileStateStore, LeaseError
+from qcompile.runtime.runner import Runner, RunnerError, Session, compatibility
+from qcompile.runtime.state import FileStateStore, LeaseError
 from qcompile.signals.pinning import pinned_signal
 from tests.conftest import REPO
 
@@ -177,7 +177,7 @@ def test_a_half_open_connection_is_detected_and_makes_the_safe_state(
     assert wait_until(lambda: runner.feed.connected.is_set() and not runner.engine.state.suspended)
     emulator.inject("silence", duration_s=1.0)
     # While nothing arrives, a working order exists (no quote can fill it) ...
-    from qcompile.live.broker import Order
+    from qcompile.runtime.broker import Order
 
     with runner.engine.lock:
         runner.engine.submit(Order("manual-1", "MSFT", 10.0, 0))
@@ -344,9 +344,16 @@ def test_a_restart_resumes_from_the_persisted_state(
     project: Path, emulator: Emulator, caplog: pytest.LogCaptureFixture
 ) -> None:
     first = start_runner(project, emulator)
-    assert wait_until(lambda: first.saver.seq > 20)
+    reader = FileStateStore(project / "state", "STR-2026-0007", "reader")  # takes no lease
+
+    def durably_positioned() -> bool:
+        """A saved state worth resuming: a cursor for every symbol and an open position."""
+        state = reader.load() or {}
+        return sorted(state.get("cursor") or {}) == SYMBOLS and bool(state.get("positions"))
+
+    # what the test means, however fast this machine is today (the replay has both soon)
+    assert wait_until(durably_positioned, timeout=60)
     summary = first.stop()
-    reader = FileStateStore(project / "state", "STR-2026-0007", "reader")
     saved, journaled = reader.load(), len(reader.read_journal())
     with caplog.at_level(logging.INFO, logger="qcompile.live"):
         second = start_runner(project, emulator)
@@ -384,7 +391,7 @@ def test_redis_state_and_its_lease(project: Path, emulator: Emulator, redis_url:
         )
 
     first = start()
-    assert wait_until(lambda: first.saver.seq > 5)
+    assert wait_until(lambda: first.saver.seq > 0, timeout=60)  # a state saved to resume
     with pytest.raises(LeaseError):
         start()
     summary = first.stop()

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from qcompile.live.runner import state_digest
-from qcompile.live.state import FileStateStore
+from qcompile.runtime.runner import state_digest
+from qcompile.runtime.state import FileStateStore
 from tests.conftest import REPO, cli_process
 
 STRATEGY = "STR-2026-0007"

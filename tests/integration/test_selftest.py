@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from qcompile.checklist import RUNTIME_ITEMS
+from qcompile.compiler.rules.checklist import RUNTIME_ITEMS
 from qcompile.hashing import runtime_sha256
 from tests.conftest import cli, cli_process, without_production_example
 

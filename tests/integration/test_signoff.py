@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 import yaml
 
+from qcompile.compiler.rules.gates import CHECKLIST_ITEMS, PHASES, SignedArtefact, evaluate
+from qcompile.compiler.schema import SIGNOFF_ARTEFACTS, TIMESTAMP_PATTERN
 from qcompile.hashing import sha256_file
-from qcompile.lifecycle import CHECKLIST_ITEMS, PHASES, SignedArtefact, evaluate
+from qcompile.lifecycle.signoff import ROLES, sign
 from qcompile.project import Project
-from qcompile.schema import SIGNOFF_ARTEFACTS, TIMESTAMP_PATTERN
-from qcompile.signoff import ROLES, sign
 from tests.conftest import REPO, cli, edit, tree_digest
 
 FILES = {

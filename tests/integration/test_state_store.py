@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 import redis
 
-from qcompile.live.secrets import SecretError
-from qcompile.live.state import (
+from qcompile.runtime.secrets import SecretError
+from qcompile.runtime.state import (
     FileStateStore,
     LeaseError,
     RedisStateStore,
@@ -119,7 +119,7 @@ CRASHER = textwrap.dedent(
     """
     import sys
     from pathlib import Path
-    from qcompile.live.state import FileStateStore
+    from qcompile.runtime.state import FileStateStore
 
     store = FileStateStore(Path(sys.argv[1]), "STR-1", "crasher")
     store.acquire()

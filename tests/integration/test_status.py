@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from qcompile.status import _mark_mismatches, liveness
+from qcompile.operations.status import _mark_mismatches, liveness
 from tests.conftest import cli, edit
 
 ZSCORE = "STR-2026-0063"

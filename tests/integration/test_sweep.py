@@ -175,7 +175,7 @@ def test_the_generated_harness_takes_the_same_sweep_arguments(example: Path) -> 
 def test_leaf_values_applied_to_a_compiled_group_give_what_composing_gives(
     example: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from qcompile import sweep as sweeps
+    from qcompile.research.sweep import run as sweeps
 
     sweep = (
         "sweep",
@@ -217,10 +217,10 @@ def test_gates_do_not_stop_a_sweep(example: Path) -> None:
 def test_a_signal_sweep_reads_the_built_parameters_only_while_they_are_current(
     example: Path,
 ) -> None:
-    from qcompile.build import compile_project
-    from qcompile.plan import runtime_parameters
+    from qcompile.compiler.build import compile_project
+    from qcompile.compiler.plan import runtime_parameters
     from qcompile.project import Project
-    from qcompile.sweep import _built_params
+    from qcompile.research.sweep.run import _built_params
 
     project = Project(example)
     assert _built_params(project, "ma_trend") is None  # nothing built yet

@@ -4,12 +4,14 @@ its own.
 hydra-ray-launcher 1.2 requires cloudpickle<3 and the joblib launcher of the test extra requires
 cloudpickle>=3, so the two cannot share the test environment. This test makes a second virtual
 environment holding qcompile's dependencies and its ``ray`` extra (built once per machine and
-cached under ~/.cache/qcompile/test-envs, keyed by pyproject.toml), runs this checkout's qcompile
-there through Ray, and compares the files with the local pool's run here.
+cached under ~/.cache/qcompile/test-envs, keyed by pyproject.toml, under a lock that concurrent
+runs share), runs this checkout's qcompile there through Ray, and compares the files with the
+local pool's run here.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import shutil
@@ -41,17 +43,22 @@ def ray_python() -> Path:
     environment = cache / "qcompile" / "test-envs" / f"ray-{digest}"
     python = environment / "bin" / "python"
     ready = environment / "installed"
-    if not ready.is_file():  # built here, or left half-built by an interrupted run
-        shutil.rmtree(environment, ignore_errors=True)
-        subprocess.run([sys.executable, "-m", "venv", str(environment)], check=True)
-        install = subprocess.run(
-            [str(python), "-m", "pip", "install", "-q", *requirements],
-            capture_output=True,
-            text=True,
-            timeout=900,
-        )
-        assert install.returncode == 0, install.stderr[-2000:]
-        ready.touch()
+    environment.parent.mkdir(parents=True, exist_ok=True)
+    # Two test runs at once (CI beside a developer's run) must not build into one folder: the
+    # first to take the lock builds, the other waits for it and then finds the environment ready.
+    with open(environment.parent / f"ray-{digest}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not ready.is_file():  # not built yet, or left half-built by an interrupted run
+            shutil.rmtree(environment, ignore_errors=True)
+            subprocess.run([sys.executable, "-m", "venv", str(environment)], check=True)
+            install = subprocess.run(
+                [str(python), "-m", "pip", "install", "-q", *requirements],
+                capture_output=True,
+                text=True,
+                timeout=900,
+            )
+            assert install.returncode == 0, install.stderr[-2000:]
+            ready.touch()
     return python
 
 

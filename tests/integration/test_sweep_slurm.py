@@ -8,8 +8,10 @@ run as root it is skipped, since slurmd must run as root.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -128,6 +130,7 @@ def slurm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
             time.sleep(0.3)
         yield conf
     finally:
+        _cancel_jobs(env)
         for process in reversed(started):
             process.terminate()
         for process in reversed(started):
@@ -135,6 +138,52 @@ def slurm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
                 process.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 process.kill()
+                process.wait()
+        # slurmd's step daemons and the jobs' srun detach from slurmd: end every process of this
+        # cluster, found by the configuration it runs under, and fail if one survives
+        left = _end_processes_of(conf)
+        assert not left, f"Slurm processes survived the test: {left}"
+
+
+def _cancel_jobs(env: dict[str, str]) -> None:
+    """Cancel whatever this cluster still runs and wait (briefly) until its queue is empty."""
+    scancel, squeue = _binary("scancel"), _binary("squeue")
+    if not (scancel and squeue):
+        return
+    subprocess.run([scancel, "--full", "--user", "root"], env=env, capture_output=True)
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        queued = subprocess.run([squeue, "-h", "-o", "%i"], env=env, capture_output=True, text=True)
+        if queued.returncode or not queued.stdout.strip():
+            return
+        time.sleep(0.3)
+
+
+def _processes_of(conf: Path) -> dict[int, str]:
+    """Every process whose environment names ``conf`` as its SLURM_CONF (but this one)."""
+    marker = f"SLURM_CONF={conf}".encode()
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            if marker in (entry / "environ").read_bytes().split(b"\0"):
+                found[int(entry.name)] = (entry / "cmdline").read_bytes().split(b"\0")[0].decode()
+        except OSError:  # gone meanwhile, or not ours to read
+            continue
+    return found
+
+
+def _end_processes_of(conf: Path) -> dict[int, str]:
+    """SIGTERM, then SIGKILL, every process of this cluster; returns those still alive."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in _processes_of(conf):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+        deadline = time.monotonic() + 5
+        while _processes_of(conf) and time.monotonic() < deadline:
+            time.sleep(0.1)
+    return _processes_of(conf)
 
 
 def test_a_sweep_through_slurm_gives_the_local_pools_table(

@@ -7,7 +7,7 @@ import random
 from hypothesis import given
 from hypothesis import strategies as st
 
-from qcompile.live.backoff import Backoff
+from qcompile.runtime.backoff import Backoff
 
 
 def test_first_wait_is_one_second_not_two() -> None:

@@ -7,8 +7,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from qcompile.backtest import engine, fast
-from qcompile.backtest.engine import Costs, Settings
+from qcompile.research.backtest import engine, fast
+from qcompile.research.backtest.engine import Costs, Settings
 from tests.unit.test_engine import bars
 
 prices = st.floats(min_value=0.5, max_value=500, allow_nan=False)

@@ -7,7 +7,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from qcompile.backtest.data import Convention, DataContractError, detect_unit, load_bars
+from qcompile.research.data import Convention, DataContractError, detect_unit, load_bars
 
 MS = Convention("ms", "UTC", "bar_open")
 START = 1_700_006_400_000

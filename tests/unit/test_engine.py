@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from qcompile.backtest.engine import Costs, Settings, run
+from qcompile.research.backtest.engine import Costs, Settings, run
 
 DAY = 86_400_000
 

@@ -11,9 +11,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from qcompile.backtest import fast
-from qcompile.backtest.grid import run_grid, targets_by_call
-from qcompile.backtest.metrics import compute
+from qcompile.research.backtest import fast
+from qcompile.research.backtest.grid import run_grid, targets_by_call
+from qcompile.research.backtest.metrics import compute
 from qcompile.signals.trend import _ma_grid, _vwma_grid, ma_crossover, vwma_crossover
 from tests.unit.test_compiled_engine import configurations, universes
 
@@ -135,7 +135,7 @@ def test_crossover_grids_equal_the_signal_and_an_independent_computation(
 def test_grid_of_the_ma_signal_matches_single_runs_on_shared_and_ragged_calendars() -> None:
     bars = _walk(3, 300, seed=9)
     ragged = bars.filter((pl.col("symbol") != "S1") | (pl.col("timestamp") >= 40 * DAY))
-    from qcompile.backtest.engine import Costs, Settings
+    from qcompile.research.backtest.engine import Costs, Settings
 
     config = Settings(initial_capital=1e5, costs=Costs(5, 0.005, 1.0))
     combos = [{"fast": f, "slow": s} for f in (5, 10) for s in (20, 60)]
@@ -152,8 +152,8 @@ def test_grid_of_the_ma_signal_matches_single_runs_on_shared_and_ragged_calendar
 
 
 def test_blocks_of_symbols_and_chunks_of_combinations_change_nothing(monkeypatch) -> None:
-    from qcompile.backtest import grid as grid_module
-    from qcompile.backtest.engine import Costs, Settings
+    from qcompile.research.backtest import grid as grid_module
+    from qcompile.research.backtest.engine import Costs, Settings
 
     bars = _walk(5, 200, seed=3)
     # S0 ends before the window, S3 starts inside it: blocks with no traded rows and ragged ones

@@ -9,12 +9,16 @@ import numpy as np
 import polars as pl
 import pytest
 
-from qcompile.backtest import grid as grid_module
-from qcompile.backtest.engine import Costs, Settings
-from qcompile.backtest.grid import _clock_map, _wanted, run_grid, sleeve_scratch
-from qcompile.backtest.kernel import grid_accumulate, grid_accumulate_sleeves, shared_calendar
-from qcompile.signals import _frames as frames_module
-from qcompile.signals._frames import compared_starts
+from qcompile.research.backtest import grid as grid_module
+from qcompile.research.backtest.engine import Costs, Settings
+from qcompile.research.backtest.grid import _clock_map, _wanted, run_grid, sleeve_scratch
+from qcompile.research.backtest.kernel import (
+    grid_accumulate,
+    grid_accumulate_sleeves,
+    shared_calendar,
+)
+from qcompile.signals import frames as frames_module
+from qcompile.signals.frames import compared_starts
 from qcompile.signals.trend import _ma_grid, ma_crossover
 
 DAY = 86_400_000
@@ -119,7 +123,7 @@ def test_one_combination_blocked_or_not_equals_it_among_others(ragged, monkeypat
 def test_symbol_runs_read_off_the_times_equal_the_symbols_runs(
     frame: pl.DataFrame, monkeypatch
 ) -> None:
-    from qcompile.backtest.grid import _symbol_runs
+    from qcompile.research.backtest.grid import _symbol_runs
 
     monkeypatch.setattr(frames_module, "RUNS_FROM_TIMES", 1)
     starts, first, last = _symbol_runs(frame)
@@ -130,7 +134,7 @@ def test_symbol_runs_read_off_the_times_equal_the_symbols_runs(
 
 
 def test_symbol_runs_of_a_universe_equal_the_symbols_runs(monkeypatch) -> None:
-    from qcompile.backtest.grid import _symbol_runs
+    from qcompile.research.backtest.grid import _symbol_runs
 
     monkeypatch.setattr(frames_module, "RUNS_FROM_TIMES", 1)
     for ragged in (False, True):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from qcompile.lifecycle import CHECKLIST_ITEMS, evaluate, load_evidence, requirements_for
+from qcompile.compiler.rules.gates import CHECKLIST_ITEMS, evaluate, load_evidence, requirements_for
 
 GATES = {
     "research": ["brief.alpha_thesis", "brief.expected_signal", "signoff.brief"],

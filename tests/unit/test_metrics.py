@@ -6,7 +6,14 @@ import math
 
 import pytest
 
-from qcompile.backtest.metrics import FORMULAS, bar_returns, compute, max_drawdown, sharpe, sortino
+from qcompile.research.backtest.metrics import (
+    FORMULAS,
+    bar_returns,
+    compute,
+    max_drawdown,
+    sharpe,
+    sortino,
+)
 
 
 def test_returns_total_and_annualised() -> None:

@@ -8,7 +8,7 @@ from statistics import NormalDist
 import numpy as np
 import pytest
 
-from qcompile.backtest.overfitting import (
+from qcompile.research.backtest.overfitting import (
     EULER_GAMMA,
     deflated_sharpe,
     expected_max_sharpe,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from qcompile.live.broker import Order, PaperBroker
+from qcompile.runtime.broker import Order, PaperBroker
 
 COSTS = {"slippage_bps": 10, "commission_per_share": 0.01, "min_commission": 1.0}
 

@@ -9,7 +9,7 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from qcompile.quoting import QuotingError, pyliteral, shquote, yaml_block, yaml_inline
+from qcompile.compiler.quoting import QuotingError, pyliteral, shquote, yaml_block, yaml_inline
 
 HOSTILE = [
     "x'; rm -rf ~ #",

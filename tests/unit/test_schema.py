@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from cerberus.schema import DefinitionSchema, SchemaError
 
-from qcompile.validate import _PARTS, _Validator, part_schema
+from qcompile.compiler.validate import _PARTS, _Validator, part_schema
 
 
 @pytest.mark.parametrize("part", sorted(_PARTS))

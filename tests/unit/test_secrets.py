@@ -7,7 +7,7 @@ import logging
 import pytest
 
 from qcompile.errors import QcompileError
-from qcompile.live.secrets import (
+from qcompile.runtime.secrets import (
     RedactingFilter,
     SecretError,
     install_redaction,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from qcompile.sweepreport import plateau
+from qcompile.research.sweep.summary import plateau
 
 
 def _rows(sharpes: dict[tuple[int, int], float]) -> list[dict]:

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from qcompile import write
-from qcompile.write import stale_files, write_tree
+from qcompile.compiler import write
+from qcompile.compiler.write import stale_files, write_tree
 
 
 def _tree(directory: Path) -> dict[str, bytes]:

@@ -1,7 +1,10 @@
 """Local emulator of the TickDB market-data vendor, with scriptable faults (docs/emulator.md).
 
-Runtime code, used by the live runner and its tests: it must not import the compiler (build,
-compose, validate, ...).
+Used by the runtime (``qcompile run --feed emulator``, the self-test) and the tests, beside the
+runtime rather than inside it: it is the vendor's side of the protocol, not qcompile's.
+
+May import: market data (bar intervals) and the shared modules; never the compiler, research,
+the runtime, lifecycle or operations.
 """
 
 from qcompile.emulator.replay import load_bars, ticks_from_bars

@@ -15,7 +15,7 @@ Design notes (what a client can rely on is in docs/emulator.md):
 - Faults act where a real network or vendor would: ``drop`` aborts the TCP connection without a
   close frame; ``silence`` swallows every outgoing byte, WebSocket pongs included, while the
   socket stays open (a half-open link); ``slow`` stalls each send.
-- ``qcompile emulator`` (qcompile.live.command) serves one by hand.
+- ``qcompile emulator`` (qcompile.runtime.command) serves one by hand.
 """
 
 from __future__ import annotations

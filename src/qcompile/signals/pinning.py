@@ -15,7 +15,7 @@ import polars as pl
 
 from qcompile.hashing import sha256_file
 from qcompile.signals.registry import SignalError, SignalSpec, get_signal
-from qcompile.signalsource import function_sha256
+from qcompile.signals.source import function_sha256
 
 
 def pinned_signal(pinned: dict[str, Any], packages: list[str], root: Path) -> SignalSpec:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import polars as pl
 
-from qcompile.signals._frames import hold, per_symbol
+from qcompile.signals.frames import hold, per_symbol
 from qcompile.signals.registry import signal
 
 

@@ -9,7 +9,7 @@ import numba
 import numpy as np
 import polars as pl
 
-from qcompile.signals._frames import hold, per_symbol, symbol_starts
+from qcompile.signals.frames import hold, per_symbol, symbol_starts
 from qcompile.signals.registry import signal
 
 

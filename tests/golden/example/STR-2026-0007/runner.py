@@ -11,7 +11,7 @@ Ctrl-C stops it cleanly: working orders cancelled, final state saved, exit 0."""
 import sys
 from pathlib import Path
 
-from qcompile.live.command import main
+from qcompile.runtime.command import main
 
 STRATEGY_ID = 'STR-2026-0007'
 PARAMS = Path(__file__).with_name("params.yaml")

@@ -11,7 +11,7 @@ import os
 import sys
 from pathlib import Path
 
-from qcompile.backtest.runner import main
+from qcompile.research.backtest.runner import main
 
 STRATEGY_ID = 'STR-2026-0007'
 PARAMS = Path(__file__).with_name("params.yaml")

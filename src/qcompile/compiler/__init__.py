@@ -1,0 +1,15 @@
+"""The compiler: conf/ in, generated/ out, one module per stage in the order data flows.
+
+    read -> compose -> validate (+ schema) -> lock (+ fingerprint) -> plan
+         -> render (+ quoting, templates/, generator) -> write (+ stager)
+
+``build`` runs the stages and owns generated/manifest.json; ``rules/`` holds the lifecycle rules
+validate and the gates apply (phases and gates, the deployment checklist, what a sign-off covers,
+the one-year review); ``views`` and ``reference`` read what the stages produce (``qcompile
+show``/``list``, the config reference).
+
+May import: the shared modules (``errors``, ``hashing``, ``project``, ``templating``,
+``alertcatalog``), the signal library's source reader (``signals.source``, never the signals
+themselves) and research's data layout (``research.datalayout``), to pin them. Never the runtime,
+the emulator, market data, research's engine, lifecycle commands, operations or the CLI.
+"""

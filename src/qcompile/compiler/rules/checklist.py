@@ -1,0 +1,232 @@
+"""The deployment checklist (source document §5): each item verified from evidence, or signed.
+
+Consumes a strategy's resolved config, its pins, its backtest evidence and the project's signal
+coverage report; produces one :class:`ItemStatus` per item of ``gates.CHECKLIST_ITEMS``. An
+automatic item names the evidence it was verified from, or says why it is not verified; a manual
+item is ticked only by a sign-off (``qcompile signoff STRATEGY --item ID --by EMAIL``). An
+automatic item that cannot be verified here may be signed off by hand, and the checklist then
+says so. The production gate requires every item ticked.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from qcompile import __version__
+from qcompile.compiler.rules.gates import CHECKLIST_ITEMS
+from qcompile.hashing import runtime_sha256
+
+COVERAGE_MINIMUM = 80.0
+# Items the runner's behaviour proves for every strategy it runs: `qcompile selftest` runs those
+# checks against the emulator and records them for the qcompile version and runtime source.
+RUNTIME_ITEMS = {
+    "code.state_persistence": ("state_recovery",),
+    "code.safe_state": ("safe_state",),
+    "code.integration_tests": ("heartbeat", "reconnect"),
+    "data.rate_limits_tested": ("rate_limits",),
+    "data.state_recovery_verified": ("state_recovery",),
+}
+MANUAL_ITEMS = {
+    "data.api_permissions",
+    "data.stream_authenticated",
+    "monitoring.heartbeat",
+    "monitoring.alert_thresholds",
+    "monitoring.alerts_tested",
+    "monitoring.dashboard",
+    "docs.on_call",
+}
+
+
+@dataclass(frozen=True)
+class ItemStatus:
+    id: str
+    text: str
+    section: str
+    mode: str  # "auto" or "manual"
+    ticked: bool
+    evidence: str  # what verified it, who signed it, or what is missing
+
+
+def _signed(record: Any) -> str | None:
+    if isinstance(record, dict) and record.get("by") and record.get("at"):
+        return f"signed by {record['by']} at {record['at']}"
+    return None
+
+
+def coverage_percent(report: Path, source: str) -> float | None:
+    """Line coverage of ``source`` (a path ending) in a coverage.py JSON report, or None."""
+    try:
+        files = json.loads(report.read_text(encoding="utf-8"))["files"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    for name, entry in files.items():
+        if Path(name).as_posix().endswith(source):
+            summary = entry.get("summary") or {}
+            value = summary.get("percent_covered")
+            return float(value) if isinstance(value, int | float) else None
+    return None
+
+
+def evaluate_checklist(
+    config: dict[str, Any],
+    pins: dict[str, Any],
+    evidence: dict[str, Any] | None,
+    root: Path,
+) -> list[ItemStatus]:
+    strategy, source = config["strategy"], config["data"]
+    project = config.get("project") or {}
+    signed = strategy.get("checklist") or {}
+    results = []
+    for item, text in CHECKLIST_ITEMS.items():
+        section = item.partition(".")[0]
+        by_hand = _signed(signed.get(item))
+        if item in MANUAL_ITEMS:
+            results.append(
+                ItemStatus(
+                    item, text, section, "manual", by_hand is not None, by_hand or "not signed"
+                )
+            )
+            continue
+        verified, detail = _verify(item, strategy, source, project, pins, evidence, root)
+        if not verified and by_hand:
+            verified, detail = True, f"{by_hand} ({detail})"
+        mode = "runtime tests, signed" if item in RUNTIME_ITEMS else "auto"
+        results.append(ItemStatus(item, text, section, mode, verified, detail))
+    return results
+
+
+def _verify(
+    item: str,
+    strategy: dict[str, Any],
+    source: dict[str, Any],
+    project: dict[str, Any],
+    pins: dict[str, Any],
+    evidence: dict[str, Any] | None,
+    root: Path,
+) -> tuple[bool, str]:
+    signal = pins.get("signal") or {}
+    label = f"{signal.get('name')}@{signal.get('version')}"
+    sha = str(signal.get("source_sha256") or "")
+    if item == "code.signal_matches_backtest":
+        if evidence is None:
+            return False, "no backtest evidence for this version"
+        ran = (evidence.get("inputs") or {}).get("signal_source_sha256")
+        if ran != sha:
+            return False, f"the backtest ran signal source {str(ran)[:12]}, the pin is {sha[:12]}"
+        return True, (
+            f"backtest and runner load {label} through the same pin (source {sha[:12]}), "
+            "checked against the code at every start"
+        )
+    if item == "code.parameters_externalised":
+        return (
+            True,
+            "runner.py and backtest.py hold only the strategy id; values are in params.yaml",
+        )
+    if item == "code.no_hardcoded_secrets":
+        return True, "the build scanned conf/ and the overrides: no literal secret"
+    if item == "code.signal_coverage":
+        return _coverage(project, signal, root)
+    if item in RUNTIME_ITEMS:
+        return _selftest(RUNTIME_ITEMS[item], project, root)
+    fingerprint = (pins.get("data") or {}).get("fingerprint") or {}
+    if item == "data.endpoints_verified":
+        if not fingerprint:
+            return False, "no local data: run `qcompile download` and rebuild"
+        endpoints = ", ".join(source.get("endpoints") or []) or "local files"
+        return True, (
+            f"{source['vendor']} {endpoints}: {fingerprint.get('files')} files, "
+            f"{fingerprint.get('rows')} rows pinned ({str(fingerprint.get('content_sha256'))[:12]})"
+        )
+    if item == "data.lookback_covered":
+        return _lookback(strategy, fingerprint, (pins.get("data") or {}).get("timestamp") or {})
+    if item == "docs.passport":
+        missing = [
+            k
+            for k in ("alpha_thesis", "researcher", "hypothesis_date")
+            if not str(strategy.get(k) or "").strip()
+        ]
+        return (not missing), (
+            f"generated/{strategy['id']}/passport.yaml, every field filled"
+            if not missing
+            else f"passport lacks {', '.join(missing)}"
+        )
+    if item == "docs.report_linked":
+        if evidence is None:
+            return False, "no backtest report for this version"
+        return (
+            True,
+            f"reports/{strategy['id']}/{strategy['version']}/report.md, linked from the passport",
+        )
+    if item == "docs.runbook":
+        return True, f"generated/{strategy['id']}/runbook.md"
+    if item == "docs.rollback":
+        return True, (
+            f"generated/{strategy['id']}/rollback.sh (shellcheck-clean; --dry-run prints each step)"
+        )
+    raise AssertionError(f"checklist item {item} has no verification")  # CHECKLIST_ITEMS grew
+
+
+def selftest_path(project: dict[str, Any], root: Path) -> Path:
+    return (
+        root
+        / str(project.get("reports_dir", "reports"))
+        / "runtime"
+        / f"qcompile-{__version__}.json"
+    )
+
+
+def _selftest(checks: tuple[str, ...], project: dict[str, Any], root: Path) -> tuple[bool, str]:
+    path = selftest_path(project, root)
+    shown = path.relative_to(root).as_posix()
+    try:
+        result = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False, f"no runtime test evidence ({shown}): run `qcompile selftest`"
+    if result.get("runtime_sha256") != runtime_sha256():
+        return False, f"{shown} tested another runtime source: run `qcompile selftest` again"
+    outcomes = result.get("checks") or {}
+    failed = [c for c in checks if not (outcomes.get(c) or {}).get("passed")]
+    if failed:
+        return False, f"{shown}: {', '.join(failed)} did not pass"
+    return True, f"{shown}: " + "; ".join(str(outcomes[c]["detail"]) for c in checks)
+
+
+def _coverage(project: dict[str, Any], signal: dict[str, Any], root: Path) -> tuple[bool, str]:
+    report = project.get("coverage_report")
+    if not report:
+        return False, "no coverage report configured (project.coverage_report)"
+    module = str(signal.get("module") or "")
+    source = module.replace(".", "/") + ".py"
+    percent = coverage_percent(root / report, source)
+    if percent is None:
+        return False, f"{report} has no coverage of {source}"
+    if percent < COVERAGE_MINIMUM:
+        return (
+            False,
+            f"{source}: {percent:.0f} % covered in {report}, needs {COVERAGE_MINIMUM:.0f} %",
+        )
+    return True, f"{source}: {percent:.0f} % covered in {report}"
+
+
+PER_SECOND = {"s": 1, "ms": 1_000, "us": 1_000_000, "ns": 1_000_000_000}
+
+
+def _lookback(
+    strategy: dict[str, Any], fingerprint: dict[str, Any], convention: dict[str, Any]
+) -> tuple[bool, str]:
+    if not fingerprint:
+        return False, "no local data fingerprint"
+    per_second = PER_SECOND.get(str(convention.get("unit")), 1_000)
+
+    def day(stamp: Any) -> str:
+        return datetime.fromtimestamp(int(stamp) / per_second, UTC).date().isoformat()
+
+    first, last = day(fingerprint["first_timestamp"]), day(fingerprint["last_timestamp"])
+    start, end = str(strategy["backtest"]["start_date"]), str(strategy["backtest"]["end_date"])
+    if first > start or last < end:
+        return False, f"local data spans {first}..{last}, the backtest needs {start}..{end}"
+    return True, f"local data spans {first}..{last}, covering the backtest's {start}..{end}"

@@ -1,1 +1,0 @@
-"""The production runtime: feed, decisions, durable state, alerts."""

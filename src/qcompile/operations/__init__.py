@@ -1,0 +1,11 @@
+"""Operations: what a team runs around strategies in production (source document §6).
+
+``review`` (the weekly live-versus-backtest review), ``refresh`` (the quarterly re-run of every
+production backtest), ``retro`` (what broke in a month), ``status`` (phases, pins, review dates
+and runner liveness) and ``dashboard`` (the read-only live page per running strategy).
+
+May import: the compiler (to know what is in production and its parameters), lifecycle (a
+refresh demotes a diverged strategy), research (the backtest and its statistics), the runtime's
+read side (state stores, journals, heartbeats, alert sinks) and the shared modules. Nothing
+imports operations but the CLI.
+"""

@@ -1,0 +1,14 @@
+"""Research: the data contract, the backtest engine and its reports, sweeps.
+
+``data`` loads bars and enforces the data contract (shared with the runtime, which checks every
+message against it) and ``datalayout`` says where a data source's files live (shared with the
+compiler's fingerprint); ``backtest/`` is the engine (a readable reference loop and its compiled
+equal), metrics, robustness and the report; ``sweep/`` runs parameter-sensitivity sweeps;
+``workflows`` holds ``qcompile backtest`` and ``qcompile download``.
+
+May import: the signal library, market data and the shared modules; ``workflows`` and ``sweep/``
+(the research commands, which compile a strategy first) may also import the compiler. The
+library part (``data``, ``datalayout``, ``backtest/``) never imports the compiler, so the
+compiler can pin the data layout without a cycle. Never the runtime, lifecycle, operations or
+the CLI.
+"""

@@ -1,0 +1,95 @@
+"""Research commands: compile a strategy, then hand its parameters to the backtest or the downloader.
+
+``qcompile backtest`` and ``qcompile download``. Like ``sweep/``, these compile first; the engine
+and the market-data client they call never import the compiler. The CLI calls these functions and
+prints what they return.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import yaml
+
+from qcompile.errors import QcompileError
+from qcompile.hashing import sha256_json
+from qcompile.project import Project
+
+
+def backtest(project: Project, strategy: str, overrides: list[str]) -> tuple[object, str]:
+    """Backtest one strategy as its config (plus overrides) stands now; returns (report, summary).
+
+    Without overrides the report goes to reports/<id>/<version>/, where the gates look for it.
+    With overrides it goes to reports/<id>/<version>/runs/<hash of the overrides>/: an experiment
+    never replaces the evidence of the configuration as committed.
+    """
+    from qcompile.compiler.build import compile_project
+    from qcompile.compiler.plan import runtime_parameters
+    from qcompile.research.backtest.runner import backtest as run_backtest
+    from qcompile.research.backtest.runner import summary
+
+    compilation = compile_project(project, overrides, [strategy])
+    if not compilation.strategies:
+        raise QcompileError(f"no strategy {strategy!r}")
+    (compiled,) = compilation.strategies
+    params = runtime_parameters(compiled)
+    target = None
+    if overrides:
+        version_dir = (
+            project.root
+            / params["backtest"]["reports_dir"]
+            / compiled.id
+            / params["strategy"]["version"]
+        )
+        target = version_dir / "runs" / sha256_json(overrides)[:12]
+    with tempfile.TemporaryDirectory() as scratch:
+        params_file = Path(scratch) / "params.yaml"
+        params_file.write_text(yaml.safe_dump(params, sort_keys=False), encoding="utf-8")
+        report = run_backtest(params_file, project.root, target)
+    return report, summary(report, project.root)
+
+
+def download(project: Project, strategy: str, start: str | None, end: str | None) -> dict[str, int]:
+    """Download a strategy's universe from its data source's REST API into its local path.
+
+    The window defaults to the backtest window plus ``lookback_years`` before it, for indicator
+    warm-up. The API key is read from the environment variable its config references.
+    """
+    import datetime as dt
+    import os
+
+    from qcompile.compiler.build import compile_project
+    from qcompile.compiler.validate import SECRET_REFERENCE
+    from qcompile.marketdata.download import download as run_download
+    from qcompile.marketdata.rest import RestClient
+
+    (compiled,) = compile_project(project, [], [strategy]).strategies
+    data, backtest = compiled.data["data"], compiled.data["strategy"]["backtest"]
+    if not data.get("rest_base") or not (data.get("local") or {}).get("path"):
+        raise QcompileError(
+            f"data source {data['vendor']} needs rest_base and local.path to download"
+        )
+    reference = SECRET_REFERENCE.match(str(data.get("api_key") or ""))
+    if not reference:
+        raise QcompileError("data.api_key must reference an environment variable: ${oc.env:NAME}")
+    key = os.environ.get(reference.group(1))
+    if not key:
+        raise QcompileError(f"environment variable {reference.group(1)} is not set")
+
+    def ms(day: str) -> int:
+        return int(dt.datetime.fromisoformat(day).replace(tzinfo=dt.UTC).timestamp() * 1000)
+
+    first = dt.date.fromisoformat(backtest["start_date"])
+    lookback = float(data.get("lookback_years") or 0)
+    default_start = (first - dt.timedelta(days=round(365.25 * lookback))).isoformat()
+    client = RestClient(data["rest_base"], key)
+    return run_download(
+        client,
+        compiled.data["universe"]["symbols"],
+        data.get("symbol_suffix", ""),
+        data["interval"],
+        ms(start or default_start),
+        ms(end or backtest["end_date"]) + 86_399_999,
+        project.root / data["local"]["path"],
+    )

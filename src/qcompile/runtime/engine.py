@@ -1,0 +1,508 @@
+"""The decision engine: pushes in, checked against the data contract, bars out, decisions made.
+
+Everything here runs under one lock, on the runner's decision thread, except :meth:`safe_state`,
+which the feed thread calls the moment it confirms a disconnection: the lock is held only for one
+decision cycle (a few milliseconds), so the safe state never waits long.
+
+The durable state is what a restart needs to carry on exactly where the last acknowledged cycle
+left off: positions and cash as the runner last saw them, pending orders, the signal cursor (the
+last accepted timestamp per symbol), the bar being built, the last target per symbol and whether
+signals are suspended. Completed bars are not part of it: they are market data, reloaded from the
+history source at start-up.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import polars as pl
+
+from qcompile.research.data import detect_unit
+from qcompile.runtime.alerts import Alert, Alerter
+from qcompile.runtime.broker import Broker, Fill, Order
+
+log = logging.getLogger("qcompile.live")
+
+BAR_COLUMNS = ("timestamp", "open", "high", "low", "close", "volume")
+PRICE_FIELDS = {"ticker": "last_price", "trade": "price"}
+STATE_FORMAT = 1  # bump when the meaning of a persisted state changes
+UNIT_PER_MS = {"s": 1e-3, "ms": 1.0, "us": 1e3, "ns": 1e6}
+
+
+def journal_alert(alert: Alert) -> dict[str, Any]:
+    """An alert as a journal record: retrospectives list what broke from these."""
+    return {
+        "type": "alert",
+        "at": alert.at.isoformat(timespec="milliseconds"),
+        "key": alert.key,
+        "severity": alert.severity,
+        "summary": alert.summary,
+    }
+
+
+class ContractViolation(Exception):
+    """A push that breaks the pinned data contract: the feed is not what the strategy was built
+    on, so trading on it would be trading on a misread."""
+
+
+@dataclass
+class Tick:
+    symbol: str  # the universe's symbol, vendor suffix removed
+    price: float
+    quantity: float
+    timestamp: int  # ms
+
+
+@dataclass
+class Counters:
+    accepted: int = 0
+    duplicates: int = 0
+    out_of_order: int = 0
+    ignored: int = 0
+    violations: int = 0
+    decisions: int = 0
+    orders: int = 0
+    fills: int = 0
+    safe_states: int = 0
+
+
+@dataclass
+class EngineConfig:
+    strategy_id: str
+    strategy_version: str
+    signal_pin: dict[str, Any]  # name, version, source_sha256
+    signal_params: dict[str, Any]
+    symbols: list[str]
+    symbol_suffix: str
+    interval_ms: int
+    timestamp_unit: str
+    sizing: dict[str, Any]
+    initial_capital: float
+    history_bars: int = 400
+    safe_state_budget_ms: float = 100.0
+
+
+@dataclass
+class EngineState:
+    cash: float = 0.0
+    positions: dict[str, float] = field(default_factory=dict)
+    pending: dict[str, dict[str, Any]] = field(default_factory=dict)  # order id -> order
+    cursor: dict[str, int] = field(default_factory=dict)
+    building: dict[str, list[float]] = field(default_factory=dict)  # symbol -> bar row
+    targets: dict[str, int] = field(default_factory=dict)
+    suspended: bool = True  # nothing is decided until a connected feed proved its data fresh
+    suspended_reason: str = "starting"
+
+    def to_dict(self, config: EngineConfig) -> dict[str, Any]:
+        return {  # copies: a saver thread serialises it while decisions go on
+            "format": STATE_FORMAT,
+            "strategy": {"id": config.strategy_id, "version": config.strategy_version},
+            "signal": config.signal_pin,
+            "cash": self.cash,
+            "positions": dict(sorted(self.positions.items())),
+            "pending_orders": [self.pending[k] for k in sorted(self.pending)],
+            "cursor": dict(sorted(self.cursor.items())),
+            "building": {k: list(v) for k, v in sorted(self.building.items())},
+            "targets": dict(sorted(self.targets.items())),
+            "suspended": self.suspended,
+            "suspended_reason": self.suspended_reason,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> EngineState:
+        return cls(
+            cash=float(data["cash"]),
+            positions={k: float(v) for k, v in data["positions"].items()},
+            pending={o["id"]: o for o in data["pending_orders"]},
+            cursor={k: int(v) for k, v in data["cursor"].items()},
+            building={k: list(v) for k, v in data["building"].items()},
+            targets={k: int(v) for k, v in data["targets"].items()},
+            suspended=True,  # a restart re-proves the feed before deciding anything
+            suspended_reason="restarted",
+        )
+
+
+class Engine:
+    def __init__(
+        self,
+        config: EngineConfig,
+        signal: Callable[..., pl.DataFrame],
+        broker: Broker,
+        alerter: Alerter,
+        save: Callable[[dict[str, Any], bool], None],
+        history: Callable[[str, int, int], list[list[float]]],
+        state: EngineState | None = None,
+        clock: Callable[[], float] = time.perf_counter,
+        journal: Callable[[dict[str, Any]], None] = lambda record: None,
+    ):
+        self.config = config
+        self.signal = signal
+        self.broker = broker
+        self.alerter = alerter
+        self._save = save
+        self._history_source = history
+        self.clock = clock
+        self.journal = journal
+        self._day: int | None = None  # start of the interval whose close is marked next
+        self.state = state or EngineState(cash=config.initial_capital)
+        self.lock = threading.RLock()
+        self.counters = Counters()
+        self.bars: dict[str, deque[list[float]]] = {}
+        self.last_price: dict[str, float] = {}
+        self.epoch = 0  # the feed connection whose data may lift a suspension
+        self._condemned = -1  # a connection that broke the data contract: its pushes are dropped
+        self.feed_ready = False
+        self.safe_state_ms: list[float] = []
+        self.safe_state_at: list[float] = []  # clock readings when each safe state was complete
+        self.request_reconnect: Callable[[str], None] = lambda reason: None
+        self._suffix = config.symbol_suffix
+        self._universe = set(config.symbols)
+
+    # -- persistence -------------------------------------------------------------------------
+
+    def snapshot(self) -> dict[str, Any]:
+        return self.state.to_dict(self.config)
+
+    def persist(self, wait: bool = False) -> None:
+        """Hand the state to the saver; with ``wait``, return once it is durable."""
+        self._save(self.snapshot(), wait)
+
+    # -- the feed's events -------------------------------------------------------------------
+
+    def connected(self, epoch: int) -> None:
+        """Every subscription of connection ``epoch`` is acknowledged; the next valid push from it
+        is the fresh data check that lifts a suspension."""
+        with self.lock:
+            self.epoch, self.feed_ready = epoch, True
+
+    def safe_state(self, reason: str, detected_at: float, planned: bool = False) -> float:
+        """Cancel working orders, suspend signals, persist; returns the milliseconds it took from
+        ``detected_at`` (a ``clock`` reading taken when the problem was detected). ``planned``
+        marks an orderly stop: the same steps, reported as information rather than an alarm."""
+        with self.lock:
+            self.feed_ready = False
+            self.state.suspended, self.state.suspended_reason = True, reason
+            cancelled = self.broker.cancel_all()
+            self.state.pending.clear()
+            self.persist(wait=True)
+            done = self.clock()
+            elapsed_ms = (done - detected_at) * 1000.0
+        if planned:
+            log.info("stopped (%s): %d working order(s) cancelled", reason, len(cancelled))
+            return elapsed_ms
+        self.safe_state_ms.append(elapsed_ms)
+        self.safe_state_at.append(done)
+        self.counters.safe_states += 1
+        log.warning(
+            "SAFE STATE (%s): %d working order(s) cancelled, signals suspended, in %.1f ms",
+            reason,
+            len(cancelled),
+            elapsed_ms,
+        )
+        self._alert(
+            "runner.safe_state",
+            "critical",
+            f"safe state: {reason}",
+            {"cancelled_orders": len(cancelled), "elapsed_ms": round(elapsed_ms, 1)},
+        )
+        if elapsed_ms > self.config.safe_state_budget_ms:
+            self._alert(
+                "runner.safe_state_slow",
+                "critical",
+                f"safe state took {elapsed_ms:.0f} ms "
+                f"(budget {self.config.safe_state_budget_ms:.0f} ms)",
+            )
+        return elapsed_ms
+
+    def cycle(self, pushes: list[tuple[int, dict[str, Any]]]) -> bool:
+        """One decision cycle over the pushes received since the last one, then one save handed
+        to the saver. Returns whether the state changed (and a save was handed over).
+
+        The lock is taken per push, not per batch, so a safe state waits for one push's work
+        at most, never for a whole burst."""
+        changed = False
+        for epoch, push in pushes:
+            with self.lock:
+                try:
+                    changed |= self._handle(epoch, push)
+                except ContractViolation as violation:
+                    self._condemned = epoch
+                    self._violation(str(violation))
+                    changed = True
+                    break  # the rest of this batch comes from the same suspect feed
+        if changed:
+            with self.lock:
+                self.persist()
+        return changed
+
+    def warm_up(self, before_ms: int) -> None:
+        """Run the signal once on stored history so that loading compiled code and the first
+        history read happen before the feed starts, not inside the first decision's lock."""
+        for symbol in self.config.symbols:
+            rows = self._history(symbol, before_ms)
+            if rows:
+                self._signal_target(symbol, rows)
+                self.bars.pop(symbol, None)  # reloaded at the first live close, up to its time
+                return
+
+    # -- internals ---------------------------------------------------------------------------
+
+    def _violation(self, reason: str) -> None:
+        self.counters.violations += 1
+        log.error("data contract violated: %s", reason)
+        self.feed_ready = False
+        if not self.state.suspended:
+            self.state.suspended, self.state.suspended_reason = True, f"data contract: {reason}"
+            self.state.pending.clear()
+            self.broker.cancel_all()
+        self._alert("feed.contract", "critical", f"data contract violated: {reason}")
+        self.request_reconnect(f"data contract violated: {reason}")
+
+    def parse(self, push: dict[str, Any]) -> Tick | None:
+        """The push as a tick, None for pushes the strategy does not trade on; raises
+        ContractViolation when it breaks the pinned convention."""
+        command = push.get("cmd")
+        if command is None:
+            if "channel" in push:
+                raise ContractViolation(
+                    "pushes carry `channel` and no `cmd`: the article's protocol variant, "
+                    "not the pinned documented protocol"
+                )
+            return None
+        price_field = PRICE_FIELDS.get(command)
+        if price_field is None:
+            return None
+        data = push.get("data")
+        if not isinstance(data, dict):
+            raise ContractViolation(f"{command} push without a data object")
+        wire_symbol = str(data.get("symbol", ""))
+        symbol = wire_symbol.removesuffix(self._suffix) if self._suffix else wire_symbol
+        if symbol not in self._universe:
+            return None
+        price, stamp = data.get(price_field), data.get("timestamp")
+        if not isinstance(price, str):
+            raise ContractViolation(
+                f"{command}.{price_field} is {type(price).__name__}, the protocol sends "
+                "decimal strings"
+            )
+        if isinstance(stamp, bool) or not isinstance(stamp, int):
+            raise ContractViolation(f"{command}.timestamp is not an integer: {stamp!r}")
+        unit = detect_unit(stamp)
+        if unit != self.config.timestamp_unit:
+            raise ContractViolation(
+                f"timestamps look like {unit or 'no known unit'} ({stamp}), "
+                f"the pinned convention is {self.config.timestamp_unit}"
+            )
+        try:
+            value = float(price)
+            quantity = float(data.get("quantity", "0") or 0)
+        except ValueError:
+            raise ContractViolation(
+                f"{command}.{price_field} is not a decimal: {price!r}"
+            ) from None
+        if not math.isfinite(value) or value <= 0:
+            raise ContractViolation(f"{command}.{price_field} is not a positive price: {price!r}")
+        millis = int(stamp / UNIT_PER_MS[self.config.timestamp_unit])
+        return Tick(symbol, value, quantity, millis)
+
+    def _handle(self, epoch: int, push: dict[str, Any]) -> bool:
+        if epoch == self._condemned:  # the rest of a connection that broke the contract
+            self.counters.ignored += 1
+            return False
+        tick = self.parse(push)
+        if tick is None:
+            self.counters.ignored += 1
+            return False
+        last = self.state.cursor.get(tick.symbol)
+        if last is not None and tick.timestamp <= last:
+            if tick.timestamp == last:
+                self.counters.duplicates += 1
+            else:
+                self.counters.out_of_order += 1
+            return False
+        if self.state.suspended and self.feed_ready and epoch == self.epoch:
+            self.state.suspended, self.state.suspended_reason = False, ""
+            log.info("fresh data checked on connection %d: signals resumed", epoch)
+            self._alert("runner.resumed", "info", "feed data fresh again: signals resumed")
+        self.counters.accepted += 1
+        self._mark_interval(tick.timestamp // self.config.interval_ms * self.config.interval_ms)
+        self.state.cursor[tick.symbol] = tick.timestamp
+        self.last_price[tick.symbol] = tick.price
+        self._bar(tick)
+        for fill in self.broker.on_quote(tick.symbol, tick.price, tick.timestamp):
+            self._filled(fill)
+        return True
+
+    def _mark_interval(self, start: int) -> None:
+        """Journal the equity of each completed interval (a day for daily bars), marked at the
+        last prices when the next one begins: the live side of the weekly review."""
+        if self._day is not None and start > self._day:
+            self.journal(
+                {
+                    "type": "daily",
+                    "bar_ms": self._day,
+                    "date": datetime.fromtimestamp(self._day / 1000, UTC).date().isoformat(),
+                    "equity": round(self.equity(), 6),
+                    "cash": round(self.state.cash, 6),
+                    "positions": dict(sorted(self.state.positions.items())),
+                }
+            )
+        if self._day is None or start > self._day:
+            self._day = start
+
+    def _bar(self, tick: Tick) -> None:
+        """Aggregate ticks into bars; a tick in a later interval closes the bar being built, and
+        the decision on that close acts on this tick (the next bar's open)."""
+        interval = self.config.interval_ms
+        start = tick.timestamp // interval * interval
+        building = self.state.building.get(tick.symbol)
+        if building is not None and start > building[0]:
+            self._history(tick.symbol, int(building[0])).append(building)
+            self._decide(tick.symbol, int(building[0]))
+            building = None
+        if building is None:
+            self.state.building[tick.symbol] = [
+                float(start),
+                tick.price,
+                tick.price,
+                tick.price,
+                tick.price,
+                tick.quantity,
+            ]
+        else:
+            building[2] = max(building[2], tick.price)
+            building[3] = min(building[3], tick.price)
+            building[4] = tick.price
+            building[5] += tick.quantity
+
+    def _history(self, symbol: str, before_ms: int) -> deque[list[float]]:
+        bars = self.bars.get(symbol)
+        if bars is None:  # first close since start-up: completed bars come from the history source
+            loaded = self._history_source(symbol, before_ms, self.config.history_bars)
+            bars = self.bars[symbol] = deque(loaded, maxlen=self.config.history_bars)
+        return bars
+
+    def _decide(self, symbol: str, bar_ms: int) -> None:
+        if self.state.suspended:
+            return  # signal generation is suspended until the feed is proven again
+        target = self._signal_target(symbol, self.bars[symbol])
+        self.counters.decisions += 1
+        self.state.targets[symbol] = target
+        pending = sum(o["quantity"] for o in self.state.pending.values() if o["symbol"] == symbol)
+        held = self.state.positions.get(symbol, 0.0) + pending
+        if target != 0 and held * target > 0:
+            return  # already in the trade: sized at entry and held, as in the backtest
+        wanted = self._target_quantity(symbol, target)
+        delta = wanted - held
+        if abs(delta) < 1e-9:
+            return
+        self.submit(Order(f"{self.config.strategy_id}-{bar_ms}-{symbol}", symbol, delta, bar_ms))
+        log.info("%s: target %+d, order %+g submitted", symbol, target, delta)
+
+    def submit(self, order: Order) -> None:
+        """Send ``order`` to the broker and record it as pending (call with the lock held)."""
+        self.broker.submit(order)
+        self.state.pending[order.id] = asdict(order)
+        self.counters.orders += 1
+
+    def _signal_target(self, symbol: str, rows: deque[list[float]]) -> int:
+        frame = pl.DataFrame(
+            [list(row) for row in rows], schema=list(BAR_COLUMNS), orient="row"
+        ).with_columns(pl.col("timestamp").cast(pl.Int64), pl.lit(symbol).alias("symbol"))
+        return int(self.signal(frame, **self.config.signal_params)["signal"][-1] or 0)
+
+    def equity(self) -> float:
+        held = sum(q * self.last_price.get(s, 0.0) for s, q in self.state.positions.items())
+        return self.state.cash + held
+
+    def _target_quantity(self, symbol: str, target: int) -> float:
+        if target == 0:
+            return 0.0
+        sizing, price = self.config.sizing, self.last_price[symbol]
+        if sizing.get("method") == "equal_weight":
+            budget = self.equity() / len(self.config.symbols)
+        else:
+            budget = self.equity() * float(sizing.get("fraction", 1.0))
+        quantity = budget / price
+        if not sizing.get("fractional_shares", False):
+            quantity = math.floor(quantity)
+        return float(target) * quantity
+
+    def _filled(self, fill: Fill) -> None:
+        self.state.pending.pop(fill.order_id, None)
+        held = self.state.positions.get(fill.symbol, 0.0) + fill.quantity
+        if abs(held) > 1e-12:
+            self.state.positions[fill.symbol] = held
+        else:
+            self.state.positions.pop(fill.symbol, None)
+        self.state.cash -= fill.quantity * fill.price + fill.commission
+        self.counters.fills += 1
+        self.journal(
+            {
+                "type": "fill",
+                "bar_ms": fill.timestamp,
+                "order_id": fill.order_id,
+                "symbol": fill.symbol,
+                "quantity": fill.quantity,
+                "price": round(fill.price, 8),
+                "commission": round(fill.commission, 8),
+            }
+        )
+        log.info("%s: filled %+g at %.4f", fill.symbol, fill.quantity, fill.price)
+
+    def reconcile(self) -> list[str]:
+        """Adopt the broker's positions, cash and working orders where the persisted state
+        disagrees (the broker is the truth: a crash can fall between its fill and our save);
+        returns what differed, for the log and an alert."""
+        with self.lock:
+            differences = []
+            broker_positions = self.broker.positions()
+            for symbol in sorted(set(broker_positions) | set(self.state.positions)):
+                ours, theirs = (
+                    self.state.positions.get(symbol, 0.0),
+                    broker_positions.get(symbol, 0.0),
+                )
+                if abs(ours - theirs) > 1e-9:
+                    differences.append(f"{symbol}: state {ours:g}, broker {theirs:g}")
+            working = {o.id for o in self.broker.working_orders()}
+            for order_id in sorted(set(self.state.pending) - working):
+                differences.append(f"order {order_id}: pending in state, unknown to the broker")
+            for order_id in sorted(working - set(self.state.pending)):
+                differences.append(f"order {order_id}: working at the broker, not in state")
+            if abs(self.broker.cash() - self.state.cash) > 1e-6:
+                differences.append(
+                    f"cash: state {self.state.cash:.2f}, broker {self.broker.cash():.2f}"
+                )
+            self.state.positions = broker_positions
+            self.state.cash = self.broker.cash()
+            self.state.pending = {o.id: asdict(o) for o in self.broker.working_orders()}
+            if differences:
+                self.persist(wait=True)
+                self._alert(
+                    "runner.reconciled",
+                    "warning",
+                    "persisted state differed from the broker; adopted the broker's",
+                    {"differences": differences},
+                )
+            return differences
+
+    def _alert(
+        self, key: str, severity: str, summary: str, details: dict[str, Any] | None = None
+    ) -> None:
+        alert = Alert(
+            key=key,
+            severity=severity,
+            summary=summary,
+            strategy_id=self.config.strategy_id,
+            details=details or {},
+        )
+        self.journal(journal_alert(alert))
+        self.alerter.send(alert)

@@ -1,0 +1,247 @@
+"""The market-data feed: one thread owns the connection, its heartbeat and its reconnect loop.
+
+The source document's handler reconnected from its error callback, its close callback and its
+heartbeat thread alike, and started a heartbeat thread per open: after a few faults it held
+duplicate connections and leaked threads. Here a single loop (:meth:`Feed.run`) connects, reads,
+pings, watches for silence and reconnects; every other party can only *ask* it to reconnect
+(:meth:`Feed.reconnect`), so there is exactly one connection and one reconnect schedule whatever
+mix of close, error, heartbeat failure or contract violation triggers it.
+
+Liveness is judged by what arrives, not by what is sent: any frame (push, reply, pong) counts, and
+two heartbeat intervals without one is a disconnection, which is how a half-open connection (no
+close, no data) is caught. A rate limit (code 3001) pauses the command sender for Retry-After
+seconds while the receive path keeps reading: nothing ever sleeps between two reads.
+
+The API key is part of the connect URL (the vendor's protocol puts it there); the URL is never
+logged, and error texts are redacted before they reach a log line or an alert.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import select
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import quote
+
+import websocket
+
+from qcompile.runtime.backoff import Backoff
+from qcompile.runtime.secrets import redact
+
+log = logging.getLogger("qcompile.live.feed")
+
+RATE_LIMITED = 3001
+AUTH_CODES = {
+    1001: "invalid or expired API key",
+    1002: "API key missing",
+    1003: "IP not whitelisted",
+    1004: "plan lacks this feature",
+}
+REFUSALS = {3002: "monthly quota exhausted", 3003: "connection limit reached"}
+
+
+@dataclass
+class FeedStats:
+    connects: int = 0
+    ready: int = 0
+    disconnects: list[str] = field(default_factory=list)
+    pings: int = 0
+    pongs: int = 0
+    pushes: int = 0
+    malformed: int = 0
+    rate_limit_pauses: list[float] = field(default_factory=list)
+    delays: list[float] = field(default_factory=list)
+
+
+class Feed:
+    def __init__(
+        self,
+        ws_base: str,
+        api_key: str,
+        subscriptions: list[tuple[str, list[str]]],
+        *,
+        heartbeat_s: float,
+        backoff: Backoff,
+        on_push: Callable[[int, dict[str, Any]], None],
+        on_ready: Callable[[int], None],
+        on_down: Callable[[str, float], None],
+        alert: Callable[[str, str, str], None],
+        rate_limit_default_s: float = 60.0,
+        path: str = "/v1/realtime",
+        clock: Callable[[], float] = time.perf_counter,
+        connect_timeout_s: float = 10.0,
+    ):
+        self.endpoint = ws_base.rstrip("/") + path  # loggable: no key in it
+        self._url = f"{self.endpoint}?api_key={quote(api_key, safe='')}"
+        self._secret = api_key
+        self.subscriptions = subscriptions
+        self.heartbeat_s = heartbeat_s
+        self.backoff = backoff
+        self.on_push, self.on_ready, self.on_down, self.alert = on_push, on_ready, on_down, alert
+        self.rate_limit_default_s = rate_limit_default_s
+        self.clock = clock
+        self.connect_timeout_s = connect_timeout_s
+        self.stats = FeedStats()
+        self.epoch = 0
+        self.connected = threading.Event()
+        self.last_received = 0.0
+        self._reconnect_reason: str | None = None
+        self._poll_s = min(0.05, heartbeat_s / 10)
+
+    def reconnect(self, reason: str) -> None:
+        """Ask the connection loop to drop the connection (it alone reconnects)."""
+        self._reconnect_reason = reason
+
+    def _redact(self, text: str) -> str:
+        return redact(text, [self._secret])
+
+    def run(self, stop: threading.Event) -> None:
+        """Connect, read and reconnect until ``stop`` is set: the one connection loop."""
+        while not stop.is_set():
+            self.epoch += 1
+            self._reconnect_reason = None
+            try:
+                ws = websocket.create_connection(self._url, timeout=self.connect_timeout_s)
+            except Exception as error:  # any failure to connect is retried on the schedule
+                reason = f"connect failed: {type(error).__name__}: {self._redact(str(error))}"
+                log.warning("%s (%s)", reason, self.endpoint)
+                self._wait(stop, reason, stable=False)
+                continue
+            self.stats.connects += 1
+            log.info("connected to %s (connection %d)", self.endpoint, self.epoch)
+            opened = self.clock()
+            try:
+                reason, detected_at = self._session(ws, stop)
+            except Exception as error:  # a broken socket mid-read is a disconnection like any
+                reason = f"connection lost: {type(error).__name__}: {self._redact(str(error))}"
+                detected_at = self.clock()
+            self.connected.clear()
+            if stop.is_set() and reason == "stopping":
+                self._close(ws)
+                return
+            self.stats.disconnects.append(reason)
+            self.on_down(reason, detected_at)  # safe state first, then the socket's manners
+            self._close(ws)
+            stable = self.clock() - opened >= self.backoff.stable_s
+            self._wait(stop, reason, stable=stable)
+
+    def _wait(self, stop: threading.Event, reason: str, stable: bool) -> None:
+        if stable:
+            self.backoff.reset()
+        delay = self.backoff.next_delay()
+        self.stats.delays.append(delay)
+        log.warning("feed down (%s); reconnecting in %.2f s", reason, delay)
+        stop.wait(delay)
+
+    @staticmethod
+    def _close(ws: websocket.WebSocket) -> None:
+        # No close handshake: a half-open peer would make us wait for nothing; the socket may
+        # already be gone, and then there is nothing left to release.
+        with contextlib.suppress(Exception):
+            ws.shutdown()
+
+    def _session(self, ws: websocket.WebSocket, stop: threading.Event) -> tuple[str, float]:
+        """Read until the connection is lost; returns the reason and when it was detected."""
+        sock = ws.sock
+        ws.settimeout(self.connect_timeout_s)  # only bounds a frame already begun
+        outbox: deque[dict[str, Any]] = deque(
+            {"cmd": "subscribe", "data": {"channel": channel, "symbols": symbols}}
+            for channel, symbols in self.subscriptions
+        )
+        in_flight: deque[dict[str, Any]] = deque()
+        unacknowledged = len(outbox)
+        paused_until = 0.0
+        now = self.clock()
+        self.last_received = now
+        next_ping = now + self.heartbeat_s
+        while True:
+            now = self.clock()
+            if stop.is_set():
+                return "stopping", now
+            if self._reconnect_reason is not None:
+                return self._reconnect_reason, now
+            silent = now - self.last_received
+            if silent > 2 * self.heartbeat_s:
+                reason = f"heartbeat: nothing received for {silent:.2f} s (2 intervals)"
+                self.alert("feed.silent", "critical", reason)
+                return reason, now
+            if now >= next_ping:  # pings are never paused: they are what proves liveness
+                ws.send('{"cmd":"ping"}')
+                self.stats.pings += 1
+                next_ping = now + self.heartbeat_s
+            if outbox and now >= paused_until:
+                command = outbox.popleft()
+                ws.send(json.dumps(command, separators=(",", ":")))
+                in_flight.append(command)
+            pending = getattr(sock, "pending", lambda: 0)()
+            if not pending:
+                readable, _, _ = select.select([sock], [], [], self._poll_s)
+                if not readable:
+                    continue
+            opcode, payload = ws.recv_data(control_frame=True)
+            self.last_received = self.clock()
+            if opcode == websocket.ABNF.OPCODE_CLOSE:
+                return "closed by the server", self.last_received
+            if opcode not in (websocket.ABNF.OPCODE_TEXT, websocket.ABNF.OPCODE_BINARY):
+                continue  # control frames only prove liveness
+            if not payload:
+                return "connection lost", self.last_received
+            try:
+                message = json.loads(payload)
+            except ValueError:
+                self.stats.malformed += 1
+                log.warning("malformed message ignored: %.80r", payload)
+                self.alert("feed.malformed", "warning", "the feed sent malformed JSON")
+                continue
+            if not isinstance(message, dict):
+                self.stats.malformed += 1
+                continue
+            if "code" not in message:
+                self.stats.pushes += 1
+                self.on_push(self.epoch, message)
+                continue
+            code, command = message.get("code"), message.get("cmd")
+            if code == 0:
+                if command == "pong":
+                    self.stats.pongs += 1
+                elif command == "subscribe" and in_flight:
+                    in_flight.popleft()
+                    unacknowledged -= 1
+                    if unacknowledged == 0:
+                        self.connected.set()
+                        self.stats.ready += 1
+                        self.on_ready(self.epoch)
+                continue
+            if code == RATE_LIMITED:
+                seconds = self._retry_after(message)
+                paused_until = self.clock() + seconds
+                self.stats.rate_limit_pauses.append(seconds)
+                if command != "ping" and in_flight:
+                    outbox.appendleft(in_flight.popleft())  # resend the refused command later
+                log.warning("rate limited (3001) on %s: sender paused %.1f s", command, seconds)
+                self.alert("feed.rate_limited", "warning", f"rate limited: paused {seconds:.0f} s")
+                continue
+            text = f"{code} {message.get('message', '')}".strip()
+            if code in AUTH_CODES or code in REFUSALS:
+                meaning = AUTH_CODES.get(code) or REFUSALS[code]
+                self.alert("feed.refused", "critical", f"feed refused us: {meaning} ({code})")
+                return f"refused: {meaning} ({code})", self.clock()
+            if command in ("subscribe", "unsubscribe") and in_flight:
+                in_flight.popleft()
+            log.error("the feed answered %s with error %s", command, text)
+            self.alert("feed.error", "warning", f"feed error on {command}: {text}")
+
+    def _retry_after(self, message: dict[str, Any]) -> float:
+        data = message.get("data") if isinstance(message.get("data"), dict) else {}
+        value = data.get("retry_after", message.get("retry_after"))
+        try:
+            return max(0.0, float(value)) if value is not None else self.rate_limit_default_s
+        except (TypeError, ValueError):
+            return self.rate_limit_default_s

@@ -1,0 +1,549 @@
+"""The production runner: a strategy's parameters file in, a trading session out.
+
+Consumes ``generated/<id>/params.yaml`` (every strategy-specific value) and the environment
+(secrets only); nothing about a particular strategy is written here. Two threads do the work:
+
+- the **feed thread** owns the market-data connection (:class:`~qcompile.runtime.feed.Feed`): it
+  reads, pings, detects silence and is the only place that reconnects; on a confirmed
+  disconnection it puts the engine into its safe state before anything else;
+- the **decision thread** drains the pushes received so far, runs one decision cycle over them
+  (:meth:`~qcompile.runtime.engine.Engine.cycle`) and saves the state durably once per cycle: a
+  burst of pushes costs one fsync, and a state is acknowledged only after its save returned.
+
+The main thread waits for a stop request (Ctrl-C, SIGTERM, the end of an emulator replay, a
+duration) and then shuts down in order: feed closed, queued pushes decided, working orders
+cancelled, final state saved, lease released.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import queue
+import secrets as token_source
+import socket
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numba
+import polars as pl
+import yaml
+
+from qcompile.errors import QcompileError
+from qcompile.marketdata.intervals import INTERVAL_MS
+from qcompile.marketdata.rest import RestClient
+from qcompile.research.data import Convention, load_bars
+from qcompile.runtime.alerts import Alert, Alerter, build_sinks
+from qcompile.runtime.backoff import Backoff
+from qcompile.runtime.broker import PaperBroker
+from qcompile.runtime.engine import (
+    BAR_COLUMNS,
+    STATE_FORMAT,
+    Engine,
+    EngineConfig,
+    EngineState,
+    journal_alert,
+)
+from qcompile.runtime.feed import Feed
+from qcompile.runtime.saver import Saver
+from qcompile.runtime.secrets import install_redaction, resolve
+from qcompile.runtime.state import StateStore, canonical_json, open_store
+from qcompile.signals import SignalError
+from qcompile.signals.pinning import event_calendar, events_on, pinned_signal
+
+log = logging.getLogger("qcompile.live")
+
+
+LEDGER = "paper-broker"  # the paper broker's books, saved beside the state by the same store
+
+
+class RunnerError(QcompileError):
+    """The runner cannot start: a missing secret, an incompatible state, a held lease."""
+
+
+@dataclass
+class Session:
+    """How to run: where the feed comes from and when to stop."""
+
+    ws_base: str | None = None  # None: the data source's ws_base
+    rest_base: str | None = None
+    api_key: str | None = None  # None: resolved from the data source's reference
+    instance_id: str = field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
+    acks: Path | None = None  # append "seq sha256" per acknowledged state (crash tests)
+    settings: dict[str, Any] = field(default_factory=dict)  # deployment overrides (tests)
+
+
+@dataclass
+class Summary:
+    strategy_id: str
+    accepted: int
+    decisions: int
+    orders: int
+    fills: int
+    safe_states: int
+    reconnects: int
+    seq: int
+    positions: dict[str, float]
+    equity: float
+    state_location: str
+
+
+@contextlib.contextmanager
+def single_threaded_signals() -> Iterator[None]:
+    """Compiled signals run on the calling thread only (numba's setting is per thread). A runner
+    decides one symbol's bar at a time: handing a few hundred rows to a parallel region costs
+    more than the work, and on a busy machine it waits for a free core (0.6 ms became 15 ms)."""
+    previous = numba.get_num_threads()
+    numba.set_num_threads(1)
+    try:
+        yield
+    finally:
+        numba.set_num_threads(previous)
+
+
+def compatibility(
+    saved: Mapping[str, Any], params: Mapping[str, Any]
+) -> tuple[list[str], list[str]]:
+    """(problems, notes) of resuming ``saved`` under ``params``. Problems forbid it: another
+    strategy's state, another state format, positions or orders in symbols this universe does not
+    trade. A different signal version is only a note (a rollback changes it on purpose): targets
+    are recomputed at the next bar close."""
+    problems, notes = [], []
+    strategy_id = params["strategy"]["id"]
+    owner = (saved.get("strategy") or {}).get("id")
+    if owner != strategy_id:
+        problems.append(f"it belongs to {owner}, not {strategy_id}")
+    if saved.get("format", STATE_FORMAT) != STATE_FORMAT:
+        problems.append(f"state format {saved.get('format')}, this runner reads {STATE_FORMAT}")
+    universe = set(params["universe"]["symbols"])
+    held = set(saved.get("positions") or {}) | {
+        o.get("symbol") for o in saved.get("pending_orders") or []
+    }
+    if held - universe:
+        problems.append(f"it holds {', '.join(sorted(held - universe))}, outside the universe")
+    wrote, pin = saved.get("signal") or {}, params["pins"]["signal"]
+    if (wrote.get("name"), wrote.get("version")) != (pin["name"], pin["version"]):
+        notes.append(
+            f"written under signal {wrote.get('name')}@{wrote.get('version')}, this release pins "
+            f"{pin['name']}@{pin['version']}: targets are recomputed at the next bar close"
+        )
+    return problems, notes
+
+
+def load_params(params_file: Path) -> dict[str, Any]:
+    try:
+        return yaml.safe_load(params_file.read_text(encoding="utf-8"))
+    except OSError as error:
+        raise RunnerError(f"{params_file}: cannot read the parameters file: {error}") from None
+
+
+def state_digest(state: Mapping[str, Any]) -> str:
+    """Hash of the bytes the store saves for ``state`` (what an acknowledgement vouches for)."""
+    return hashlib.sha256(canonical_json(state)).hexdigest()
+
+
+class Runner:
+    def __init__(
+        self,
+        params: dict[str, Any],
+        root: Path,
+        session: Session | None = None,
+        env: Mapping[str, str] = os.environ,
+    ):
+        self.params, self.root = params, root
+        self.session = session or Session()
+        self.env = env
+        deployment = {**params["deployment"], **self.session.settings}
+        self.deployment = deployment
+        data = params["data"]
+        self.strategy_id = str(params["strategy"]["id"])
+        if data["interval"] not in INTERVAL_MS or data["interval"] == "1M":
+            raise RunnerError(f"data.interval: the runner cannot aggregate {data['interval']} bars")
+        self.interval_ms = INTERVAL_MS[data["interval"]]
+        self.api_key = self.session.api_key or resolve(
+            data.get("api_key"), env, what="data.api_key"
+        )
+        if not self.api_key:
+            raise RunnerError("data.api_key: the data source declares no API key reference")
+        install_redaction([self.api_key])
+        self.ws_base = self.session.ws_base or data.get("ws_base")
+        self.rest_base = self.session.rest_base or data.get("rest_base")
+        if not self.ws_base:
+            raise RunnerError("data.ws_base: the data source declares no WebSocket endpoint")
+        self.heartbeat_s = float(deployment["heartbeat_interval_s"])
+        self.stop_requested = threading.Event()
+        self._feed_stop = threading.Event()
+        self._pushes: queue.SimpleQueue[tuple[int, dict[str, Any], float]] = queue.SimpleQueue()
+        # seconds from a push's receipt on the feed thread to the end of its cycle's save
+        self.latencies: deque[float] = deque(maxlen=200_000)
+        self._waiting: deque[tuple[int, list[float]]] = deque()  # (save ticket, receipt times)
+        self._waiting_lock = threading.Lock()
+        self._last_ticket = 0
+        self._threads: list[threading.Thread] = []
+        self._acks = None
+        self.store: StateStore | None = None
+        self.alerter = Alerter(build_sinks(deployment.get("alerts", [{"kind": "log"}]), env))
+        self.idle = threading.Event()  # set whenever the decision thread has nothing queued
+        self.stopped = False
+        self.history_is_local = False
+
+    # -- assembly ----------------------------------------------------------------------------
+
+    def _signal(self) -> Callable[..., pl.DataFrame]:
+        pinned = self.params["pins"]["signal"]
+        try:
+            spec = pinned_signal(pinned, self.params["signal"]["packages"], self.root)
+            calendar = event_calendar(pinned.get("events"), self.root)
+        except SignalError as error:
+            raise RunnerError(str(error)) from None
+        if calendar is None:
+            return spec.function
+        return lambda bars, **params: spec.function(
+            bars, events=events_on(calendar, bars), **params
+        )
+
+    def _history(self) -> Callable[[str, int, int], list[list[float]]]:
+        """Completed bars before a time: the pinned local copy when there is one, else the
+        vendor's REST kline endpoint (rate limits honoured on this thread, never the feed's)."""
+        data = self.params["data"]
+        local = data.get("local") or {}
+        directory = self.root / local["path"] if local.get("path") else None
+        if directory is not None and directory.is_dir():
+            stamp = data["timestamp"]
+            frame = load_bars(
+                directory,
+                local["format"],
+                list(self.params["universe"]["symbols"]),
+                Convention(stamp["unit"], stamp["timezone"], stamp["stamping"]),
+                self.root,
+            ).select(["symbol", *BAR_COLUMNS])
+
+            def from_local(symbol: str, before_ms: int, count: int) -> list[list[float]]:
+                rows = frame.filter(
+                    (pl.col("symbol") == symbol) & (pl.col("timestamp") < before_ms)
+                ).tail(count)
+                return [list(map(float, row)) for row in rows.select(BAR_COLUMNS).rows()]
+
+            self.history_is_local = True
+            return from_local
+        if not self.rest_base:
+            return lambda symbol, before_ms, count: []
+        client = RestClient(self.rest_base, self.api_key)
+        suffix = data.get("symbol_suffix", "") or ""
+
+        def from_rest(symbol: str, before_ms: int, count: int) -> list[list[float]]:
+            start = before_ms - int(count * self.interval_ms * 1.6)  # weekends and holidays
+            klines = client.klines(symbol + suffix, data["interval"], start, before_ms - 1)
+            rows = [
+                [
+                    float(k["time"]),
+                    *(float(k[c]) for c in ("open", "high", "low", "close", "volume")),
+                ]
+                for k in klines
+            ]
+            return rows[-count:]
+
+        return from_rest
+
+    def _engine(self, state: EngineState | None, broker: PaperBroker) -> Engine:
+        params, data = self.params, self.params["data"]
+        backtest = params["backtest"]
+        config = EngineConfig(
+            strategy_id=self.strategy_id,
+            strategy_version=str(params["strategy"]["version"]),
+            signal_pin={
+                k: params["pins"]["signal"][k] for k in ("name", "version", "source_sha256")
+            },
+            signal_params=dict(params["signal"]["params"]),
+            symbols=list(params["universe"]["symbols"]),
+            symbol_suffix=data.get("symbol_suffix", "") or "",
+            interval_ms=self.interval_ms,
+            timestamp_unit=data["timestamp"]["unit"],
+            sizing=dict(backtest.get("sizing") or {}),
+            initial_capital=float(backtest["initial_capital"]),
+            history_bars=int(self.deployment.get("history_bars", 400)),
+            safe_state_budget_ms=float(self.deployment.get("safe_state_budget_ms", 100.0)),
+        )
+        return Engine(
+            config,
+            self._signal(),
+            broker,
+            self.alerter,
+            self._save,
+            self._history(),
+            state,
+            journal=self._journal,
+        )
+
+    def _save(self, snapshot: dict[str, Any], wait: bool) -> None:
+        self._last_ticket = self.saver.submit(snapshot, wait)
+
+    def _saved(self, state: dict[str, Any], ticket: int) -> None:
+        """On the saver thread, once ``state`` is durable: acknowledge it."""
+        if self._acks is not None:
+            self._acks.write(f"{state['seq']} {state_digest(state)}\n")
+            self._acks.flush()
+        done = time.perf_counter()
+        with self._waiting_lock:
+            while self._waiting and self._waiting[0][0] <= ticket:
+                _, received = self._waiting.popleft()
+                self.latencies.extend(done - r for r in received)
+
+    def _check_compatible(self, saved: dict[str, Any]) -> None:
+        """A persisted state is resumed only where it means the same thing."""
+        problems, notes = compatibility(saved, self.params)
+        for note in notes:
+            log.warning("persisted state: %s", note)
+        if problems:
+            where = self.store.location if self.store else "the state store"
+            raise RunnerError(
+                f"{where}: persisted state is not compatible: {'; '.join(problems)}. "
+                "Roll back to a release that can read it, or move the state aside deliberately."
+            )
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def start(self) -> Runner:
+        """Take the lease, restore and reconcile the state, start the feed and decision threads."""
+        self.store = open_store(
+            self.deployment["state_store"],
+            self.strategy_id,
+            self.session.instance_id,
+            self.root,
+            self.env,
+        )
+        self.store.acquire()
+        if self.session.acks is not None:
+            self._acks = self.session.acks.open("a", encoding="utf-8")
+        saved = self.store.load()
+        if saved is not None:
+            self._check_compatible(saved)
+        self.saver = Saver(self.store, int(saved["seq"]) if saved else 0, self._saved)
+        self.broker = PaperBroker(
+            self.params["costs"],
+            float(self.params["backtest"]["initial_capital"]),
+            self.store.load_document(LEDGER),
+            lambda ledger: self.store.save_document(LEDGER, ledger),
+        )
+        state = EngineState.from_dict(saved) if saved else None
+        self.engine = self._engine(state, self.broker)
+        if self.history_is_local:  # a REST warm-up would spend the vendor's quota at every start
+            with single_threaded_signals():
+                self.engine.warm_up(int(time.time() * 1000))
+        differences = self.engine.reconcile()
+        if saved:
+            log.info(
+                "resumed %s from state seq %d (%s)",
+                self.strategy_id,
+                saved["seq"],
+                self.store.location,
+            )
+        for difference in differences:
+            log.warning("reconciled: %s", difference)
+        symbols = [s + self.engine.config.symbol_suffix for s in self.engine.config.symbols]
+        reconnect = dict(self.deployment.get("reconnect") or {})
+        self.feed = Feed(
+            self.ws_base,
+            self.api_key,
+            [(str(self.deployment.get("channel", "ticker")), symbols)],
+            heartbeat_s=self.heartbeat_s,
+            backoff=Backoff(
+                initial_s=float(reconnect.get("initial_s", 1.0)),
+                cap_s=float(reconnect.get("cap_s", 60.0)),
+                jitter=float(reconnect.get("jitter", 0.1)),
+                stable_s=float(reconnect.get("stable_s", 30.0)),
+            ),
+            on_push=lambda epoch, push: self._pushes.put((epoch, push, time.perf_counter())),
+            on_ready=self.engine.connected,
+            on_down=self.engine.safe_state,
+            alert=self._alert,
+            rate_limit_default_s=float(self.deployment.get("rate_limit_default_s", 60.0)),
+        )
+        self.engine.request_reconnect = self.feed.reconnect
+        self._spawn("feed", lambda: self.feed.run(self._feed_stop))
+        self._spawn("decisions", self._decide_loop)
+        self._alert("runner.started", "info", f"runner started ({self.session.instance_id})")
+        return self
+
+    def _spawn(self, name: str, target: Callable[[], None]) -> None:
+        thread = threading.Thread(target=target, name=f"{self.strategy_id}-{name}", daemon=True)
+        thread.start()
+        self._threads.append(thread)
+
+    def _alert(self, key: str, severity: str, summary: str) -> None:
+        alert = Alert(key=key, severity=severity, summary=summary, strategy_id=self.strategy_id)
+        self._journal(journal_alert(alert))
+        self.alerter.send(alert)
+
+    def _journal(self, record: dict[str, Any]) -> None:
+        """Journal a record; a failing journal is logged, never a reason to stop trading."""
+        assert self.store is not None
+        try:
+            self.store.append_journal(record)
+        except (OSError, QcompileError) as error:
+            log.error("journal append failed: %s", error)
+
+    def _decide_loop(self) -> None:
+        with single_threaded_signals():
+            self._decide_until_stopped()
+
+    def _decide_until_stopped(self) -> None:
+        next_beat, beat_connected = 0.0, False
+        while True:
+            try:
+                first = self._pushes.get(timeout=0.05)
+            except queue.Empty:
+                self.idle.set()
+                if self._feed_stop.is_set():
+                    return
+                first = None
+            if first is not None:
+                self.idle.clear()
+                batch = [first]
+                while len(batch) < 1000:
+                    try:
+                        batch.append(self._pushes.get_nowait())
+                    except queue.Empty:
+                        break
+                received = [r for _, _, r in batch]
+                lag = time.perf_counter() - received[0]
+                if lag > self.heartbeat_s:  # decisions fall behind the feed: say so, loudly
+                    self._alert(
+                        "runner.lagging",
+                        "warning",
+                        f"decisions lag the feed by {lag:.1f} s ({len(batch)} pushes queued)",
+                    )
+                if self.engine.cycle([(epoch, push) for epoch, push, _ in batch]):
+                    with self._waiting_lock:  # decided; acknowledged once its save is durable
+                        self._waiting.append((self._last_ticket, received))
+                else:  # nothing to save: decided is done
+                    done = time.perf_counter()
+                    self.latencies.extend(done - r for r in received)
+            now = time.monotonic()
+            connected = self.feed.connected.is_set()
+            if now >= next_beat or connected != beat_connected:  # a change is news at once
+                next_beat, beat_connected = now + self.heartbeat_s, connected
+                self._liveness()
+
+    def _liveness(self) -> None:
+        """The runner's own heartbeat, for monitoring and the dashboard."""
+        assert self.store is not None
+        state = self.engine.state
+        self.store.heartbeat(
+            {
+                "at": datetime.now(UTC).isoformat(timespec="milliseconds"),
+                "instance": self.session.instance_id,
+                "strategy_version": str(self.params["strategy"]["version"]),
+                "signal": f"{self.engine.config.signal_pin['name']}@"
+                f"{self.engine.config.signal_pin['version']}",
+                "host": socket.gethostname(),
+                "pid": os.getpid(),
+                "connected": self.feed.connected.is_set(),
+                "suspended": state.suspended,
+                "seq": self.saver.seq,
+                "last_message_age_s": round(time.perf_counter() - self.feed.last_received, 3)
+                if self.feed.last_received
+                else None,
+            }
+        )
+
+    def wait_idle(self, timeout: float) -> bool:
+        """True once every push received so far was decided (tests, replays)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._pushes.empty() and self.idle.wait(0.05) and self._pushes.empty():
+                return True
+        return False
+
+    def stop(self) -> Summary:
+        """Close the feed, decide what was received, cancel working orders, save, release."""
+        self.stopped = True
+        self._feed_stop.set()
+        for thread in self._threads:
+            thread.join(timeout=30)
+        self.engine.safe_state("runner stopped", time.perf_counter(), planned=True)
+        self.saver.close()
+        self._liveness()
+        summary = self.summary()
+        assert self.store is not None
+        self.store.release()
+        self.store.close()
+        if self._acks is not None:
+            self._acks.close()
+        self.alerter.flush(5.0)
+        self.alerter.close()
+        return summary
+
+    def summary(self) -> Summary:
+        counters, state = self.engine.counters, self.engine.state
+        return Summary(
+            strategy_id=self.strategy_id,
+            accepted=counters.accepted,
+            decisions=counters.decisions,
+            orders=counters.orders,
+            fills=counters.fills,
+            safe_states=counters.safe_states,
+            reconnects=max(0, self.feed.stats.connects - 1),
+            seq=self.saver.seq,
+            positions=dict(sorted(state.positions.items())),
+            equity=self.engine.equity(),
+            state_location=self.store.location if self.store else "",
+        )
+
+
+def local_api_key() -> str:
+    """A throwaway key for a local emulator session: no real key is needed or read."""
+    return "local-" + token_source.token_hex(12)
+
+
+def emulator_for(
+    params: dict[str, Any],
+    root: Path,
+    session: Session,
+    replay: Path | None,
+    bars: int,
+    speed: float,
+    scenario: Path | None,
+) -> tuple[Any, Session]:
+    """Start a local emulator replaying the last ``bars`` bars of the strategy's local data (or
+    of ``replay``) and point a session at it with a throwaway key."""
+    from qcompile.emulator import Emulator, load_bars, load_scenario, ticks_from_bars
+
+    data = params["data"]
+    directory = replay or root / (data.get("local") or {}).get("path", "")
+    if not directory.is_dir():
+        raise RunnerError(f"{directory}: no local bars to replay; pass --replay DIRECTORY")
+    frame = load_bars(directory, list(params["universe"]["symbols"]))
+    first = frame.group_by("symbol").agg(pl.col("timestamp").sort().tail(bars).first())
+    replayed = frame.join(first, on="symbol", suffix="_first").filter(
+        pl.col("timestamp") >= pl.col("timestamp_first")
+    )
+    suffix = data.get("symbol_suffix", "") or ""
+    key = local_api_key()
+    emulator = Emulator(
+        ticks_from_bars(replayed.drop("timestamp_first"), INTERVAL_MS[data["interval"]], suffix),
+        api_keys=[key],
+        scenario=load_scenario(scenario) if scenario else None,
+        messages_per_second=speed,
+        bars=frame,
+        interval=data["interval"],
+        replay_start="first_subscribe",  # the session sees the replay from its first bar
+        symbol_suffix=suffix,
+    ).start()
+    base = f"ws://127.0.0.1:{emulator.port}"
+    return emulator, Session(
+        ws_base=base,
+        rest_base=emulator.rest_url,
+        api_key=key,
+        instance_id=session.instance_id,
+        acks=session.acks,
+        settings=session.settings,
+    )

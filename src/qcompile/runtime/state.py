@@ -1,0 +1,683 @@
+"""Durable state for the production runner: save every cycle, recover after a crash.
+
+The promise is "a kill -9 at any moment loses nothing that was acknowledged": :meth:`save`
+returns only once the state is durable, and :meth:`load` returns either the last state whose
+save returned or one that was being saved when the process died, always complete.
+
+A lease makes sure one instance at a time writes a strategy's state: two runners deciding for the
+same strategy would double every order.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import json
+import logging
+import os
+import re
+import threading
+import time
+import uuid
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Protocol
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+from qcompile.errors import QcompileError
+from qcompile.runtime.secrets import resolve
+
+log = logging.getLogger("qcompile.live.state")
+
+STATE_FILE = "state.json"
+HEARTBEAT_FILE = "heartbeat.json"
+JOURNAL_FILE = "journal.jsonl"
+LEASE_FILE = "lease"
+_TEMP_SUFFIX = re.compile(r"\.tmp-\d+$")
+
+
+class StateError(QcompileError):
+    """The state cannot be read or written; the runner must not trade on a guess."""
+
+
+class LeaseError(StateError):
+    """Another instance holds this strategy's lease (or this instance lost it)."""
+
+
+class StateStore(Protocol):
+    """Where a runner keeps its state. One instance per strategy holds the lease at a time."""
+
+    location: str  # human-readable, never with a secret in it
+
+    def acquire(self) -> None:
+        """Take the lease for this strategy; LeaseError names the holder and since when."""
+
+    def load(self) -> dict[str, Any] | None:
+        """The last durably saved state, or None on first start; StateError if unreadable."""
+
+    def save(self, state: dict[str, Any]) -> None:
+        """Store ``state`` as canonical JSON; returns only when it is durable."""
+
+    def save_document(self, name: str, document: dict[str, Any]) -> None:
+        """Save a companion document (the paper broker's ledger) as durably as the state."""
+
+    def load_document(self, name: str) -> dict[str, Any] | None:
+        """A companion document saved with :meth:`save_document`, or None."""
+
+    def heartbeat(self, info: dict[str, Any]) -> None:
+        """Record liveness for monitoring: cheap, not made durable."""
+
+    def read_heartbeat(self) -> dict[str, Any] | None:
+        """The last heartbeat record, or None."""
+
+    def append_journal(self, record: dict[str, Any]) -> None:
+        """Append one durable record to the strategy's journal (fills, daily equity, alerts,
+        rollbacks): what reviews and retrospectives read. Needs no lease: appends never clash."""
+
+    def read_journal(self) -> list[dict[str, Any]]:
+        """Every journal record, oldest first."""
+
+    def release(self) -> None:
+        """Drop the lease; idempotent."""
+
+    def close(self) -> None:
+        """Release and free every resource; idempotent."""
+
+
+def canonical_json(state: Mapping[str, Any]) -> bytes:
+    """One byte string per state: sorted keys, no spaces, UTF-8, no NaN (not JSON)."""
+    try:
+        text = json.dumps(
+            state, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+        )
+    except (TypeError, ValueError) as err:
+        raise StateError(f"state is not JSON-serialisable: {err}") from err
+    return text.encode("utf-8")
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+def _parse_state(data: bytes | str, where: str) -> dict[str, Any]:
+    try:
+        state = json.loads(data.encode() if isinstance(data, str) else data.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise StateError(
+            f"{where}: state is corrupt or truncated ({len(data)} bytes: {err}); refusing to start "
+            "from an empty state: restore it from a backup or move it away deliberately"
+        ) from err
+    if not isinstance(state, dict):
+        raise StateError(f"{where}: state is a JSON {type(state).__name__}, not an object")
+    return state
+
+
+def _parse_record(data: bytes | str | None) -> dict[str, Any] | None:
+    """A monitoring record (heartbeat, lease holder): best effort, None if unreadable."""
+    if not data:
+        return None
+    try:
+        record = json.loads(data)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def _write_file(dir_fd: int, name: str, data: bytes, *, durable: bool) -> None:
+    fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644, dir_fd=dir_fd)
+    try:
+        view = memoryview(data)
+        while view:  # unbuffered os.write: nothing to flush, but writes may be partial
+            view = view[os.write(fd, view) :]
+        if durable:
+            os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Replace ``path`` with ``data`` durably: afterwards it holds the old or the new bytes,
+    whatever crashes when (temp file, fsync, rename, directory fsync; see FileStateStore)."""
+    path = Path(path)
+    temp = f"{path.name}.tmp-{os.getpid()}"
+    try:
+        dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError as err:
+        raise StateError(f"{path}: could not write: {err}") from err
+    try:
+        _write_file(dir_fd, temp, data, durable=True)
+        os.replace(temp, path.name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+        os.fsync(dir_fd)
+    except OSError as err:
+        with contextlib.suppress(OSError):
+            os.unlink(temp, dir_fd=dir_fd)
+        raise StateError(f"{path}: could not write: {err}") from err
+    finally:
+        os.close(dir_fd)
+
+
+def _journal_lines(lines: list[str], where: str) -> list[dict[str, Any]]:
+    """Parsed journal records; a torn last line (a crash mid-append) is skipped, any other bad
+    line is an error naming its number."""
+    records = []
+    for number, line in enumerate(lines, start=1):
+        try:
+            record = json.loads(line)
+        except ValueError:
+            if number == len(lines):
+                break
+            raise StateError(f"{where}:{number}: journal line is not JSON") from None
+        if isinstance(record, dict):
+            records.append(record)
+    return records
+
+
+def _check_strategy_id(strategy_id: str) -> None:
+    # It becomes a directory name and a Redis key part: keep it one plain path component.
+    if not strategy_id or strategy_id in {".", ".."} or any(c in strategy_id for c in "/\\:\0"):
+        raise StateError(f"strategy id {strategy_id!r} cannot name a state location")
+
+
+def _describe_holder(holder: dict[str, Any] | None) -> str:
+    if not holder:
+        return "another instance (holder record not readable yet)"
+    text = f"instance {holder.get('instance_id', '?')}"
+    if "pid" in holder:
+        text += f" (pid {holder['pid']}"
+        text += f" on {holder['host']})" if "host" in holder else ")"
+    return text + f" since {holder.get('since', '?')}"
+
+
+# --------------------------------------------------------------------------------------------
+# File store
+
+
+class FileStateStore:
+    """State in ``<directory>/<strategy_id>/``: ``state.json``, ``heartbeat.json``, ``lease``.
+
+    ``save`` writes a temporary file in the same directory, fsyncs it, renames it over
+    ``state.json`` and fsyncs the directory. A rename within one file system is atomic, so
+    ``state.json`` is always a complete old or new state; the first fsync makes the new content
+    durable before the name points at it, the second makes the rename itself durable (until
+    the directory is synced a power loss can bring the old name back after ``save`` returned).
+
+    The lease is an exclusive ``flock`` on ``lease`` held for the store's life: the kernel drops
+    it the moment the holder dies, even by kill -9, so a restart never waits for an expiry.
+    """
+
+    def __init__(self, directory: Path, strategy_id: str, instance_id: str) -> None:
+        _check_strategy_id(strategy_id)
+        self.strategy_id = strategy_id
+        self.instance_id = instance_id
+        self.path = Path(directory) / strategy_id
+        self.location = str(self.path)
+        self._state_path = self.path / STATE_FILE
+        self._temp_name = f"{STATE_FILE}.tmp-{os.getpid()}"
+        self._lease_fd: int | None = None
+        self._dir_fd: int | None = None  # kept open: saves one open/close per save
+
+    # -- lease --------------------------------------------------------------------------------
+
+    def acquire(self) -> None:
+        if self._lease_fd is not None:
+            return
+        try:
+            self._make_directory_durably()
+            lease_fd = os.open(self.path / LEASE_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as err:
+            raise StateError(f"{self.location}: cannot open the state directory: {err}") from err
+        try:
+            fcntl.flock(lease_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as err:
+            holder = _parse_record(os.pread(lease_fd, 4096, 0))
+            os.close(lease_fd)
+            if err.errno in (errno.EWOULDBLOCK, errno.EACCES):
+                raise LeaseError(
+                    f"{self.location}: strategy {self.strategy_id} is held by "
+                    f"{_describe_holder(holder)}"
+                ) from None
+            raise StateError(f"{self.location}: cannot lock the lease file: {err}") from err
+        holder = {
+            "instance_id": self.instance_id,
+            "pid": os.getpid(),
+            "host": os.uname().nodename,
+            "since": _now(),
+        }
+        try:
+            os.ftruncate(lease_fd, 0)
+            os.pwrite(lease_fd, json.dumps(holder).encode() + b"\n", 0)
+            self._dir_fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY)
+        except OSError as err:
+            os.close(lease_fd)
+            raise StateError(f"{self.location}: cannot take the lease: {err}") from err
+        self._lease_fd = lease_fd
+        self._remove_stale_temp_files()
+
+    def _make_directory_durably(self) -> None:
+        # A new directory's own entry lives in its parent: sync each parent we add an entry
+        # to, or a power loss soon after the first save could lose the whole directory.
+        missing = [p for p in (self.path, *self.path.parents) if not p.exists()]
+        self.path.mkdir(parents=True, exist_ok=True)
+        for created in reversed(missing):
+            parent_fd = os.open(created.parent, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                os.fsync(parent_fd)
+            finally:
+                os.close(parent_fd)
+
+    def _remove_stale_temp_files(self) -> None:
+        # Left by a writer killed between create and rename (of this store or atomic_write
+        # beside it); we hold the lease, so no writer is using them now.
+        for name in os.listdir(self._dir_fd):
+            if _TEMP_SUFFIX.search(name):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(name, dir_fd=self._dir_fd)
+                log.info("removed stale temporary file %s", self.path / name)
+
+    def release(self) -> None:
+        if self._lease_fd is None:
+            return
+        lease_fd, self._lease_fd = self._lease_fd, None
+        with contextlib.suppress(OSError):
+            os.ftruncate(lease_fd, 0)  # no stale holder record for the next reader
+        os.close(lease_fd)  # closing drops the flock
+        if self._dir_fd is not None:
+            os.close(self._dir_fd)
+            self._dir_fd = None
+
+    def close(self) -> None:
+        self.release()
+
+    def _require_lease(self) -> int:
+        if self._lease_fd is None or self._dir_fd is None:
+            raise StateError(f"{self.location}: acquire() the lease before writing state")
+        return self._dir_fd
+
+    # -- state --------------------------------------------------------------------------------
+
+    def load(self) -> dict[str, Any] | None:
+        try:
+            data = self._state_path.read_bytes()
+        except FileNotFoundError:
+            return None
+        except OSError as err:
+            raise StateError(f"{self._state_path}: cannot read the state: {err}") from err
+        return _parse_state(data, str(self._state_path))
+
+    def save(self, state: dict[str, Any]) -> None:
+        dir_fd = self._require_lease()
+        data = canonical_json(state)
+        try:
+            _write_file(dir_fd, self._temp_name, data, durable=True)
+            os.replace(self._temp_name, STATE_FILE, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+            os.fsync(dir_fd)
+        except OSError as err:
+            with contextlib.suppress(OSError):
+                os.unlink(self._temp_name, dir_fd=dir_fd)
+            raise StateError(f"{self._state_path}: could not save the state: {err}") from err
+
+    def _document_path(self, name: str) -> Path:
+        _check_strategy_id(name)  # one plain path component, like a strategy id
+        return self.path / f"{name}.json"
+
+    def save_document(self, name: str, document: dict[str, Any]) -> None:
+        self._require_lease()
+        atomic_write(self._document_path(name), canonical_json(document))
+
+    def load_document(self, name: str) -> dict[str, Any] | None:
+        path = self._document_path(name)
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            return None
+        except OSError as err:
+            raise StateError(f"{path}: cannot read: {err}") from err
+        return _parse_state(data, str(path))
+
+    # -- heartbeat ----------------------------------------------------------------------------
+
+    def heartbeat(self, info: dict[str, Any]) -> None:
+        """Write ``info`` plus ``instance_id`` and ``heartbeat_at``; renamed into place so a
+        reader never sees half a record, but not fsynced (it is only for monitoring)."""
+        dir_fd = self._require_lease()
+        record = {**info, "instance_id": self.instance_id, "heartbeat_at": _now()}
+        temp = f"{HEARTBEAT_FILE}.tmp-{os.getpid()}"
+        try:
+            _write_file(dir_fd, temp, json.dumps(record, default=str).encode(), durable=False)
+            os.replace(temp, HEARTBEAT_FILE, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+        except OSError as err:
+            raise StateError(f"{self.path / HEARTBEAT_FILE}: cannot write: {err}") from err
+
+    def read_heartbeat(self) -> dict[str, Any] | None:
+        """The last heartbeat, or None if there is none or it is unreadable (it is not fsynced,
+        so after a power loss it may legitimately be empty)."""
+        try:
+            return _parse_record((self.path / HEARTBEAT_FILE).read_bytes())
+        except OSError:
+            return None
+
+    def append_journal(self, record: dict[str, Any]) -> None:
+        # One write of one line with O_APPEND: concurrent appenders never interleave a line.
+        line = json.dumps(record, sort_keys=True, separators=(",", ":"), default=str) + "\n"
+        self.path.mkdir(parents=True, exist_ok=True)
+        descriptor = os.open(
+            self.path / JOURNAL_FILE, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644
+        )
+        try:
+            os.write(descriptor, line.encode("utf-8"))
+            os.fsync(descriptor)
+        finally:
+            os.close(descriptor)
+
+    def read_journal(self) -> list[dict[str, Any]]:
+        try:
+            text = (self.path / JOURNAL_FILE).read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return []
+        return _journal_lines(text.splitlines(), str(self.path / JOURNAL_FILE))
+
+
+# --------------------------------------------------------------------------------------------
+# Redis store
+
+# KEYS[1] = lease; ARGV[1] = our lease value, ARGV[2] = ttl in ms
+_RENEW = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+"""
+# KEYS[1] = lease, KEYS[2] = target; ARGV[1] = our lease value, ARGV[2] = data.
+# Fencing: the owner check and the write are one atomic step on the server, so an instance that
+# lost its lease (paused, partitioned) can never overwrite its successor's state.
+_WRITE_IF_OWNER = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then
+  return 0
+end
+redis.call('SET', KEYS[2], ARGV[2])
+return 1
+"""
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+
+
+def redact_url(url: str) -> str:
+    """``url`` without its password (in the authority or as a ``password`` query parameter)."""
+    parts = urlsplit(url)
+    netloc = parts.netloc
+    if "@" in netloc:
+        userinfo, host = netloc.rsplit("@", 1)
+        user = userinfo.split(":", 1)[0]
+        netloc = f"{user}@{host}" if user else host
+    query = urlencode([(k, v) for k, v in parse_qsl(parts.query) if k.lower() != "password"])
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+class RedisStateStore:
+    """State in Redis under ``qcompile:<strategy_id>:{state,heartbeat,lease}``.
+
+    The lease is a key set with ``NX PX ttl`` holding a unique value per acquisition; a daemon
+    thread renews it every ttl/3 with a script that extends it only while it is still ours. Every
+    write checks the owner on the server in the same script (fencing). A crashed holder's lease
+    expires after ``lease_ttl_s``: a restart may have to wait that long.
+
+    Durability is the server's: ``save`` returns once Redis acknowledged the write, which with
+    ``appendonly yes`` and ``appendfsync always`` means it is fsynced to the append-only file.
+    With ``everysec`` up to a second of acknowledged saves can be lost if the server host
+    crashes; :meth:`acquire` logs a warning when it can see that setting.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        strategy_id: str,
+        instance_id: str,
+        lease_ttl_s: float = 10.0,
+        client: Any = None,
+    ) -> None:
+        _check_strategy_id(strategy_id)
+        if lease_ttl_s <= 0:
+            raise StateError(f"lease_ttl_s must be positive, got {lease_ttl_s}")
+        self.strategy_id = strategy_id
+        self.instance_id = instance_id
+        self.lease_ttl_s = lease_ttl_s
+        prefix = self._prefix = f"qcompile:{strategy_id}"
+        self.keys = {k: f"{prefix}:{k}" for k in ("state", "heartbeat", "lease")}
+        self.location = f"{redact_url(url)} {prefix}:*"
+        import redis  # imported here: only deployments with a Redis store need the package
+
+        self._redis_error: type[Exception] = redis.RedisError
+        self._owns_client = client is None
+        if client is None:
+            try:
+                client = redis.Redis.from_url(url, socket_connect_timeout=5, socket_timeout=5)
+            except ValueError:
+                # redis-py's message may quote the URL, password included
+                raise StateError(f"not a valid Redis URL: {redact_url(url)}") from None
+        self._client = client
+        self._renew = client.register_script(_RENEW)
+        self._write_if_owner = client.register_script(_WRITE_IF_OWNER)
+        self._release = client.register_script(_RELEASE)
+        self._token: str | None = None  # our lease value while we think we hold it
+        self._lost: str | None = None  # why we no longer hold it, set by the renewal thread
+        self._stop = threading.Event()
+        self._renewer: threading.Thread | None = None
+
+    @property
+    def _ttl_ms(self) -> int:
+        return max(1, int(self.lease_ttl_s * 1000))
+
+    def _call(self, action: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        """Run a Redis call; connection problems become StateError naming the location."""
+        try:
+            return fn(*args, **kwargs)
+        except self._redis_error as err:
+            raise StateError(f"{self.location}: {action} failed: {err}") from err
+
+    # -- lease --------------------------------------------------------------------------------
+
+    def acquire(self) -> None:
+        if self._token is not None and self._lost is None:
+            return
+        self._stop_renewal()
+        token = json.dumps(
+            {
+                "instance_id": self.instance_id,
+                "pid": os.getpid(),
+                "host": os.uname().nodename,
+                "since": _now(),
+                "token": uuid.uuid4().hex,  # two acquisitions never share a value
+            },
+            sort_keys=True,
+        )
+        lease = self.keys["lease"]
+        taken = self._call(
+            "taking the lease", self._client.set, lease, token, nx=True, px=self._ttl_ms
+        )
+        if not taken:
+            raise LeaseError(
+                f"{self.location}: strategy {self.strategy_id} is held by {self._holder()}"
+            )
+        self._token, self._lost = token, None
+        self._warn_unless_fsync_always()
+        self._stop = threading.Event()
+        self._renewer = threading.Thread(
+            target=self._renew_loop,
+            args=(token, self._stop),
+            name=f"qcompile-lease-{self.strategy_id}",
+            daemon=True,
+        )
+        self._renewer.start()
+
+    def _holder(self) -> str:
+        """Who holds the lease now, for an error message."""
+        lease = self.keys["lease"]
+        value = self._call("reading the lease", self._client.get, lease)
+        if value is None:
+            return "nobody (the lease expired)"
+        remaining_ms = self._call("reading the lease", self._client.pttl, lease)
+        text = _describe_holder(_parse_record(value))
+        if isinstance(remaining_ms, int) and remaining_ms > 0:
+            text += f"; the lease expires in {remaining_ms / 1000:.1f} s unless renewed"
+        return text
+
+    def _warn_unless_fsync_always(self) -> None:
+        try:
+            config = self._client.config_get("append*")
+            aof, setting = config.get("appendonly"), config.get("appendfsync")
+        except Exception:  # CONFIG is often disabled on managed servers: nothing to check
+            return
+        if aof != "yes" or setting != "always":
+            log.warning(
+                "%s: the server runs with appendonly=%s appendfsync=%s; acknowledged saves may "
+                "be lost if the Redis host crashes (use appendonly yes, appendfsync always)",
+                self.location,
+                aof,
+                setting,
+            )
+
+    def _renew_loop(self, token: str, stop: threading.Event) -> None:
+        interval = self.lease_ttl_s / 3
+        last_renewed = time.monotonic()
+        while not stop.wait(interval):
+            try:
+                renewed = self._renew(keys=[self.keys["lease"]], args=[token, self._ttl_ms])
+            except self._redis_error as err:
+                # Unreachable: we cannot know, so once a full ttl passed assume it is gone.
+                if time.monotonic() - last_renewed >= self.lease_ttl_s:
+                    self._lost = f"could not renew the lease for {self.lease_ttl_s} s ({err})"
+                    log.error("%s: lease lost: %s", self.location, self._lost)
+                    return
+                continue
+            if not renewed:
+                self._lost = "the lease expired or was taken by another instance"
+                log.error("%s: lease lost: %s", self.location, self._lost)
+                return
+            last_renewed = time.monotonic()
+
+    def _stop_renewal(self) -> None:
+        """Stop the renewal thread (also the test hook to let a lease expire)."""
+        self._stop.set()
+        if self._renewer is not None and self._renewer is not threading.current_thread():
+            self._renewer.join(timeout=5)
+        self._renewer = None
+
+    def _require_lease(self) -> str:
+        if self._token is None:
+            raise StateError(f"{self.location}: acquire() the lease before writing state")
+        if self._lost is not None:
+            raise LeaseError(f"{self.location}: lease lost: {self._lost}")
+        return self._token
+
+    def _write_fenced(self, key: str, data: bytes, action: str) -> None:
+        token = self._require_lease()
+        keys = [self.keys["lease"], self.keys[key]]
+        if not self._call(action, self._write_if_owner, keys=keys, args=[token, data]):
+            self._lost = "the lease expired or was taken by another instance"
+            raise LeaseError(
+                f"{self.location}: instance {self.instance_id} lost the lease of strategy "
+                f"{self.strategy_id}, nothing written; it is now held by {self._holder()}"
+            )
+
+    def release(self) -> None:
+        self._stop_renewal()
+        token, self._token = self._token, None
+        if token is None:
+            return
+        try:
+            self._release(keys=[self.keys["lease"]], args=[token])
+        except Exception as err:  # shutting down anyway: the lease expires by itself
+            log.warning(
+                "%s: could not release the lease (%s); it expires in %.1f s",
+                self.location,
+                err,
+                self.lease_ttl_s,
+            )
+
+    def close(self) -> None:
+        self.release()
+        if self._owns_client:
+            with contextlib.suppress(Exception):
+                self._client.close()
+
+    # -- state --------------------------------------------------------------------------------
+
+    def load(self) -> dict[str, Any] | None:
+        data = self._call("loading the state", self._client.get, self.keys["state"])
+        if data is None:
+            return None
+        return _parse_state(data, f"{self.location} (key {self.keys['state']})")
+
+    def save(self, state: dict[str, Any]) -> None:
+        self._write_fenced("state", canonical_json(state), "saving the state")
+
+    def save_document(self, name: str, document: dict[str, Any]) -> None:
+        _check_strategy_id(name)
+        self.keys.setdefault(name, f"{self._prefix}:{name}")
+        self._write_fenced(name, canonical_json(document), f"saving {name}")
+
+    def load_document(self, name: str) -> dict[str, Any] | None:
+        _check_strategy_id(name)
+        key = f"{self._prefix}:{name}"
+        data = self._call(f"loading {name}", self._client.get, key)
+        return None if data is None else _parse_state(data, f"{self.location} (key {key})")
+
+    def heartbeat(self, info: dict[str, Any]) -> None:
+        record = {**info, "instance_id": self.instance_id, "heartbeat_at": _now()}
+        self._write_fenced("heartbeat", json.dumps(record, default=str).encode(), "heartbeat")
+
+    def read_heartbeat(self) -> dict[str, Any] | None:
+        return _parse_record(
+            self._call("reading the heartbeat", self._client.get, self.keys["heartbeat"])
+        )
+
+    def append_journal(self, record: dict[str, Any]) -> None:
+        line = json.dumps(record, sort_keys=True, separators=(",", ":"), default=str)
+        self._call("appending to the journal", self._client.rpush, f"{self._prefix}:journal", line)
+
+    def read_journal(self) -> list[dict[str, Any]]:
+        lines = self._call(
+            "reading the journal", self._client.lrange, f"{self._prefix}:journal", 0, -1
+        )
+        return _journal_lines(
+            [x.decode() if isinstance(x, bytes) else x for x in lines], f"{self._prefix}:journal"
+        )
+
+
+# --------------------------------------------------------------------------------------------
+
+
+def open_store(
+    spec: Mapping[str, Any],
+    strategy_id: str,
+    instance_id: str,
+    root: Path,
+    env: Mapping[str, str] = os.environ,
+) -> StateStore:
+    """The store a deployment's ``state_store`` describes (not yet acquired).
+
+    ``{"kind": "file", "path": "state"}`` (relative to ``root``) or
+    ``{"kind": "redis", "url": "${oc.env:QCOMPILE_REDIS_URL}", "lease_ttl_s": 10}``.
+    """
+    kind = spec.get("kind")
+    allowed = {"file": {"kind", "path"}, "redis": {"kind", "url", "lease_ttl_s"}}
+    if kind not in allowed:
+        raise StateError(f"state_store.kind: expected 'file' or 'redis', got {kind!r}")
+    unknown = sorted(set(spec) - allowed[kind])
+    if unknown:
+        raise StateError(f"state_store: unknown key(s) for kind {kind}: {', '.join(unknown)}")
+    if kind == "file":
+        path = resolve(str(spec.get("path", "state")), env, what="state_store.path")
+        return FileStateStore(Path(root) / str(path), strategy_id, instance_id)
+    url = resolve(spec.get("url"), env, what="state_store.url")
+    if not url:
+        raise StateError("state_store.url: a Redis store needs a url")
+    return RedisStateStore(
+        url, strategy_id, instance_id, lease_ttl_s=float(spec.get("lease_ttl_s", 10.0))
+    )
