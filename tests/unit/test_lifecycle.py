@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import yaml
+
 from qcompile.compiler.rules.gates import CHECKLIST_ITEMS, evaluate, load_evidence, requirements_for
+from tests.conftest import REPO
 
 GATES = {
     "research": ["brief.alpha_thesis", "brief.expected_signal", "signoff.brief"],
@@ -135,3 +138,31 @@ def test_load_evidence_explains_what_is_wrong(tmp_path: Path) -> None:
     assert load_evidence(bad) == (None, "evidence file is not a JSON object")
     bad.write_text("{")
     assert load_evidence(bad)[1].startswith("evidence file is unreadable")
+
+
+def _ready_for_production() -> dict:
+    return _strategy(
+        signoffs={"brief": SIGNED, "report": SIGNED, "validation": SIGNED},
+        checklist=dict.fromkeys(CHECKLIST_ITEMS, SIGNED),
+        validation={"robustness_checks": ["parameter_sensitivity"]},
+    )
+
+
+def test_production_needs_the_peer_reviewers_sign_off() -> None:
+    strategy = _ready_for_production()
+    assert _unmet("production", strategy, _evidence()) == []
+    del strategy["signoffs"]["validation"]
+    assert _unmet("production", strategy, _evidence()) == ["signoff.validation"]
+    strategy["signoffs"]["validation"] = {"by": "a@x.com"}  # no time: not a sign-off
+    assert _unmet("production", strategy, _evidence()) == ["signoff.validation"]
+
+
+def test_the_projects_own_production_gate_needs_the_peer_sign_off() -> None:
+    """conf/qcompile.yaml as committed: dropping the peer review from it must fail a test, not
+    only change a golden file."""
+    gates = yaml.safe_load((REPO / "conf/qcompile.yaml").read_text(encoding="utf-8"))["gates"]
+    assert "signoff.validation" in gates["production"]
+    strategy = _ready_for_production()
+    del strategy["signoffs"]["validation"]
+    unmet = evaluate("production", gates, strategy, PINS, _evidence(), "", INPUTS)
+    assert "signoff.validation" in [u.requirement for u in unmet]

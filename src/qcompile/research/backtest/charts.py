@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import datetime as dt
 import io
-import random
 from collections.abc import Sequence
 from typing import Any
 
@@ -90,29 +89,34 @@ def trade_distribution_chart(trade_returns: Sequence[float]) -> str:
     return figure_svg(figure)
 
 
-def monte_carlo_fan(trade_returns: Sequence[float], seed: int, samples: int = 300) -> str:
-    """Percentile bands of equity paths built from trades drawn with replacement (seeded)."""
-    rng = random.Random(seed)
-    paths = []
-    for _ in range(samples):
-        equity, path = 1.0, [1.0]
-        for _ in trade_returns:
-            equity *= 1.0 + rng.choice(trade_returns)
-            path.append(equity)
-        paths.append(path)
-    steps = range(len(trade_returns) + 1)
+def monte_carlo_fan(equity: Sequence[float], monte_carlo: dict[str, Any]) -> str | None:
+    """Percentile bands of the Monte Carlo's resampled paths (the same seeded stationary
+    bootstrap the evidence summarises) around the realised path; None without returns."""
+    import numpy as np
 
-    def band(q: float) -> list[float]:
-        return [sorted(p[i] for p in paths)[int(q * (samples - 1))] for i in steps]
+    from qcompile.research.backtest.metrics import bar_returns
+    from qcompile.research.backtest.robustness import bootstrap_paths
 
+    returns = np.asarray(bar_returns(equity), dtype=float)
+    if not len(returns) or monte_carlo.get("method") != "stationary_bootstrap":
+        return None
+    paths = bootstrap_paths(
+        returns, monte_carlo["seed"], monte_carlo["samples"], monte_carlo["mean_block_bars"]
+    )
+    steps = np.unique(np.linspace(0, len(returns), num=min(len(returns) + 1, 250)).astype(int))
+    bands = np.percentile(paths[:, steps], (5, 25, 50, 75, 95), axis=0)
+    realised = np.concatenate([[1.0], np.cumprod(1.0 + returns)])[steps]
     figure, axes = plt.subplots(figsize=(8, 3))
-    if trade_returns:
-        axes.fill_between(steps, band(0.05), band(0.95), alpha=0.25, label="5-95 %")
-        axes.fill_between(steps, band(0.25), band(0.75), alpha=0.4, label="25-75 %")
-        axes.plot(steps, band(0.5), linewidth=1, label="median")
-        axes.legend(loc="upper left")
-    axes.set_title("Monte Carlo: trade-order bootstrap (growth of 1)")
-    axes.set_xlabel("trade")
+    axes.fill_between(steps, bands[0], bands[4], alpha=0.25, label="5-95 %")
+    axes.fill_between(steps, bands[1], bands[3], alpha=0.4, label="25-75 %")
+    axes.plot(steps, bands[2], linewidth=1, label="median")
+    axes.plot(steps, realised, linewidth=1, color="black", label="realised")
+    axes.legend(loc="upper left")
+    axes.set_title(
+        f"Monte Carlo: stationary bootstrap of bar returns, mean block "
+        f"{monte_carlo['mean_block_bars']} bars (growth of 1)"
+    )
+    axes.set_xlabel("bar")
     return figure_svg(figure)
 
 

@@ -105,7 +105,7 @@ def html(markdown_text: str, title: str, result: Result, evidence: dict[str, Any
         charts.drawdown_chart(timestamps, equity),
         charts.monthly_returns_chart(timestamps, equity),
         charts.trade_distribution_chart(trade_returns),
-        charts.monte_carlo_fan(trade_returns, evidence["seed"]),
+        charts.monte_carlo_fan(equity, evidence["robustness"]["monte_carlo"]),
         charts.parameter_heatmap(evidence["robustness"]["parameter_sensitivity"]["grid"]),
     ]
     return page(title, [f for f in figures if f], markdown_text)

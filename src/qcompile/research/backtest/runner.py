@@ -41,6 +41,19 @@ DAY_MS = 86_400_000
 YEAR_MS = 365.25 * DAY_MS
 
 
+def minimum_sample(kind: str, trades: int, years: float) -> dict[str, Any]:
+    """The source document's minimum sample (§3.2): both the trade count and the span in years
+    of its strategy type, or the sample is insufficient."""
+    needed_trades, needed_years = MINIMUM_SAMPLE[kind]
+    return {
+        "trades": trades,
+        "years": round(years, 2),
+        "required_trades": needed_trades,
+        "required_years": needed_years,
+        "met": trades >= needed_trades and years >= needed_years,
+    }
+
+
 class BacktestError(QcompileError):
     """The backtest cannot run as pinned (signal or data changed, missing data)."""
 
@@ -241,14 +254,8 @@ def backtest(
 
     traded = result.equity["timestamp"]
     years = (traded.max() - traded.min()) / YEAR_MS if traded.len() else 0.0  # type: ignore[operator]
-    needed_trades, needed_years = MINIMUM_SAMPLE[strategy["type"]]
-    sample = {
-        "trades": metrics.trade_count,
-        "years": round(years, 2),
-        "required_trades": needed_trades,
-        "required_years": needed_years,
-        "met": metrics.trade_count >= needed_trades and years >= needed_years,
-    }
+    sample = minimum_sample(strategy["type"], metrics.trade_count, years)
+    needed_trades = sample["required_trades"]
 
     seed = int(backtest_settings.get("seed", 0))
     combos = robustness.parameter_grid(params["signal"].get("ranges") or {}, chosen)
@@ -265,13 +272,13 @@ def backtest(
     window_bars = bars.filter(pl.col("timestamp").is_between(start, end))
     checks = {
         "parameter_sensitivity": {"grid": grid, "combinations": len(grid)},
-        "monte_carlo": robustness.monte_carlo(
-            [t.return_pct for t in result.trades],
-            bar_returns(result.equity["equity"].to_list()),
-            seed,
-        ),
+        "monte_carlo": robustness.monte_carlo(bar_returns(result.equity["equity"].to_list()), seed),
         "look_ahead_bias": robustness.look_ahead(
-            lambda b: signal_function(b, **chosen), bars.filter(pl.col("timestamp") <= end), full
+            lambda b: signal_function(b, **chosen),
+            bars.filter(pl.col("timestamp") <= end),
+            full,
+            start,
+            seed,
         ),
         "survivorship_bias": robustness.survivorship(
             window_bars, end, params["universe"]["survivorship"], params["universe"]["as_of"]
