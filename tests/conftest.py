@@ -63,6 +63,27 @@ def without_production_example(root: Path) -> Path:
     return root
 
 
+def signed_into_production(strategy_file: Path, engineer: str = "j.chen@quantfund.com") -> None:
+    """A validation-phase strategy file (ending in its sign-offs) declared in production with
+    every sign-off production needs written by hand: the peer's validation sign-off, every
+    checklist item and the engineer's checklist sign-off, none with a hash. For tests of what
+    happens to production strategies; the gate's floor cannot be relaxed in conf/ instead."""
+    from qcompile.compiler.rules.gates import CHECKLIST_ITEMS
+
+    text = strategy_file.read_text(encoding="utf-8")
+    assert "  status: validation\n" in text and text.rstrip().endswith('Z"'), strategy_file
+
+    def signature(indent: str) -> str:
+        return f'{indent}by: {engineer}\n{indent}at: "2026-08-20T10:00:00Z"\n'
+
+    text = text.replace("  status: validation\n", "  status: production\n").rstrip("\n") + "\n"
+    text += "    validation:\n" + signature(" " * 6) + "    checklist:\n" + signature(" " * 6)
+    text += "  checklist:\n" + "".join(
+        f"    {item}:\n" + signature(" " * 6) for item in CHECKLIST_ITEMS
+    )
+    strategy_file.write_text(text, encoding="utf-8")
+
+
 def tree_digest(directory: Path) -> dict[str, str]:
     """Every file under ``directory`` with its content hash: equal digests mean untouched trees."""
     if not directory.exists():

@@ -38,10 +38,10 @@ _STRATEGY = click.option(
 def _print_diagnostics(error: DiagnosticsError) -> None:
     for diagnostic in error.diagnostics:
         click.echo(diagnostic.render(), err=True)
-    files = {d.file for d in error.diagnostics} - {COMMAND_LINE}
+    files = {d.file for d in error.errors} - {COMMAND_LINE}
     count = len(error.errors)
     places = [f"{len(files)} file{'s' if len(files) != 1 else ''}"] if files else []
-    if any(d.file == COMMAND_LINE for d in error.diagnostics):
+    if any(d.file == COMMAND_LINE for d in error.errors):
         places.append("the command line")
     click.echo(
         f"{count} error{'s' if count != 1 else ''} in {' and '.join(places)}; nothing was written.",

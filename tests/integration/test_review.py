@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.conftest import cli, edit
+from tests.conftest import cli, edit, signed_into_production
 
 STRATEGY = "STR-2026-0063"
 WEEK = "2026-W10"  # Monday 2026-03-02 .. Sunday 2026-03-08
@@ -24,14 +24,7 @@ STRATEGY_FILE = "conf/strategy/zscore_reversion.yaml"
 
 
 def _production(root: Path) -> None:
-    edit(root / STRATEGY_FILE, "  status: validation", "  status: production")
-    text = (root / "conf/qcompile.yaml").read_text()
-    start = text.index("  production:")
-    (root / "conf/qcompile.yaml").write_text(
-        text[:start]
-        + "  production:\n    - evidence.out_of_sample\n    - evidence.robustness\n"
-        + "    - evidence.no_critical_failures\n    - pins.complete\n"
-    )
+    signed_into_production(root / STRATEGY_FILE)  # the gate is not what these tests are about
     # the copy's deployment: a file state store, alerts to the log and the webhook only
     live = root / "conf/deployment/live_redis.yaml"
     edit(live, "  kind: redis\n  url: ${oc.env:QCOMPILE_REDIS_URL}", "  kind: file\n  path: state")

@@ -10,20 +10,17 @@ import sys
 from pathlib import Path
 
 from qcompile.operations.status import _mark_mismatches, liveness
-from tests.conftest import cli, edit
+from tests.conftest import cli, edit, signed_into_production
 
 ZSCORE = "STR-2026-0063"
 TREND = "STR-2026-0007"  # paper deployment: a file state store under state/
 
 
 def _in_production(root: Path, last_review: str) -> None:
-    """Z-score reversion in production, reviewed on ``last_review``. The copy's production gate
-    is relaxed to what the strategy meets: the rule under test is the review, not the gate."""
-    text = (root / "conf/qcompile.yaml").read_text()
-    start = text.index("  production:")
-    (root / "conf/qcompile.yaml").write_text(text[:start] + "  production: [pins.complete]\n")
+    """Z-score reversion in production (every sign-off it needs written by hand: the rule under
+    test is the review, not the gate), reviewed on ``last_review``."""
     strategy = root / "conf/strategy/zscore_reversion.yaml"
-    edit(strategy, "status: validation", "status: production")
+    signed_into_production(strategy)
     edit(
         strategy,
         "  signoffs:\n",

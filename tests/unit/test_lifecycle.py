@@ -6,7 +6,16 @@ from pathlib import Path
 
 import yaml
 
-from qcompile.compiler.rules.gates import CHECKLIST_ITEMS, evaluate, load_evidence, requirements_for
+from qcompile.compiler.rules.gates import (
+    CHECKLIST_ITEMS,
+    FLOORS,
+    beyond_floor,
+    effective_gates,
+    evaluate,
+    floor_gaps,
+    load_evidence,
+    requirements_for,
+)
 from tests.conftest import REPO
 
 GATES = {
@@ -38,7 +47,7 @@ PINS = {
 def _strategy(**extra) -> dict:
     return {
         "alpha_thesis": "t",
-        "brief": {"expected_signal": "e"},
+        "brief": {"expected_signal": "e", "data_requirements": "d"},
         "signoffs": {"brief": SIGNED},
         **extra,
     }
@@ -166,3 +175,59 @@ def test_the_projects_own_production_gate_needs_the_peer_sign_off() -> None:
     del strategy["signoffs"]["validation"]
     unmet = evaluate("production", gates, strategy, PINS, _evidence(), "", INPUTS)
     assert "signoff.validation" in [u.requirement for u in unmet]
+
+
+# -- the floor: the source document's requirements, which a project may add to, never remove ----
+
+
+def test_a_project_cannot_remove_or_postpone_a_floor_requirement() -> None:
+    weakened = {
+        "research": ["brief.alpha_thesis"],
+        "validation": ["evidence.backtest", "signoff.report"],
+        "production": ["evidence.no_critical_failures"],  # also moved later than its floor
+    }
+    effective = effective_gates(weakened)
+    for phase, floor in FLOORS.items():
+        assert set(floor) <= set(effective[phase]), phase
+    assert "evidence.no_critical_failures" in effective["validation"]
+    assert "evidence.no_critical_failures" not in effective["production"]  # once, earliest
+    gaps = floor_gaps(weakened)
+    assert ("research", "signoff.brief") in gaps and ("validation", "evidence.fresh") in gaps
+    assert ("production", "signoff.validation") in gaps
+    assert ("validation", "signoff.report") not in gaps
+
+
+def test_a_project_may_add_requirements_or_ask_for_them_earlier() -> None:
+    stricter = {phase: list(floor) for phase, floor in FLOORS.items()}
+    stricter["validation"].append("evidence.minimum_sample")  # earlier than §3.2 asks
+    stricter["validation"].append("evidence.out_of_sample")
+    effective = effective_gates(stricter)
+    assert "evidence.minimum_sample" in effective["validation"]
+    assert "evidence.minimum_sample" not in effective["production"]
+    assert floor_gaps(stricter) == []
+    assert beyond_floor(effective) == [
+        "validation: evidence.minimum_sample",
+        "validation: evidence.out_of_sample",
+    ]
+    assert beyond_floor(effective_gates(dict(FLOORS))) == []
+
+
+def test_a_short_sample_may_enter_validation_but_not_production() -> None:
+    """Source document §3.2, applied by the floor whatever the project lists."""
+    gates = effective_gates({})
+    short = _evidence(minimum_sample={"met": False, "trades": 52})
+    signed = _strategy(signoffs={"brief": SIGNED, "report": SIGNED})
+    assert _unmet_with(gates, "validation", signed, short) == []
+    production = _ready_for_production()
+    assert "evidence.minimum_sample" in _unmet_with(gates, "production", production, short)
+
+
+def test_a_critical_failure_bars_validation() -> None:
+    gates = effective_gates({})
+    failing = _evidence(critical_failures=["look-ahead: MSFT at 2016-03-01"])
+    signed = _strategy(signoffs={"brief": SIGNED, "report": SIGNED})
+    assert _unmet_with(gates, "validation", signed, failing) == ["evidence.no_critical_failures"]
+
+
+def _unmet_with(gates: dict, phase: str, strategy: dict, evidence: dict) -> list[str]:
+    return [u.requirement for u in evaluate(phase, gates, strategy, PINS, evidence, "", INPUTS)]

@@ -178,6 +178,7 @@ class Compilation:
     project_settings: dict[str, Any]
     signals: dict[str, Any]  # name -> SignalSource
     warnings: list[Diagnostic] = field(default_factory=list)
+    gates: dict[str, list[str]] = field(default_factory=dict)  # effective: the floor applied
 
 
 def compile_project(
@@ -194,8 +195,10 @@ def compile_project(
     from qcompile.compiler.plan import CompiledStrategy, checklist_bytes
     from qcompile.compiler.rules.checklist import evaluate_checklist
     from qcompile.compiler.rules.gates import (
+        effective_gates,
         evaluate,
         evidence_path,
+        floor_gaps,
         load_evidence,
         next_phase,
         requirements_for,
@@ -227,7 +230,22 @@ def compile_project(
 
     primary = tree.files["qcompile"]
     settings: dict[str, Any] = next((d["project"] for c, d in resolved if valid[id(c)]), {})
-    gates = next((d["gates"] for c, d in resolved if valid[id(c)]), {})
+    # the project's gates, as any schema-valid strategy composed them (none valid: unknown)
+    configured = next((d["gates"] for c, d in resolved if valid[id(c)]), None)
+    gates = effective_gates(configured or {})  # the floor applies whatever the project lists
+    warnings: list[Diagnostic] = [
+        Diagnostic(
+            primary.path,
+            primary.line_of(f"gates.{phase}"),
+            f"gates.{phase}",
+            f"does not ask for {requirement}: the source document requires it by {phase}, "
+            "so it applies anyway",
+            "gate.floor",
+            "a project may add requirements, never remove or postpone them; see docs/lifecycle.md",
+            severity="warning",
+        )
+        for phase, requirement in (floor_gaps(configured) if configured is not None else [])
+    ]
     packages = list(settings.get("signal_packages", []))
     signals, missing = scan_packages(packages, project.root)
     for package in missing:
@@ -247,7 +265,6 @@ def compile_project(
     reports_dir = project.root / settings.get("reports_dir", "reports")
     on = today()
     compiled = []
-    warnings: list[Diagnostic] = []
     for composed, data in resolved:
         if not valid[id(composed)]:
             continue
@@ -267,7 +284,7 @@ def compile_project(
         unticked = [item.id for item in items if not item.ticked]
         if "checklist" in artefacts:  # signed: compare with the checklist this build writes
             rendered = checklist_bytes(
-                CompiledStrategy(composed, data, lock, project.rel(path), False, [], items)
+                CompiledStrategy(composed, data, lock, project.rel(path), False, [], items, gates)
             )
             artefacts["checklist"] = artefacts["checklist"]._replace(sha256=sha256_bytes(rendered))
         gate = partial(
@@ -340,15 +357,23 @@ def compile_project(
         unmet_next = [u for u in gate(following) if u.phase == following] if following else []
         compiled.append(
             CompiledStrategy(
-                composed, data, lock, project.rel(path), evidence is not None, unmet_next, items
+                composed,
+                data,
+                lock,
+                project.rel(path),
+                evidence is not None,
+                unmet_next,
+                items,
+                gates,
             )
         )
     cache.save()
     used = {c.data["strategy"]["signal"]["name"] for c in compiled}
     diagnostics += drift_diagnostics(signals, used, previous)
     if any(d.severity == "error" for d in diagnostics):
-        raise DiagnosticsError(diagnostics)
-    return Compilation(compiled, settings, signals, sorted(warnings))
+        # a floor that applied although the project left it out explains a gate error: say so
+        raise DiagnosticsError(diagnostics + [w for w in warnings if w.code == "gate.floor"])
+    return Compilation(compiled, settings, signals, sorted(warnings), gates)
 
 
 def render_outputs(
@@ -417,6 +442,7 @@ def render_outputs(
         index = plan_index(
             compilation.project_settings.get("name", "Portfolio"),
             [e["summary"] for e in entries.values()],
+            compilation.gates,
         )
         outputs[index.path] = render(index.template, index.context)
         signals = dict(previous.get("signals", {}))

@@ -19,7 +19,7 @@ from qcompile.compiler.generator import generator_pin
 from qcompile.compiler.lock import Lock
 from qcompile.compiler.render import render
 from qcompile.compiler.rules.checklist import ItemStatus
-from qcompile.compiler.rules.gates import Unmet, next_phase
+from qcompile.compiler.rules.gates import Unmet, beyond_floor, next_phase
 from qcompile.compiler.schema import SIGNOFF_ROLES
 from qcompile.hashing import sha256_json
 
@@ -49,6 +49,7 @@ class CompiledStrategy:
     evidence_present: bool
     unmet_next: list[Unmet] = field(default_factory=list)
     checklist: list[ItemStatus] = field(default_factory=list)
+    gates: dict[str, list[str]] = field(default_factory=dict)  # effective, the floor applied
 
     @property
     def id(self) -> str:
@@ -161,6 +162,8 @@ def passport(compiled: CompiledStrategy) -> dict[str, Any]:
             "phase": strategy["status"],
             "next_phase": following,
             "next_gate_missing": [f"{u.requirement}: {u.detail}" for u in compiled.unmet_next],
+            "gates": compiled.gates,
+            "beyond_the_floor": beyond_floor(compiled.gates),
         },
         "pins": pins,
     }
@@ -393,7 +396,9 @@ def plan_strategy(compiled: CompiledStrategy) -> StrategyPlan:
     return StrategyPlan(strategy_id, compiled.composed.file.path, inputs, artefacts, summary)
 
 
-def plan_index(project_name: str, summaries: list[dict[str, Any]]) -> Artefact:
+def plan_index(
+    project_name: str, summaries: list[dict[str, Any]], gates: dict[str, list[str]]
+) -> Artefact:
     ordered = sorted(summaries, key=lambda s: s["id"])
     return Artefact(
         "index.md",
@@ -407,5 +412,7 @@ def plan_index(project_name: str, summaries: list[dict[str, Any]]) -> Artefact:
                 p: sum(1 for s in ordered if s["phase"] == p)
                 for p in ("ideation", "research", "validation", "production")
             },
+            "gates": gates,
+            "beyond_the_floor": beyond_floor(gates),
         },
     )

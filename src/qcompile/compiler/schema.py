@@ -101,8 +101,10 @@ PROJECT_SCHEMA: dict[str, Any] = {
     ),
     "gates": _doc(
         "What each phase requires, cumulatively: a strategy declared in a phase must meet the "
-        "requirements listed for that phase and every earlier one. See the lifecycle reference for "
-        "the requirement vocabulary.",
+        "requirements listed for that phase and every earlier one. The source document's own "
+        "requirements are a floor: listed or not, they apply at their phase; a project may add "
+        "requirements or ask for one earlier, and a build warns about every floor requirement the "
+        "list leaves out (gate.floor). See the lifecycle reference for the vocabulary and the floor.",
         type="dict",
         required=True,
         schema={

@@ -2,7 +2,8 @@
 
 Consumes a strategy's resolved config, its lock pins and its backtest evidence (if any report has
 run); produces the list of unmet requirements for a phase. The requirement vocabulary is fixed
-here; which requirements each phase needs is configured in ``conf/qcompile.yaml`` under ``gates``.
+here, and so is its floor: the source document's requirements, which a project's ``gates`` in
+``conf/qcompile.yaml`` may add to but never remove or postpone (``effective_gates``).
 Evidence that does not exist is reported missing, never assumed. A sign-off that recorded the
 hash of what it signed is checked against that artefact's current hash, which the caller supplies
 (this module reads no artefact itself): a changed artefact makes the sign-off stale.
@@ -60,6 +61,34 @@ REQUIREMENTS: dict[str, tuple[str, str]] = {
     "signoff.checklist": (
         "quant engineer signed the deployment checklist",
         "strategy.signoffs.checklist",
+    ),
+}
+
+# The source document's requirements (§2.1, §3.2, §5), each at the phase it guards: a project's
+# ``gates`` may add requirements or ask for one earlier, never drop one or ask for it later.
+# §3.2: a short sample may enter validation (its report says so at the top) but not production;
+# a critical failure (a look-ahead) already bars validation.
+FLOORS: dict[str, tuple[str, ...]] = {
+    "research": (
+        "brief.alpha_thesis",
+        "brief.expected_signal",
+        "brief.data_requirements",
+        "signoff.brief",
+    ),
+    "validation": (
+        "evidence.backtest",
+        "evidence.fresh",
+        "evidence.no_critical_failures",
+        "signoff.report",
+    ),
+    "production": (
+        "evidence.minimum_sample",
+        "evidence.out_of_sample",
+        "evidence.robustness",
+        "signoff.validation",
+        "checklist.complete",
+        "pins.complete",
+        "signoff.checklist",
     ),
 }
 
@@ -128,6 +157,39 @@ def stale_inputs(evidence: dict[str, Any], expected_inputs: dict[str, Any]) -> l
     """The pinned inputs that differ from those the evidence was produced from."""
     recorded = evidence.get("inputs") if isinstance(evidence.get("inputs"), dict) else {}
     return [k for k, v in sorted(expected_inputs.items()) if recorded.get(k) != v]
+
+
+def effective_gates(configured: dict[str, list[str]]) -> dict[str, list[str]]:
+    """What each phase requires: the floor, then what the project adds, each requirement at the
+    earliest phase either names (asking earlier is stricter, allowed). Listing a floor
+    requirement or leaving it out changes nothing here."""
+    effective: dict[str, list[str]] = {}
+    seen: set[str] = set()
+    for phase in PHASES[1:]:
+        wanted = [*FLOORS[phase], *configured.get(phase, [])]
+        effective[phase] = [r for r in dict.fromkeys(wanted) if r not in seen]
+        seen.update(effective[phase])
+    return effective
+
+
+def floor_gaps(configured: dict[str, list[str]]) -> list[tuple[str, str]]:
+    """(phase, requirement) of the floor that the project's gates do not ask for by that phase:
+    the floor applies anyway, and the build says so."""
+    gaps, asked = [], set()
+    for phase in PHASES[1:]:
+        asked.update(configured.get(phase, []))
+        gaps += [(phase, r) for r in FLOORS[phase] if r not in asked]
+    return gaps
+
+
+def beyond_floor(gates: dict[str, list[str]]) -> list[str]:
+    """``phase: requirement`` for each requirement the gates ask for beyond the floor: one the
+    source document does not name, or asks for only at a later phase."""
+    extra, floor = [], set()
+    for phase in PHASES[1:]:
+        floor.update(FLOORS[phase])
+        extra += [f"{phase}: {r}" for r in gates.get(phase, []) if r not in floor]
+    return extra
 
 
 def requirements_for(phase: str, gates: dict[str, list[str]]) -> list[tuple[str, str]]:
