@@ -88,16 +88,17 @@ def test_every_violation_is_reported_with_file_symbol_and_first_bad_row(tmp_path
     with pytest.raises(DataContractError) as error:
         load_bars(tmp_path, "parquet", ["AAPL", "MSFT", "GOOG", "AMZN"], MS, display_root=tmp_path)
     assert error.value.problems == [
-        "AAPL.parquet: AAPL: row 3: high < max(open, close) (timestamp=1700179200000, open=12.0, high=5.0, "
-        "low=11.0, close=12.5, volume=100.0)",
-        "MSFT.parquet: MSFT: row 4: timestamp is not after the previous row (unsorted or duplicate) "
+        "AAPL.parquet: AAPL: row 3 (2023-11-17T00:00:00Z): high < max(open, close) "
+        "(timestamp=1700179200000, open=12.0, high=5.0, low=11.0, close=12.5, volume=100.0)",
+        "MSFT.parquet: MSFT: row 4 (2023-11-17T00:00:00Z): timestamp is not after the previous "
+        "row (unsorted or duplicate) "
         "(timestamp=1700179200000, open=13.0, high=14.0, low=12.0, close=13.5, volume=100.0)",
-        "MSFT.parquet: MSFT: row 5: negative volume (timestamp=1700352000000, open=14.0, high=15.0, "
-        "low=13.0, close=14.5, volume=-1.0)",
-        "GOOG.parquet: GOOG: row 1: low > min(open, close) (timestamp=1700006400000, open=-1.0, high=11.0, "
-        "low=9.0, close=10.5, volume=100.0)",
-        "GOOG.parquet: GOOG: row 1: price <= 0 (timestamp=1700006400000, open=-1.0, high=11.0, low=9.0, "
-        "close=10.5, volume=100.0)",
+        "MSFT.parquet: MSFT: row 5 (2023-11-19T00:00:00Z): negative volume "
+        "(timestamp=1700352000000, open=14.0, high=15.0, low=13.0, close=14.5, volume=-1.0)",
+        "GOOG.parquet: GOOG: row 1 (2023-11-15T00:00:00Z): low > min(open, close) "
+        "(timestamp=1700006400000, open=-1.0, high=11.0, low=9.0, close=10.5, volume=100.0)",
+        "GOOG.parquet: GOOG: row 1 (2023-11-15T00:00:00Z): price <= 0 "
+        "(timestamp=1700006400000, open=-1.0, high=11.0, low=9.0, close=10.5, volume=100.0)",
         "AMZN.parquet: AMZN: no data file",
     ]
 
@@ -133,3 +134,26 @@ def test_detect_unit_from_magnitudes() -> None:
             12,
         )
     ] == ["s", "ms", "us", "ns", None]
+
+
+@pytest.mark.parametrize(
+    ("column", "value", "what"),
+    [
+        ("close", float("nan"), "close is NaN or infinite"),
+        ("close", None, "close is null"),
+        ("open", float("inf"), "open is NaN or infinite"),
+        ("high", float("-inf"), "high is NaN or infinite"),
+        ("volume", float("nan"), "volume is NaN or infinite"),
+        ("low", None, "low is null"),
+    ],
+)
+def test_a_missing_or_non_finite_value_is_refused_with_its_row(
+    tmp_path: Path, column: str, value: float | None, what: str
+) -> None:
+    """One bad value used to pass and give a silently wrong report (NaN compares as largest)."""
+    write(tmp_path, "MSFT", 6, **{column: (3, value)})
+    with pytest.raises(DataContractError) as error:
+        load_bars(tmp_path, "parquet", ["MSFT"], MS, display_root=tmp_path)
+    assert error.value.problems[0].startswith(
+        f"MSFT.parquet: MSFT: row 4 (2023-11-18T00:00:00Z): {what} ("
+    )

@@ -66,44 +66,46 @@ def _read(path: Path, file_format: str) -> pl.DataFrame:
     return pl.read_csv(path, schema_overrides={"timestamp": pl.Int64})
 
 
-def _first_bad(frame: pl.DataFrame, mask: pl.Series) -> tuple[int, dict] | None:
-    index = mask.arg_true()
-    if index.len() == 0:
-        return None
-    row = int(index[0])
-    return row, frame.row(row, named=True)
+@dataclass(frozen=True)
+class Violation:
+    """One way one symbol's file breaks the contract, at its first bad row (if it is a row)."""
+
+    symbol: str
+    what: str
+    row: int | None = None  # 1-based, as a spreadsheet or `sed -n` counts
+    timestamp: int | None = None  # as stored in the file, in its declared unit
+    values: str = ""  # the row's required columns, for the reader
+
+    def describe(self, where: str, unit: str) -> str:
+        if self.row is None:
+            return f"{where}: {self.symbol}: {self.what}"
+        return (
+            f"{where}: {self.symbol}: row {self.row} ({_when(self.timestamp, unit)}): "
+            f"{self.what} ({self.values})"
+        )
 
 
-def check_frame(frame: pl.DataFrame, where: str, symbol: str, convention: Convention) -> list[str]:
-    """Every contract problem of one symbol's bars (first bad row per check)."""
-    problems: list[str] = []
-    prefix = f"{where}: {symbol}"
-    missing = [c for c in REQUIRED_COLUMNS if c not in frame.columns]
-    if missing:
-        return [f"{prefix}: missing column(s) {', '.join(missing)}"]
-    timestamp = frame["timestamp"]
-    if timestamp.dtype not in (pl.Int64, pl.Int32, pl.UInt64, pl.UInt32):
-        return [
-            f"{prefix}: column timestamp must hold integer epoch {convention.unit}, was {timestamp.dtype}"
-        ]
-    for column in (*PRICE_COLUMNS, "volume", *(c for c in OPTIONAL_COLUMNS if c in frame.columns)):
-        if not frame[column].dtype.is_numeric():
-            problems.append(f"{prefix}: column {column} must be numeric, was {frame[column].dtype}")
-    if problems or frame.height == 0:
-        return problems or [f"{prefix}: no rows"]
-    if convention.timezone != "UTC":
-        problems.append(
-            f"{prefix}: integer epoch timestamps are UTC, the source declares {convention.timezone}"
-        )
-    observed = detect_unit(int(timestamp.max()))  # type: ignore[arg-type]
-    if observed != convention.unit:
-        seen = _UNIT_NAMES.get(observed or "", "no plausible unit")
-        problems.append(
-            f"{prefix}: timestamps look like {seen} (max {int(timestamp.max())}), "  # type: ignore[arg-type]
-            f"the source declares {_UNIT_NAMES[convention.unit]}"
-        )
-    checks = {
-        "timestamp is null": pl.col("timestamp").is_null(),
+def _when(timestamp: int | None, unit: str) -> str:
+    """A stored timestamp as an ISO time, when it is one."""
+    if timestamp is None:
+        return "no timestamp"
+    import datetime as dt
+
+    try:
+        seconds = timestamp * TO_MILLISECONDS[unit] / 1000
+        moment = dt.datetime.fromtimestamp(seconds, tz=dt.UTC)
+    except (OverflowError, OSError, ValueError):
+        return f"timestamp {timestamp}"
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _row_checks() -> dict[str, pl.Expr]:
+    """What a row must satisfy, checked in this order; a null fails every check it reaches."""
+    checks: dict[str, pl.Expr] = {"timestamp is null": pl.col("timestamp").is_null()}
+    for column in (*PRICE_COLUMNS, "volume"):
+        checks[f"{column} is null"] = pl.col(column).is_null()
+        checks[f"{column} is NaN or infinite"] = ~pl.col(column).cast(pl.Float64).is_finite()
+    checks |= {
         "timestamp is not after the previous row (unsorted or duplicate)": (
             pl.col("timestamp").diff().fill_null(1) <= 0
         ),
@@ -112,14 +114,77 @@ def check_frame(frame: pl.DataFrame, where: str, symbol: str, convention: Conven
         "price <= 0": pl.min_horizontal(*PRICE_COLUMNS) <= 0,
         "negative volume": pl.col("volume") < 0,
     }
+    return checks
+
+
+def frame_violations(frame: pl.DataFrame, symbol: str, convention: Convention) -> list[Violation]:
+    """Every contract problem of one symbol's bars (the first bad row of each check)."""
+    missing = [c for c in REQUIRED_COLUMNS if c not in frame.columns]
+    if missing:
+        return [Violation(symbol, f"missing column(s) {', '.join(missing)}")]
+    timestamp = frame["timestamp"]
+    if timestamp.dtype not in (pl.Int64, pl.Int32, pl.UInt64, pl.UInt32):
+        return [
+            Violation(
+                symbol,
+                f"column timestamp must hold integer epoch {convention.unit}, was {timestamp.dtype}",
+            )
+        ]
+    problems = [
+        Violation(symbol, f"column {column} must be numeric, was {frame[column].dtype}")
+        for column in (
+            *PRICE_COLUMNS,
+            "volume",
+            *(c for c in OPTIONAL_COLUMNS if c in frame.columns),
+        )
+        if not frame[column].dtype.is_numeric()
+    ]
+    if problems or frame.height == 0:
+        return problems or [Violation(symbol, "no rows")]
+    if convention.timezone != "UTC":
+        problems.append(
+            Violation(
+                symbol,
+                f"integer epoch timestamps are UTC, the source declares {convention.timezone}",
+            )
+        )
+    latest = timestamp.drop_nulls().max()
+    observed = detect_unit(int(latest)) if latest is not None else None  # type: ignore[arg-type]
+    if observed != convention.unit:
+        seen = _UNIT_NAMES.get(observed or "", "no plausible unit")
+        problems.append(
+            Violation(
+                symbol,
+                f"timestamps look like {seen} (max {latest}), "
+                f"the source declares {_UNIT_NAMES[convention.unit]}",
+            )
+        )
+    checks = _row_checks()
     masks = frame.select(**{f"m{i}": e.fill_null(True) for i, e in enumerate(checks.values())})
     for number, what in enumerate(checks):
-        bad = _first_bad(frame, masks[f"m{number}"])
-        if bad:
-            row, values = bad
+        index = masks[f"m{number}"].arg_true()
+        if index.len():
+            row = int(index[0])
+            values = frame.row(row, named=True)
             shown = ", ".join(f"{k}={values[k]}" for k in REQUIRED_COLUMNS)
-            problems.append(f"{prefix}: row {row + 1}: {what} ({shown})")
+            problems.append(Violation(symbol, what, row + 1, values["timestamp"], shown))
     return problems
+
+
+def check_frame(frame: pl.DataFrame, where: str, symbol: str, convention: Convention) -> list[str]:
+    """Every contract problem of one symbol's bars, as one line each naming ``where``."""
+    return [v.describe(where, convention.unit) for v in frame_violations(frame, symbol, convention)]
+
+
+def file_violations(
+    path: Path, file_format: str, symbol: str, convention: Convention
+) -> list[Violation]:
+    """The contract problems of one symbol's file, an unreadable file included."""
+    try:
+        frame = _read(path, file_format)
+    except (pl.exceptions.PolarsError, OSError) as exc:
+        return [Violation(symbol, f"unreadable: {str(exc).splitlines()[0]}")]
+    return frame_violations(frame, symbol, convention)
 
 
 def load_bars(
