@@ -52,6 +52,8 @@ def make_project(root: Path, count: int) -> None:
         text = template.replace("STR-2026-0007", f"STR-2027-{index:04d}")
         text = text.replace("/universe: us_sample", f"/universe: {UNIVERSES[index % 2]}")
         text = text.replace("/data: sample_us_daily", "/data: tickdb_us_daily")
+        # in ideation: the synthetic portfolio has no local data, which research would refuse
+        text = text.replace("status: research", "status: ideation")
         text = text.replace("/costs: retail", f"/costs: {COSTS[index % 3]}")
         text = text.replace("/deployment: paper", f"/deployment: {DEPLOYMENTS[index % 2]}")
         text = text.replace(

@@ -135,7 +135,11 @@ def test_without_local_data_the_error_says_how_to_get_it(example: Path) -> None:
         example / "conf/strategy/ma_trend.yaml", "/data: sample_us_daily", "/data: tickdb_us_daily"
     )
     edit(example / "conf/strategy/ma_trend.yaml", "/universe: us_sample", "/universe: us_megacap")
-    assert cli(example, "build").exit_code == 0
+    refused = cli(example, "build")  # in research, a strategy without data is an error
+    assert refused.exit_code == 2 and "qcompile download STR-2026-0007" in refused.output
+    edit(example / "conf/strategy/ma_trend.yaml", "status: research", "status: ideation")
+    built = cli(example, "build")
+    assert built.exit_code == 0 and "warning: data.local.path: no local data" in built.output
     result = cli(example, "backtest", "ma_trend")
     assert result.exit_code == 2
     assert result.output == (
@@ -148,8 +152,9 @@ def test_a_local_only_source_without_data_says_to_copy_it(example: Path) -> None
     without_production_example(example)  # its production gate needs the sample data
     shutil.rmtree(example / "data/sample_us_daily")
     shutil.rmtree(example / "reports/STR-2026-0063")
-    edit(example / "conf/strategy/zscore_reversion.yaml", "status: validation", "status: research")
-    assert cli(example, "build").exit_code == 0
+    edit(example / "conf/strategy/zscore_reversion.yaml", "status: validation", "status: ideation")
+    edit(example / "conf/strategy/ma_trend.yaml", "status: research", "status: ideation")
+    assert cli(example, "build").exit_code == 0  # without data: ideation only
     result = cli(example, "backtest", "ma_trend")
     assert result.exit_code == 2
     assert result.output == (

@@ -43,11 +43,9 @@ def test_build_writes_one_folder_per_strategy(
         "timezone": "UTC",
         "stamping": "bar_open",
     }
-    assert passport["lifecycle"]["next_phase"] == "validation"
-    assert (
-        "evidence.backtest: no backtest has run for this version"
-        in passport["lifecycle"]["next_gate_missing"]
-    )
+    assert passport["lifecycle"]["phase"] == "ideation"  # no local data: not in research
+    assert passport["lifecycle"]["next_phase"] == "research"
+    assert passport["lifecycle"]["next_gate_missing"] == []  # its brief is written and signed
     index = (generated / "index.md").read_text()
     for strategy_id in IDS:
         assert f"[{strategy_id}]({strategy_id}/passport.yaml)" in index

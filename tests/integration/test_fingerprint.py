@@ -13,8 +13,10 @@ DAY_MS = 86_400_000
 
 
 def _on_tickdb_source(root: Path) -> Path:
-    """Point the MA-trend strategy at the TickDB source, whose data/us_daily the tests write."""
+    """Point the MA-trend strategy at the TickDB source, whose data/us_daily the tests write; in
+    ideation, where data that does not cover its backtest is a warning, not an error."""
     strategy = root / "conf/strategy/ma_trend.yaml"
+    edit(strategy, "status: research", "status: ideation")
     edit(strategy, "/data: sample_us_daily", "/data: tickdb_us_daily")
     edit(strategy, "/universe: us_sample", "/universe: us_megacap")
     return root

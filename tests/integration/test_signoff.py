@@ -181,26 +181,27 @@ def test_a_stale_signoff_the_phase_does_not_need_yet_is_a_warning(example: Path)
 
 
 def test_editing_the_alpha_thesis_makes_the_brief_signoff_stale(example: Path) -> None:
-    path = _strategy_file(example, "STR-2026-0042")
+    """STR-2026-0007 is in research, whose gate needs the signed brief."""
+    path = _strategy_file(example, "STR-2026-0007")
     result = cli(
         example,
         "signoff",
-        "STR-2026-0042",
+        "STR-2026-0007",
         "--role",
         "researcher",
         "--artefact",
         "brief",
         "--by",
-        "j.chen@quantfund.com",
+        "a.novak@quantfund.com",
     )
     assert result.exit_code == 0, result.output
     assert cli(example, "validate").exit_code == 0
-    edit(path, "within 72 hours", "within 48 hours")
+    edit(path, "trend over months", "trend over weeks")
     stale = cli(example, "validate")
     assert stale.exit_code == 2
-    assert "requires signoff.brief: brief sign-off by j.chen@quantfund.com" in stale.output
+    assert "requires signoff.brief: brief sign-off by a.novak@quantfund.com" in stale.output
     assert "the research brief (strategy.alpha_thesis and strategy.brief) changed" in stale.output
-    edit(path, "within 48 hours", "within 72 hours")  # the same words again: the same hash
+    edit(path, "trend over weeks", "trend over months")  # the same words again: the same hash
     assert cli(example, "validate").exit_code == 0
 
 

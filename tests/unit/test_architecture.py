@@ -60,9 +60,9 @@ ROOMS: dict[str, tuple[tuple[str, ...], str]] = {
         "research commands never import the runtime, lifecycle or operations",
     ),
     "qcompile.compiler": (
-        ("qcompile.signals.source", "qcompile.research.datalayout"),
+        ("qcompile.signals.source", *RESEARCH_LIBRARY),
         "the compiler never imports the runtime, research's engine, lifecycle or operations "
-        "(it reads signal sources and the data layout only, to pin them)",
+        "(it reads signal sources, the data layout and the data contract only, to pin them)",
     ),
     "qcompile.lifecycle": (
         ("qcompile.compiler",),

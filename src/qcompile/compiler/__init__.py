@@ -10,6 +10,7 @@ show``/``list``, the config reference).
 
 May import: the shared modules (``errors``, ``hashing``, ``project``, ``templating``,
 ``alertcatalog``), the signal library's source reader (``signals.source``, never the signals
-themselves) and research's data layout (``research.datalayout``), to pin them. Never the runtime,
+themselves) and research's data layout and contract (``research.datalayout``,
+``research.data``), to pin and check what a strategy reads. Never the runtime,
 the emulator, market data, research's engine, lifecycle commands, operations or the CLI.
 """

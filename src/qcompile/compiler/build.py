@@ -191,6 +191,7 @@ def compile_project(
     ``enforce_gates=False`` compiles a strategy whose declared phase's gate fails (to show what
     its next build would write, e.g. the checklist an engineer re-signs), every other check kept."""
     from qcompile.compiler.compose import compose_strategies, read_conf_tree
+    from qcompile.compiler.datacheck import data_diagnostics
     from qcompile.compiler.lock import drift_diagnostics, lock_strategy
     from qcompile.compiler.plan import CompiledStrategy, checklist_bytes
     from qcompile.compiler.rules.checklist import evaluate_checklist
@@ -367,6 +368,11 @@ def compile_project(
                 gates,
             )
         )
+    checked = data_diagnostics(
+        project, [(c, d) for c, d in resolved if valid[id(c)]], fingerprints, cache
+    )
+    diagnostics += [d for d in checked if d.severity == "error"]
+    warnings += [d for d in checked if d.severity != "error"]
     cache.save()
     used = {c.data["strategy"]["signal"]["name"] for c in compiled}
     diagnostics += drift_diagnostics(signals, used, previous)

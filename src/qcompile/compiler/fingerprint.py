@@ -11,10 +11,12 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import asdict, dataclass
+from functools import cache
 from pathlib import Path
 from typing import Any
 
 from qcompile.hashing import files_sha256, sha256_file
+from qcompile.research import datalayout
 from qcompile.research.datalayout import symbol_files
 
 TIMESTAMP_COLUMN = "timestamp"
@@ -156,3 +158,51 @@ def fingerprint(
         _combined_schema(schemas),
         files_sha256(directory, files, lambda f: file_sha256(f, cache)),
     )
+
+
+@cache
+def _contract_sha256() -> str:
+    """The contract's own source (read, not imported): a changed check re-checks every file."""
+    return sha256_file(Path(datalayout.__file__).with_name("data.py"))
+
+
+def contract_violations(
+    directory: Path,
+    file_format: str,
+    convention: tuple[str, str, str],
+    symbols: list[str],
+    cache: FingerprintCache,
+) -> list[tuple[Path, dict[str, Any]]]:
+    """The data contract (research.data) checked on every file of a data source, and every
+    universe member without a file: (file, violation fields) each. A file's result is cached
+    with its content hash and the convention it was checked against, so an unchanged data set
+    is not read again (and polars not imported)."""
+    from dataclasses import asdict
+
+    files = symbol_files(directory, file_format) if directory.is_dir() else {}
+    key = "/".join((*convention, _contract_sha256()))
+    found: list[tuple[Path, dict[str, Any]]] = []
+    for symbol, file in sorted(files.items()):
+        sha = file_sha256(file, cache)
+        entry = cache.entries[str(file.resolve())]
+        checked = entry.get("contract")
+        if not (
+            isinstance(checked, dict)
+            and checked.get("sha256") == sha
+            and checked.get("convention") == key
+        ):
+            from qcompile.research.data import Convention, file_violations
+
+            violations = file_violations(file, file_format, symbol, Convention(*convention))
+            checked = {
+                "sha256": sha,
+                "convention": key,
+                "violations": [asdict(v) for v in violations],
+            }
+            entry["contract"] = checked
+            cache.dirty = True
+        found += [(file, violation) for violation in checked["violations"]]
+    for symbol in sorted(set(symbols) - set(files)):
+        missing = {"symbol": symbol, "what": "no data file for this member of the universe"}
+        found.append((directory / f"{symbol}.{file_format}", missing))
+    return found

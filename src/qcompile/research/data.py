@@ -63,7 +63,10 @@ def detect_unit(value: int) -> str | None:
 def _read(path: Path, file_format: str) -> pl.DataFrame:
     if file_format == "parquet":
         return pl.read_parquet(path)
-    return pl.read_csv(path, schema_overrides={"timestamp": pl.Int64})
+    try:
+        return pl.read_csv(path, schema_overrides={"timestamp": pl.Int64})
+    except pl.exceptions.ComputeError:  # not integers: read as text, the check says what it is
+        return pl.read_csv(path, schema_overrides={"timestamp": pl.String})
 
 
 @dataclass(frozen=True)
@@ -76,13 +79,14 @@ class Violation:
     timestamp: int | None = None  # as stored in the file, in its declared unit
     values: str = ""  # the row's required columns, for the reader
 
-    def describe(self, where: str, unit: str) -> str:
+    def message(self, unit: str) -> str:
+        """What is wrong, for a reader who knows which file (``unit``: the declared one)."""
         if self.row is None:
-            return f"{where}: {self.symbol}: {self.what}"
-        return (
-            f"{where}: {self.symbol}: row {self.row} ({_when(self.timestamp, unit)}): "
-            f"{self.what} ({self.values})"
-        )
+            return f"{self.symbol}: {self.what}"
+        return f"{self.symbol}: row {self.row} ({_when(self.timestamp, unit)}): {self.what} ({self.values})"
+
+    def describe(self, where: str, unit: str) -> str:
+        return f"{where}: {self.message(unit)}"
 
 
 def _when(timestamp: int | None, unit: str) -> str:
@@ -104,7 +108,8 @@ def _row_checks() -> dict[str, pl.Expr]:
     checks: dict[str, pl.Expr] = {"timestamp is null": pl.col("timestamp").is_null()}
     for column in (*PRICE_COLUMNS, "volume"):
         checks[f"{column} is null"] = pl.col(column).is_null()
-        checks[f"{column} is NaN or infinite"] = ~pl.col(column).cast(pl.Float64).is_finite()
+        finite = pl.col(column).cast(pl.Float64).is_finite().fill_null(True)  # null: above
+        checks[f"{column} is NaN or infinite"] = ~finite
     checks |= {
         "timestamp is not after the previous row (unsorted or duplicate)": (
             pl.col("timestamp").diff().fill_null(1) <= 0
@@ -127,7 +132,8 @@ def frame_violations(frame: pl.DataFrame, symbol: str, convention: Convention) -
         return [
             Violation(
                 symbol,
-                f"column timestamp must hold integer epoch {convention.unit}, was {timestamp.dtype}",
+                f"column timestamp must hold integer epoch {convention.unit}, was "
+                f"{timestamp.dtype} (row 1: {timestamp[0]!r})",
             )
         ]
     problems = [

@@ -225,7 +225,10 @@ def _lookback(
     def day(stamp: Any) -> str:
         return datetime.fromtimestamp(int(stamp) / per_second, UTC).date().isoformat()
 
-    first, last = day(fingerprint["first_timestamp"]), day(fingerprint["last_timestamp"])
+    try:
+        first, last = day(fingerprint["first_timestamp"]), day(fingerprint["last_timestamp"])
+    except (TypeError, ValueError, OverflowError, OSError):  # the data contract says why
+        return False, f"local data timestamps are not epoch {convention.get('unit')} in range"
     start, end = str(strategy["backtest"]["start_date"]), str(strategy["backtest"]["end_date"])
     if first > start or last < end:
         return False, f"local data spans {first}..{last}, the backtest needs {start}..{end}"

@@ -1,0 +1,147 @@
+"""The lock's data check: the local data every strategy pins, held to its data contract.
+
+Consumes the schema-valid strategies, their data sources' fingerprints and the stat cache;
+produces diagnostics. Each data source directory is checked once with the contract the backtest
+and the runner enforce (research.data): every file, every row, and every member of the
+universes reading it. A problem is one diagnostic naming the file, the symbol, the row and its
+time. So is a strategy whose data is missing or does not cover its backtest window.
+
+Severity follows the phase: from research on, a strategy's evidence is computed from this data,
+so its problems are errors; a strategy still in ideation gets warnings.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+from typing import Any
+
+from qcompile.compiler.fingerprint import DataFingerprint, FingerprintCache, contract_violations
+from qcompile.errors import Diagnostic
+from qcompile.project import Project
+
+PHASES_WITH_EVIDENCE = ("research", "validation", "production")
+TO_MILLISECONDS = {"s": 1_000, "ms": 1, "us": 1 / 1_000, "ns": 1 / 1_000_000}
+
+
+def _severity(phases: set[str]) -> str:
+    return "error" if phases & set(PHASES_WITH_EVIDENCE) else "warning"
+
+
+def _source_key(data: dict[str, Any]) -> tuple[str, str, tuple[str, str, str]] | None:
+    local = data["data"].get("local") or {}
+    if not local.get("path"):
+        return None
+    stamp = data["data"]["timestamp"]
+    return (
+        str(local["path"]),
+        str(local.get("format", "")),
+        (str(stamp["unit"]), str(stamp["timezone"]), str(stamp["stamping"])),
+    )
+
+
+def data_diagnostics(
+    project: Project,
+    strategies: list[tuple[Any, dict[str, Any]]],
+    fingerprints: dict[tuple[str, str], DataFingerprint | None],
+    cache: FingerprintCache,
+) -> list[Diagnostic]:
+    """Every problem of the strategies' local data (``strategies``: composed, resolved)."""
+    found: list[Diagnostic] = []
+    readers: dict[tuple[str, str, tuple[str, str, str]], list[tuple[Any, dict[str, Any]]]] = {}
+    for composed, data in strategies:
+        key = _source_key(data)
+        phase = data["strategy"]["status"]
+        fingerprint = fingerprints.get(key[:2]) if key else None
+        if key is None or fingerprint is None:
+            found.append(_missing(composed, data, key, phase))
+            continue
+        readers.setdefault(key, []).append((composed, data))
+        found += _window(composed, data, fingerprint, key[2][0], phase)
+    for (path, file_format, convention), group in sorted(readers.items()):
+        symbols = sorted({s for _, data in group for s in data["universe"]["symbols"]})
+        phases = {data["strategy"]["status"] for _, data in group}
+        ids = ", ".join(sorted(data["strategy"]["id"] for _, data in group))
+        for file, violation in contract_violations(
+            project.root / path, file_format, convention, symbols, cache
+        ):
+            found.append(_violation(project, file, violation, convention[0], phases, ids))
+    return found
+
+
+def _missing(composed: Any, data: dict[str, Any], key: tuple | None, phase: str) -> Diagnostic:
+    strategy = data["strategy"]["id"]
+    where = f"no local data in {key[0]}" if key else "no local copy of the data (data.local)"
+    file, line = composed.locate("data.local.path" if key else "data")
+    return Diagnostic(
+        file,
+        line,
+        "data.local.path" if key else "data.local",
+        f"{where} for {strategy}, which is in {phase}",
+        "data.missing",
+        f"`qcompile download {strategy}` fetches it from the vendor (docs/data.md); in "
+        "ideation this is a warning, from research on an error",
+        severity=_severity({phase}),
+    )
+
+
+def _window(
+    composed: Any, data: dict[str, Any], fingerprint: DataFingerprint, unit: str, phase: str
+) -> list[Diagnostic]:
+    """The backtest window against the data's time range (in the declared unit)."""
+    if fingerprint.first_timestamp is None or fingerprint.last_timestamp is None:
+        return []  # no readable timestamps: the contract check says why
+    try:
+        first, last = (
+            dt.datetime.fromtimestamp(stamp * TO_MILLISECONDS[unit] / 1000, tz=dt.UTC).date()
+            for stamp in (fingerprint.first_timestamp, fingerprint.last_timestamp)
+        )
+    except (OverflowError, OSError, ValueError):
+        return []  # not timestamps in the declared unit: the contract check says so
+    backtest = data["strategy"]["backtest"]
+    start = dt.date.fromisoformat(str(backtest["start_date"]))
+    end = dt.date.fromisoformat(str(backtest["end_date"]))
+    problems = []
+    for key, uncovered, text in (
+        ("strategy.backtest.start_date", start < first, f"starts {start}, the data {first}"),
+        ("strategy.backtest.end_date", end > last, f"ends {end}, the data {last}"),
+    ):
+        if uncovered:
+            file, line = composed.locate(key)
+            problems.append(
+                Diagnostic(
+                    file,
+                    line,
+                    key,
+                    f"the backtest window is not covered by the local data: it {text}",
+                    "data.window",
+                    "move the window inside the data, or fetch the missing history",
+                    severity=_severity({phase}),
+                )
+            )
+    return problems
+
+
+def _violation(
+    project: Project,
+    file: Path,
+    violation: dict[str, Any],
+    unit: str,
+    phases: set[str],
+    ids: str,
+) -> Diagnostic:
+    from qcompile.research.data import Violation
+
+    try:
+        where = project.rel(file)
+    except ValueError:  # a data folder outside the project (containment is checked elsewhere)
+        where = file.as_posix()
+    return Diagnostic(
+        where,
+        0,
+        "",
+        Violation(**violation).message(unit),
+        "data.contract",
+        f"read by {ids}; fix or replace the file (docs/data.md)",
+        severity=_severity(phases),
+    )
