@@ -3,8 +3,8 @@
 No logic lives here. Heavy modules (Hydra, polars, Jinja) are imported inside commands so that
 ``qcompile --help`` stays fast; a test checks it.
 
-Exit codes: 0 success; 1 ``build --check`` found generated/ stale; 2 the configuration (or the
-command line) has problems, all of which are printed.
+Exit codes: 0 success; 1 ``build --check`` found generated/ stale, or a sweep finished with
+failed jobs; 2 the configuration (or the command line) has problems, all of which are printed.
 """
 
 from __future__ import annotations
@@ -244,6 +244,13 @@ def sweep(
         f"wrote {where}/summary.md, results.csv and results.parquet: {len(result.rows)} job(s), "
         f"{result.failures} failed" + (f", {result.skipped} reused" if result.skipped else "")
     )
+    if result.failures:  # a table with holes is not a clean run: scripts and CI must see it
+        click.echo(
+            f"error: {result.failures} of {len(result.rows)} job(s) failed; each one's error is in "
+            f"the error column of {where}/results.csv",
+            err=True,
+        )
+        sys.exit(1)
 
 
 @main.command()

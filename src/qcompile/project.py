@@ -34,6 +34,10 @@ class Project:
     def cache_dir(self) -> Path:
         return self.root / ".qcompile"
 
+    def contains(self, path: Path) -> bool:
+        """Whether ``path`` (symlinks followed) lies inside the project."""
+        return path.resolve().is_relative_to(self.root.resolve())
+
     def rel(self, path: Path) -> str:
         """A path relative to the root, with forward slashes: artefacts never hold absolute paths."""
         return path.resolve().relative_to(self.root.resolve()).as_posix()

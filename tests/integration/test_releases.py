@@ -56,7 +56,7 @@ def build(root: Path) -> None:
     assert result.exit_code == 0, result.output
 
 
-def bump(root: Path, fast: int = 25, version: str | None = "2.2.0") -> None:
+def bump(root: Path, fast: int = 30, version: str | None = "2.2.0") -> None:
     """Change a signal parameter (and the strategy version) and rebuild, without committing."""
     edit(root / CONF, "fast: 20", f"fast: {fast}")
     if version:
@@ -82,14 +82,14 @@ def base_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def two_releases_repo(base_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Releases 2.1.0 and 2.2.0 (fast 20 -> 25), each in its own commit."""
+    """Releases 2.1.0 and 2.2.0 (fast 20 -> 30), each in its own commit."""
     root = tmp_path_factory.mktemp("two") / "project"
     shutil.copytree(base_repo, root, symlinks=True)
     first = cli(root, "release", STRATEGY, "--note", "first")
     assert first.exit_code == 0, first.output
     commit_all(root, "record release 2.1.0")
     bump(root)
-    commit_all(root, "fast 25")
+    commit_all(root, "fast 30")
     second = cli(root, "release", STRATEGY)
     assert second.exit_code == 0, second.output
     commit_all(root, "record release 2.2.0")
@@ -175,8 +175,8 @@ def test_releasing_the_same_version_again_is_a_no_op(repo: Path) -> None:
 def test_same_version_with_different_artefacts_is_refused(repo: Path) -> None:
     assert cli(repo, "release", STRATEGY).exit_code == 0
     commit_all(repo, "record release")
-    bump(repo, version=None)  # fast 20 -> 25 under the same version
-    commit_all(repo, "fast 25, version unchanged")
+    bump(repo, version=None)  # fast 20 -> 30 under the same version
+    commit_all(repo, "fast 30, version unchanged")
     before = (repo / HISTORY).read_bytes()
     result = cli(repo, "release", STRATEGY)
     assert result.exit_code == 2
@@ -195,7 +195,7 @@ def test_uncommitted_generated_changes_are_refused_and_nothing_is_written(repo: 
 
 
 def test_stale_generated_is_refused(repo: Path) -> None:
-    edit(repo / CONF, "fast: 20", "fast: 25")
+    edit(repo / CONF, "fast: 20", "fast: 30")
     commit_all(repo, "conf changed, generated/ not rebuilt")
     result = cli(repo, "release", STRATEGY)
     assert result.exit_code == 2
@@ -230,14 +230,14 @@ def test_second_release_diff_shows_params_and_pin_changes(released: Path) -> Non
     assert f"  M generated/{STRATEGY}/params.yaml\n" in text
     assert f"--- a/generated/{STRATEGY}/params.yaml\t{label_a}\n" in text
     assert f"+++ b/generated/{STRATEGY}/params.yaml\t{label_b}\n" in text
-    assert "\n-    fast: 20\n+    fast: 25\n" in text
+    assert "\n-    fast: 20\n+    fast: 30\n" in text
     assert "\n@@ " in text
 
     keywords = cli(released, "diff", STRATEGY, "--from", "previous", "--to", "latest")
     assert keywords.output == text
     revisions = cli(released, "diff", STRATEGY, "--from", first["commit"], "--to", "HEAD")
     assert "  strategy.version: 2.1.0 -> 2.2.0\n" in revisions.output
-    assert "\n+    fast: 25\n" in revisions.output
+    assert "\n+    fast: 30\n" in revisions.output
 
 
 def test_history_file_is_append_only(released: Path) -> None:
@@ -282,14 +282,14 @@ def test_diff_unknown_revision_is_an_error(released: Path) -> None:
 
 
 def test_diff_defaults_to_the_working_tree(released: Path) -> None:
-    edit(released / CONF, "fast: 25", "fast: 30")
+    edit(released / CONF, "fast: 30", "fast: 40")
     edit(released / CONF, "version: 2.2.0", "version: 2.3.0")
     build(released)  # rebuilt, not committed
     result = cli(released, "diff", STRATEGY)
     assert result.exit_code == 0, result.output
     assert "  strategy.version: 2.2.0 -> 2.3.0\n" in result.output
     assert f"+++ b/generated/{STRATEGY}/params.yaml\tworking tree\n" in result.output
-    assert "\n-    fast: 25\n+    fast: 30\n" in result.output
+    assert "\n-    fast: 30\n+    fast: 40\n" in result.output
 
 
 def test_project_in_a_subdirectory_of_the_repository(base_repo: Path, tmp_path: Path) -> None:

@@ -48,7 +48,7 @@ def two_releases(root: Path) -> None:
     qcompile(root, "release", STRATEGY)
     strategy = root / "conf/strategy/breakout.yaml"
     edit(strategy, "version: 0.1.0", "version: 0.2.0")
-    edit(strategy, "lookback: 40", "lookback: 55")
+    edit(strategy, "lookback: 40", "lookback: 60")
     qcompile(root, "build")
     git(root, "add", "-A")
     git(root, "commit", "-q", "-m", "second release")
@@ -63,7 +63,7 @@ def lookback(root: Path) -> int:
 def test_rollback_restores_the_previous_release_and_the_heartbeat(tmp_path: Path) -> None:
     root = tmp_path / "desk"
     two_releases(root)
-    assert lookback(root) == 55
+    assert lookback(root) == 60
     env = {**os.environ, "QCOMPILE_PROJECT": str(root), "QCOMPILE": str(BIN / "qcompile")}
     feed = ["--feed", "emulator", "--bars", "3000", "--speed", "40"]
     live = subprocess.Popen(
@@ -89,7 +89,7 @@ def test_rollback_restores_the_previous_release_and_the_heartbeat(tmp_path: Path
         assert dry.returncode == 0, dry.stderr
         assert "+ " + str(BIN / "qcompile") + " stop STR-2026-0051" in dry.stdout
         assert "git restore --source" in dry.stdout
-        assert live.poll() is None and lookback(root) == 55  # a dry run does nothing
+        assert live.poll() is None and lookback(root) == 60  # a dry run does nothing
 
         result = subprocess.run(
             [str(root / "generated" / STRATEGY / "rollback.sh"), "--", *feed],

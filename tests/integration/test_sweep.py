@@ -75,8 +75,12 @@ def test_each_job_has_the_metrics_of_its_own_backtest(example: Path) -> None:
 
 def test_a_failing_job_is_recorded_and_the_sweep_goes_on(example: Path) -> None:
     result = cli(example, "sweep", "ma_trend", f"{FAST}=10,20", "costs=retail,bogus", "--name", "f")
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == 1, result.output  # the table is written, the run is not clean
     assert "4 job(s), 2 failed" in result.output
+    assert (
+        "error: 2 of 4 job(s) failed; each one's error is in the error column of "
+        "reports/STR-2026-0007/sweeps/f/results.csv"
+    ) in result.output
     directory = example / "reports/STR-2026-0007/sweeps/f"
     table = pl.read_csv(directory / "results.csv")
     failed = table.filter(pl.col("error").is_not_null())
@@ -88,11 +92,11 @@ def test_a_failing_job_is_recorded_and_the_sweep_goes_on(example: Path) -> None:
 
 def test_resume_reuses_finished_jobs_and_reruns_failed_ones(example: Path) -> None:
     args = ("sweep", "ma_trend", f"{FAST}=10,20", "costs=retail,bogus", "--name", "r")
-    assert cli(example, *args).exit_code == 0
+    assert cli(example, *args).exit_code == 1  # two jobs fail
     directory = example / "reports/STR-2026-0007/sweeps/r"
     first = (directory / "results.csv").read_bytes()
     resumed = cli(example, *args, "--resume")
-    assert resumed.exit_code == 0, resumed.output
+    assert resumed.exit_code == 1, resumed.output
     assert "4 job(s), 2 failed, 2 reused" in resumed.output
     assert (directory / "results.csv").read_bytes() == first
 
@@ -190,7 +194,9 @@ def test_leaf_values_applied_to_a_compiled_group_give_what_composing_gives(
     patched = cli(example, *sweep, "--name", "patched")
     monkeypatch.setattr(sweeps, "PATCHABLE", ())  # every batch composed on its own
     composed = cli(example, *sweep, "--name", "composed")
-    assert patched.exit_code == composed.exit_code == 0, patched.output + composed.output
+    assert patched.exit_code == composed.exit_code == 1, (
+        patched.output + composed.output
+    )  # some fail
     base = example / "reports/STR-2026-0007/sweeps"
     patched_table = pl.read_csv(base / "patched/results.csv")
     composed_table = pl.read_csv(base / "composed/results.csv")
@@ -231,3 +237,13 @@ def test_a_signal_sweep_reads_the_built_parameters_only_while_they_are_current(
     costs = example / "conf/costs/retail.yaml"
     costs.write_text(costs.read_text() + "\n# changed\n")
     assert _built_params(project, "ma_trend") is None  # conf/ changed since the build
+
+
+def test_a_sweep_tries_values_outside_the_tested_list(example: Path) -> None:
+    """The tested list is what the committed strategy's evidence covers; a sweep exists to try
+    others, so rule.param_untested does not apply to its jobs (a backtest refuses them)."""
+    refused = cli(example, "backtest", "ma_trend", f"{FAST}=15")
+    assert refused.exit_code == 2 and "is not one of its tested values" in refused.output
+    result = cli(example, "sweep", "ma_trend", f"{FAST}=15,25", "--name", "untested")
+    assert result.exit_code == 0, result.output
+    assert "2 job(s), 0 failed" in result.output

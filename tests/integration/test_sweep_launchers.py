@@ -34,12 +34,12 @@ def test_a_hydra_launcher_gives_the_local_pools_table(
     example: Path, launcher: str, extra: tuple[str, ...]
 ) -> None:
     local = cli(example, "sweep", "ma_trend", *SWEEP, "--name", "local")
-    assert local.exit_code == 0, local.output
+    assert local.exit_code == 1, local.output  # 6 jobs fail on purpose
     assert "8 job(s), 6 failed" in local.output
     launched = cli(
         example, "sweep", "ma_trend", *SWEEP, "--name", launcher, "--launcher", launcher, *extra
     )
-    assert launched.exit_code == 0, launched.output
+    assert launched.exit_code == 1, launched.output
     assert launched.output == local.output.replace("/local/", f"/{launcher}/")
     assert _files(example, launcher) == _files(example, "local")
     table = (example / f"reports/STR-2026-0007/sweeps/{launcher}/results.csv").read_text()
@@ -54,10 +54,10 @@ def test_a_hydra_launcher_gives_the_local_pools_table(
 
 def test_resume_through_a_launcher_reuses_finished_jobs(example: Path) -> None:
     args = ("sweep", "ma_trend", *SWEEP, "--name", "r", "--launcher", "joblib")
-    assert cli(example, *args).exit_code == 0
+    assert cli(example, *args).exit_code == 1
     first = _files(example, "r")
     resumed = cli(example, *args, "--resume")
-    assert resumed.exit_code == 0, resumed.output
+    assert resumed.exit_code == 1, resumed.output
     assert "8 job(s), 6 failed, 2 reused" in resumed.output
     again = _files(example, "r")
     assert again.pop("summary.md") != first.pop("summary.md")  # it counts the reused jobs

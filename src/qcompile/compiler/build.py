@@ -35,6 +35,7 @@ from qcompile.hashing import sha256_bytes, sha256_file, sha256_json
 from qcompile.project import PRIMARY_CONFIG, Project
 
 MANIFEST = "manifest.json"
+UNTESTED = "rule.param_untested"  # a parameter value that is not one of its tested values
 
 
 @dataclass
@@ -58,7 +59,7 @@ def _raw_yaml(path: Path) -> Any:
         return yaml.load(
             path.read_text(encoding="utf-8"), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)
         )
-    except (OSError, yaml.YAMLError):
+    except (OSError, ValueError, yaml.YAMLError):  # ValueError: not UTF-8 (read reports it)
         return None
 
 
@@ -91,7 +92,7 @@ def inputs_digest(project: Project, overrides: list[str], only: list[str] | None
     cache = FingerprintCache(project.cache_dir / "fingerprints.json")
     data: dict[str, Any] = {}
     for path in sorted((project.conf_dir / "data").glob("*.yaml")):
-        if "@package" in path.read_text(encoding="utf-8"):
+        if b"@package" in path.read_bytes():
             return None  # placed elsewhere than data.*: only a full compose knows where
         source = _raw_yaml(path)
         local = source.get("local") if isinstance(source, dict) else None
@@ -100,7 +101,11 @@ def inputs_digest(project: Project, overrides: list[str], only: list[str] | None
         if "${" in str(local):
             return None  # interpolated location: only a full compose knows where the data is
         directory = project.root / str(local.get("path"))
+        if not project.contains(directory):
+            return None  # outside the project: the compile refuses it, with the file and line
         files = data_files(directory, str(local.get("format"))) if directory.is_dir() else []
+        if not all(project.contains(f) for f in files):
+            return None  # a file linked out of the project: likewise
         data[str(local.get("path"))] = [(project.rel(f), file_sha256(f, cache)) for f in files]
     cache.save()
     parts["data"] = data
@@ -186,10 +191,13 @@ def compile_project(
     overrides: list[str],
     only: list[str] | None = None,
     enforce_gates: bool = True,
+    untested_values: bool = False,
 ) -> Compilation:
     """Compose, validate, lock and check gates; raise DiagnosticsError listing every problem.
     ``enforce_gates=False`` compiles a strategy whose declared phase's gate fails (to show what
-    its next build would write, e.g. the checklist an engineer re-signs), every other check kept."""
+    its next build would write, e.g. the checklist an engineer re-signs), every other check kept.
+    ``untested_values`` admits signal parameters outside their tested values: a sweep exists to
+    try other values, and says so in its own report."""
     from qcompile.compiler.compose import compose_strategies, read_conf_tree
     from qcompile.compiler.datacheck import data_diagnostics
     from qcompile.compiler.lock import drift_diagnostics, lock_strategy
@@ -208,6 +216,7 @@ def compile_project(
     )
     from qcompile.compiler.rules.signoffs import resign_command, signed_artefacts
     from qcompile.compiler.validate import (
+        containment_diagnostics,
         cross_field_diagnostics,
         duplicate_id_diagnostics,
         resolve,
@@ -224,8 +233,14 @@ def compile_project(
     for composed in composed_list:
         data, problems = resolve(composed)
         problems += schema_diagnostics(composed, data)
+        if not problems:  # lock and gates read these paths: refuse one that leaves the project
+            problems += containment_diagnostics(project, composed, data)
         valid[id(composed)] = not problems  # lock and gates need schema-valid data, nothing more
-        diagnostics += problems + cross_field_diagnostics(composed, data)
+        diagnostics += problems + [
+            d
+            for d in cross_field_diagnostics(composed, data)
+            if not (untested_values and d.code == UNTESTED)  # a sweep tests other values
+        ]
         resolved.append((composed, data))
     diagnostics += duplicate_id_diagnostics(resolved)
 

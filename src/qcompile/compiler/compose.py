@@ -208,6 +208,58 @@ def hydra_session(project: Project):
         yield
 
 
+NOT_FOUND = "no such key"
+
+
+def _override_diagnostics(
+    failed: dict[tuple[str, str], list[ComposedStrategy]], composed: int
+) -> list[Diagnostic]:
+    """One diagnostic per failed override: which strategies it failed for (all, or the ones
+    named), and for a key that does not exist, the nearest keys that do."""
+    found = []
+    for (text, reason), where in sorted(failed.items(), key=lambda item: item[0]):
+        message, hint = reason, ""
+        if reason == NOT_FOUND and len(where) < composed:  # the others have it
+            hint = "an override applies to every strategy compiled; pick some with --strategy ID"
+        elif reason == NOT_FOUND:
+            key = text.split("=", 1)[0]
+            keys = sorted({k for strategy in where for k in _leaf_keys(strategy.data)})
+            nearest = _nearest_key(key, keys)
+            hint = (
+                f"did you mean '{nearest}'?"
+                if nearest
+                else "to add a key that does not exist, write +KEY=VALUE"
+            )
+        if len(where) < composed:
+            message += " in " + ", ".join(sorted(s.name for s in where))
+        found.append(Diagnostic(COMMAND_LINE, 0, text, message, "override.invalid", hint))
+    return found
+
+
+def _nearest_key(key: str, keys: list[str]) -> str | None:
+    """The existing key a mistyped one most likely meant: by its last part first (a misspelt
+    name, or the right name under the wrong parent), then by the whole path."""
+    leaf = key.rpartition(".")[2]
+    by_leaf: dict[str, list[str]] = {}
+    for candidate in keys:
+        by_leaf.setdefault(candidate.rpartition(".")[2], []).append(candidate)
+    names = difflib.get_close_matches(leaf, list(by_leaf), n=1, cutoff=0.75)
+    if names:
+        paths = by_leaf[names[0]]
+        return max(paths, key=lambda p: difflib.SequenceMatcher(None, key, p).ratio())
+    whole = difflib.get_close_matches(key, keys, n=1, cutoff=0.85)
+    return whole[0] if whole else None
+
+
+def _leaf_keys(data: Any, prefix: str = "") -> list[str]:
+    if not isinstance(data, dict):
+        return [prefix] if prefix else []
+    keys = [prefix] if prefix else []
+    for name, value in data.items():
+        keys += _leaf_keys(value, f"{prefix}.{name}" if prefix else str(name))
+    return keys
+
+
 def _apply_leaf_overrides(cfg: DictConfig, overrides: list[Override]) -> list[tuple[Override, str]]:
     """Hydra's leaf-override semantics; returns (override, reason) for each one that failed."""
     from omegaconf import OmegaConf, open_dict
@@ -231,7 +283,7 @@ def _apply_leaf_overrides(cfg: DictConfig, overrides: list[Override]) -> list[tu
             elif override.kind == "add" and exists:
                 failures.append((override, "cannot add: key already exists (use ++ to force)"))
             elif override.kind == "change" and not exists:
-                failures.append((override, "key not found (use + to add a new key)"))
+                failures.append((override, NOT_FOUND))
             else:
                 with open_dict(cfg):
                     OmegaConf.update(cfg, override.key, override.value, merge=True, force_add=True)
@@ -275,9 +327,9 @@ def compose_strategies(
         strategies = [s for s in strategies if s.name in only or _declared_id(s) in only]
         unknown = only - {s.name for s in strategies} - {_declared_id(s) for s in strategies}
         for name in sorted(unknown):
-            hint = did_you_mean(
-                name, [s.name for s in tree.files.values() if s.group == "strategy"]
-            )
+            names = [s.name for s in tree.files.values() if s.group == "strategy"]
+            ids = [_declared_id(s) for s in tree.files.values() if s.group == "strategy"]
+            hint = did_you_mean(name, [*names, *(i for i in ids if i)])
             diagnostics.append(
                 Diagnostic(
                     COMMAND_LINE,
@@ -302,6 +354,7 @@ def compose_strategies(
     strategies = [s for s in strategies if s.name not in broken]
 
     composed: list[ComposedStrategy] = []
+    failed: dict[tuple[str, str], list[ComposedStrategy]] = {}  # (override, reason) -> where
     selections: dict[str, dict[str, str]] = {}
     for strategy in strategies:
         selection, problems = _apply_group_overrides(_selection_of(strategy), group_overrides)
@@ -354,11 +407,10 @@ def compose_strategies(
             result = ComposedStrategy(strategy.name, strategy, data, selection, sources, overrides)
             if leaf_overrides:
                 for override, reason in _apply_leaf_overrides(result.config, leaf_overrides):
-                    diagnostics.append(
-                        Diagnostic(COMMAND_LINE, 0, override.text, reason, "override.invalid")
-                    )
+                    failed.setdefault((override.text, reason), []).append(result)
                 result.data = _container(result.config)
             composed.append(result)
+    diagnostics += _override_diagnostics(failed, len(composed))
     if any(d.severity == "error" for d in diagnostics):
         raise DiagnosticsError(diagnostics)
     return composed

@@ -16,7 +16,12 @@ import datetime as dt
 from pathlib import Path
 from typing import Any
 
-from qcompile.compiler.fingerprint import DataFingerprint, FingerprintCache, contract_violations
+from qcompile.compiler.fingerprint import (
+    DataFingerprint,
+    FingerprintCache,
+    contract_violations,
+    data_files,
+)
 from qcompile.errors import Diagnostic
 from qcompile.project import Project
 
@@ -62,6 +67,19 @@ def data_diagnostics(
         symbols = sorted({s for _, data in group for s in data["universe"]["symbols"]})
         phases = {data["strategy"]["status"] for _, data in group}
         ids = ", ".join(sorted(data["strategy"]["id"] for _, data in group))
+        for file in data_files(project.root / path, file_format):
+            if not project.contains(file):
+                found.append(
+                    Diagnostic(
+                        f"{path}/{file.name}",
+                        0,
+                        "",
+                        f"links to {file.resolve()}, outside the project",
+                        "rule.path_outside",
+                        f"read by {ids}; copy the file in instead of linking out",
+                        severity=_severity(phases),
+                    )
+                )
         for file, violation in contract_violations(
             project.root / path, file_format, convention, symbols, cache
         ):

@@ -104,6 +104,21 @@ def lock_strategy(
                 "events come from a file: set strategy.signal.events to its path",
                 "lock.signal_param_unknown",
             )
+        declared = dict(found.param_types)
+        ranges = reference.get("ranges") or {}
+        for name, value in sorted(reference["params"].items()):
+            expected = declared.get(name)
+            for key, given in [
+                (f"strategy.signal.params.{name}", value),
+                *((f"strategy.signal.ranges.{name}", v) for v in ranges.get(name) or []),
+            ]:
+                if expected and not _has_type(given, expected):
+                    problem(
+                        key,
+                        f"must be {TYPE_NAMES[expected]} ({found.name} declares {name}: "
+                        f"{expected}), was {given!r}",
+                        "lock.signal_param_type",
+                    )
         for name in found.required_params:
             if name not in reference["params"]:
                 problem(
@@ -177,3 +192,20 @@ def drift_diagnostics(
                 )
             )
     return diagnostics
+
+
+TYPE_NAMES = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "text"}
+
+
+def _has_type(value: Any, expected: str) -> bool:
+    """Whether a config value is what a signal parameter annotated ``expected`` takes (YAML's
+    true is not an integer, and 14.5 or "14" is not one either)."""
+    if expected == "bool":
+        return isinstance(value, bool)
+    if isinstance(value, bool):
+        return False
+    if expected == "int":
+        return isinstance(value, int)
+    if expected == "float":
+        return isinstance(value, int | float)
+    return isinstance(value, str)

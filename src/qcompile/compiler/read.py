@@ -133,7 +133,23 @@ def read_config_file(root: Path, path: Path, conf_dir: Path) -> tuple[ConfigFile
     rel = path.relative_to(root).as_posix()
     group_path = path.parent.relative_to(conf_dir).as_posix()
     group = "" if group_path == "." else group_path
-    text = path.read_text(encoding="utf-8")
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        config = ConfigFile(rel, group, path.stem, "", "")
+        config.valid = False
+        line = data.count(b"\n", 0, exc.start) + 1
+        return config, [
+            Diagnostic(
+                rel,
+                line,
+                "",
+                f"not UTF-8 text: byte 0x{data[exc.start]:02x} at offset {exc.start}",
+                "yaml.encoding",
+                "save the file as UTF-8",
+            )
+        ]
     config = ConfigFile(rel, group, path.stem, _package_of(text, group) if group else "", text)
     diagnostics: list[Diagnostic] = []
     try:

@@ -209,7 +209,8 @@ STRATEGY_SCHEMA: dict[str, Any] = {
                         keysrules={"type": "string", "regex": IDENTIFIER_PATTERN},
                     ),
                     "ranges": _doc(
-                        "Tested range of each parameter: a list of values.",
+                        "Tested values of each parameter: exactly the values the parameter grid "
+                        "backtests; the chosen value must be one of them.",
                         type="dict",
                         required=False,
                         keysrules={"type": "string"},

@@ -32,6 +32,7 @@ from qcompile.compiler.schema import (
     TIMESTAMP_PATTERN,
 )
 from qcompile.errors import COMMAND_LINE, Diagnostic
+from qcompile.project import Project
 
 SECRET_REFERENCE = re.compile(r"^\$\{oc\.env:([A-Za-z_][A-Za-z0-9_]*)\}$")
 _SECRET_KEY = re.compile(
@@ -359,6 +360,46 @@ def secret_diagnostics(tree: ConfTree, override_texts: list[str]) -> list[Diagno
     return diagnostics
 
 
+# Every path a config names, read or written by qcompile: each must stay inside the project.
+PATH_KEYS = (
+    "data.local.path",
+    "project.reports_dir",
+    "project.coverage_report",
+    "strategy.signal.events",
+    "deployment.state_store.path",
+)
+
+
+def containment_diagnostics(
+    project: Project, composed: ComposedStrategy, data: dict[str, Any]
+) -> list[Diagnostic]:
+    """A path that leaves the project (``..``, an absolute path, or a symlink pointing out) is
+    refused: generated artefacts never hold outside paths, and qcompile reads and writes only
+    what the repository holds."""
+    found = []
+    for key in PATH_KEYS:
+        node: Any = data
+        for part in key.split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        if not isinstance(node, str) or not node:
+            continue
+        target = project.root / node
+        if not project.contains(target):
+            file, line = composed.locate(key)
+            found.append(
+                Diagnostic(
+                    file,
+                    line,
+                    key,
+                    f"{node!r} resolves to {target.resolve()}, outside the project",
+                    "rule.path_outside",
+                    "keep every path a config names inside the project (copy or link the "
+                    "files in, not out)",
+                )
+            )
+    return found
+
+
 def cross_field_diagnostics(composed: ComposedStrategy, data: dict[str, Any]) -> list[Diagnostic]:
     """Rules that relate several fields or groups; each skips itself if its inputs are invalid."""
     found: list[tuple[str, str, str, str]] = []  # key, message, code, hint
@@ -412,13 +453,14 @@ def cross_field_diagnostics(composed: ComposedStrategy, data: dict[str, Any]) ->
             )
         elif (
             isinstance(tested, list)
+            and _kind(params[name]) in {_kind(t) for t in tested}  # else: a type error (lock)
             and params[name] not in tested
-            and not _within(params[name], tested)
         ):
             add(
                 f"strategy.signal.params.{name}",
-                f"value {params[name]!r} lies outside its tested range {tested}",
+                f"value {params[name]!r} is not one of its tested values {tested}",
                 "rule.param_untested",
+                "the parameter grid backtests exactly the listed values: add it to the list",
             )
 
     universe = data.get("universe") if isinstance(data.get("universe"), dict) else {}
@@ -511,11 +553,13 @@ def duplicate_id_diagnostics(
     return diagnostics
 
 
-def _within(value: Any, tested: list[Any]) -> bool:
-    numbers = [t for t in tested if isinstance(t, int | float) and not isinstance(t, bool)]
-    if not numbers or isinstance(value, bool) or not isinstance(value, int | float):
-        return False
-    return min(numbers) <= value <= max(numbers)
+def _kind(value: Any) -> str:
+    """number, bool, text or other: values of different kinds are never compared."""
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, int | float):
+        return "number"
+    return "text" if isinstance(value, str) else type(value).__name__
 
 
 def _date(value: Any) -> dt.date | None:

@@ -156,7 +156,7 @@ def execute(
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-        summary = runner.stop() if runner.store is not None else None
+        summary = runner.stop() if runner.started else None
         if emulator is not None:
             emulator.stop()
     if summary is not None:

@@ -193,6 +193,7 @@ class Runner:
         self.alerter = Alerter(build_sinks(deployment.get("alerts", [{"kind": "log"}]), env))
         self.idle = threading.Event()  # set whenever the decision thread has nothing queued
         self.stopped = False
+        self.started = False  # start() completed: there is something to stop
         self.history_is_local = False
 
     # -- assembly ----------------------------------------------------------------------------
@@ -321,6 +322,24 @@ class Runner:
             self.env,
         )
         self.store.acquire()
+        try:
+            self._start_with_lease()
+        except BaseException:  # nothing runs yet: give the lease back, keep the error
+            self._abandon_start()
+            raise
+        self.started = True
+        return self
+
+    def _abandon_start(self) -> None:
+        if self._acks is not None:
+            self._acks.close()
+        if self.store is not None:
+            self.store.release()
+            self.store.close()
+        self.alerter.close()
+
+    def _start_with_lease(self) -> None:
+        assert self.store is not None
         if self.session.acks is not None:
             self._acks = self.session.acks.open("a", encoding="utf-8")
         saved = self.store.load()
@@ -371,7 +390,6 @@ class Runner:
         self._spawn("feed", lambda: self.feed.run(self._feed_stop))
         self._spawn("decisions", self._decide_loop)
         self._alert("runner.started", "info", f"runner started ({self.session.instance_id})")
-        return self
 
     def _spawn(self, name: str, target: Callable[[], None]) -> None:
         thread = threading.Thread(target=target, name=f"{self.strategy_id}-{name}", daemon=True)

@@ -31,6 +31,7 @@ class SignalSource:
     required_params: tuple[str, ...]
     optional_params: tuple[str, ...]
     source_sha256: str
+    param_types: tuple[tuple[str, str], ...] = ()  # (name, int|float|bool|str) where annotated
 
 
 def locate_package(name: str, search: list[Path]) -> list[Path]:
@@ -127,6 +128,21 @@ def _parameters(function: ast.FunctionDef) -> tuple[tuple[str, ...], tuple[str, 
     return tuple(required), tuple(optional)
 
 
+SCALAR_TYPES = ("int", "float", "bool", "str")
+
+
+def _parameter_types(function: ast.FunctionDef) -> tuple[tuple[str, str], ...]:
+    """The scalar type each parameter is annotated with (``fast: int``), read from the source."""
+    args = function.args
+    found = []
+    for arg in [*(args.posonlyargs + args.args)[1:], *args.kwonlyargs]:
+        note = arg.annotation
+        name = note.id if isinstance(note, ast.Name) else getattr(note, "value", None)
+        if name in SCALAR_TYPES:
+            found.append((arg.arg, str(name)))
+    return tuple(found)
+
+
 def _hash_function(statement: ast.FunctionDef, definitions: dict[str, ast.stmt]) -> str:
     return sha256_text("\n".join(_normalised(node) for node in _closure(statement, definitions)))
 
@@ -165,6 +181,7 @@ def scan_file(path: Path, module: str, display: str) -> list[SignalSource]:
                     required,
                     optional,
                     _hash_function(statement, definitions),
+                    _parameter_types(statement),
                 )
             )
     return found

@@ -139,9 +139,15 @@ def _run(
     settings: Settings,
     start: int,
     end: int,
+    what: str = "strategy.backtest: the window",
 ) -> tuple[pl.DataFrame, Result]:
     with_signal = signal(bars.filter(pl.col("timestamp") <= end), **signal_params)
     window = with_signal.filter(pl.col("timestamp") >= start)
+    if window.height == 0:
+        raise BacktestError(
+            f"{what} {_date(start)}..{_date(end)} holds no bars of the local data: "
+            "move it where the data has bars"
+        )
     return with_signal, run(window, settings)
 
 
@@ -246,11 +252,19 @@ def backtest(
     if oos:
         oos_start, oos_end = _ms(oos["start_date"]), _ms(oos["end_date"], end_of_day=True)
         in_sample = _metrics(
-            _run(bars, signal_function, chosen, settings, start, oos_start - 1)[1], ppy
-        )
+            _run(
+                bars, signal_function, chosen, settings, start, oos_start - 1,
+                "strategy.backtest.out_of_sample: the in-sample part before it",
+            )[1],
+            ppy,
+        )  # fmt: skip
         out_of_sample = _metrics(
-            _run(bars, signal_function, chosen, settings, oos_start, oos_end)[1], ppy
-        )
+            _run(
+                bars, signal_function, chosen, settings, oos_start, oos_end,
+                "strategy.backtest.out_of_sample: the period",
+            )[1],
+            ppy,
+        )  # fmt: skip
 
     traded = result.equity["timestamp"]
     years = (traded.max() - traded.min()) / YEAR_MS if traded.len() else 0.0  # type: ignore[operator]

@@ -62,7 +62,9 @@ def compile_batch(project: Project, strategy: str, overrides: list[str]) -> tupl
     from qcompile.compiler.build import compile_project
 
     try:
-        found = compile_project(project, overrides, [strategy], enforce_gates=False).strategies
+        found = compile_project(
+            project, overrides, [strategy], enforce_gates=False, untested_values=True
+        ).strategies
     except DiagnosticsError as error:
         return None, error_summary(error.errors or error.diagnostics)
     except (QcompileError, TypeError, ValueError) as error:

@@ -211,7 +211,9 @@ def _run(
         from qcompile.compiler.plan import runtime_parameters
 
         # its problems are the command's (printed in full, exit 2)
-        base = compile_project(project, [], [strategy], enforce_gates=False).strategies
+        base = compile_project(
+            project, [], [strategy], enforce_gates=False, untested_values=True
+        ).strategies
         if not base:
             raise QcompileError(f"no strategy {strategy!r}")
         (compiled,) = base

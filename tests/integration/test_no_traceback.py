@@ -1,0 +1,155 @@
+"""A corpus of hostile and mistaken user input, each case one that once produced a traceback or
+a misleading message: every one must end in a diagnostic naming where and what, exit 2 (or 1
+for a sweep with failed jobs), and leave generated/ and reports/ as they were.
+
+The CLI runs in-process with exceptions propagating, so a traceback fails the test outright."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import cli, edit, tree_digest
+
+FAST = "strategy.signal.params.fast"
+
+
+def _nothing(root: Path) -> None:
+    pass
+
+
+def _not_utf8(root: Path) -> None:
+    (root / "conf/costs/broken.yaml").write_bytes(b"slippage_bps: 3\nname: caf\xe9\n")
+
+
+def _outside(root: Path) -> None:
+    edit(
+        root / "conf/data/sample_us_daily.yaml", "path: data/sample_us_daily", "path: ../elsewhere"
+    )
+
+
+CASES: list[tuple[str, Callable[[Path], None], tuple[str, ...], int, tuple[str, ...]]] = [
+    (
+        "a float where the signal declares an integer",
+        _nothing,
+        ("backtest", "STR-2026-0007", f"{FAST}=14.5"),
+        2,
+        (f"{FAST}: must be an integer (ma_crossover declares fast: int), was 14.5",),
+    ),
+    (
+        "text where the signal declares an integer",
+        _nothing,
+        ("backtest", "STR-2026-0007", f"{FAST}=abc"),
+        2,
+        (f"{FAST}: must be an integer (ma_crossover declares fast: int), was 'abc'",),
+    ),
+    (
+        "a quoted number where the signal declares an integer",
+        _nothing,
+        ("backtest", "STR-2026-0007", f'{FAST}="14"'),
+        2,
+        ("was '14' [lock.signal_param_type]",),
+    ),
+    (
+        "a value inside the tested span but not a tested value",
+        _nothing,
+        ("backtest", "STR-2026-0007", f"{FAST}=12"),
+        2,
+        (f"{FAST}: value 12 is not one of its tested values [5, 10, 20, 30, 40, 50]",),
+    ),
+    (
+        "an out-of-sample period without a bar",
+        _nothing,
+        (
+            "backtest",
+            "STR-2026-0007",
+            "strategy.backtest.out_of_sample.start_date=2016-01-02",
+            "strategy.backtest.out_of_sample.end_date=2016-01-03",
+        ),
+        2,
+        ("the period 2016-01-02..2016-01-03 holds no bars of the local data",),
+    ),
+    (
+        "a config file that is not UTF-8",
+        _not_utf8,
+        ("validate",),
+        2,
+        (
+            "conf/costs/broken.yaml:2: error: not UTF-8 text: byte 0xe9 at offset 25 [yaml.encoding]",
+        ),
+    ),
+    (
+        "a data path outside the project",
+        _outside,
+        ("build",),
+        2,
+        ("data.local.path: '../elsewhere' resolves to ", "outside the project [rule.path_outside]"),
+    ),
+    (
+        "a misspelt override key",
+        _nothing,
+        ("validate", "strategy.backtest.slipage_bps=3"),
+        2,
+        ("strategy.backtest.slipage_bps=3: no such key", "did you mean 'costs.slippage_bps'?"),
+    ),
+    (
+        "a key only some strategies have",
+        _nothing,
+        ("validate", f"{FAST}=10"),
+        2,
+        (f"{FAST}=10: no such key in breakout, earnings_gap", "pick some with --strategy ID"),
+    ),
+    (
+        "a misspelt strategy id",
+        _nothing,
+        ("show", "STR-2026-007"),
+        2,
+        ("no strategy 'STR-2026-007'", "did you mean 'STR-2026-0007'?"),
+    ),
+    (
+        "a sweep in which every job fails",
+        _nothing,
+        ("sweep", "STR-2026-0007", "costs=bogus1,bogus2", "--name", "bad"),
+        1,
+        ("2 job(s), 2 failed", "error: 2 of 2 job(s) failed"),
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("prepare", "args", "code", "expected"),
+    [case[1:] for case in CASES],
+    ids=[case[0] for case in CASES],
+)
+def test_user_input_ends_in_a_diagnostic(
+    example: Path,
+    prepare: Callable[[Path], None],
+    args: tuple[str, ...],
+    code: int,
+    expected: tuple[str, ...],
+) -> None:
+    assert cli(example, "build").exit_code == 0
+    prepare(example)
+    before = tree_digest(example / "generated"), tree_digest(example / "reports")
+    result = cli(example, *args)
+    assert result.exit_code == code, result.output
+    assert "Traceback" not in result.output
+    for text in expected:
+        assert text in result.output, result.output
+    after = tree_digest(example / "generated"), tree_digest(example / "reports")
+    if args[0] != "sweep":  # a sweep writes its table even when jobs fail
+        assert after == before
+
+
+def test_a_truncated_state_file_stops_the_runner_with_one_line(example: Path) -> None:
+    assert cli(example, "build").exit_code == 0
+    state = example / "state/STR-2026-0007/state.json"
+    state.parent.mkdir(parents=True)
+    state.write_text('{"seq": 3, "cursor": {"MS')
+    result = cli(example, "run", "STR-2026-0007", "--feed", "emulator", "--duration", "5")
+    assert result.exit_code == 2, result.output
+    assert "state.json: state is corrupt or truncated" in result.output
+    assert "refusing to start from an empty state" in result.output
+    assert state.read_text() == '{"seq": 3, "cursor": {"MS'  # left for the operator to inspect
