@@ -38,6 +38,8 @@ def production(example: Path) -> tuple[Path, dict[str, Any]]:
     """The copy, with its evidence re-run (so that it carries daily statistics); returns the
     root and those statistics."""
     _production(example)
+    built = cli(example, "build")  # the pinned backtest runs what was built
+    assert built.exit_code == 0, built.output
     result = cli(example, "backtest", STRATEGY)
     assert result.exit_code == 0, result.output
     evidence = json.loads((example / f"reports/{STRATEGY}/0.2.0/evidence.json").read_text())

@@ -41,7 +41,10 @@ def markdown(
     bars: pl.DataFrame,
     formulas: dict[str, str],
     date: Callable[[int], str],
+    origin: str | None = None,
+    overrides: tuple[str, ...] = (),
 ) -> str:
+    """The report; ``origin`` says what it ran from (default: the strategy's built params)."""
     metrics = evidence["metrics"]
     equity = result.equity
     timestamps = equity["timestamp"].to_list()
@@ -58,6 +61,9 @@ def markdown(
     context = {
         "p": params,
         "e": evidence,
+        "origin": origin or f"generated/{params['strategy']['id']}/params.yaml",
+        # inside an HTML comment: "--" would end it early
+        "origin_overrides": "".join(" " + o.replace("--", "- -") for o in overrides),
         "formulas": formulas,
         "drawdown": drawdown,
         "coverage": [

@@ -232,7 +232,12 @@ def _walk_forward(
 
 
 def backtest(
-    params_file: Path, root: Path, output_dir: Path | None = None, html_report: bool = True
+    params_file: Path,
+    root: Path,
+    output_dir: Path | None = None,
+    html_report: bool = True,
+    origin: str | None = None,
+    overrides: tuple[str, ...] = (),
 ) -> Report:
     """Run the pinned backtest of one strategy and write its report and evidence to
     ``output_dir`` (default: <reports_dir>/<id>/<version>/, where the gates look)."""
@@ -347,7 +352,7 @@ def backtest(
     from qcompile.research.backtest.report import markdown
 
     report_path = target / "report.md"
-    text = markdown(params, evidence, result, bars, FORMULAS, _date)
+    text = markdown(params, evidence, result, bars, FORMULAS, _date, origin, overrides)
     _write(report_path, text)
     if html_report:
         from qcompile.research.backtest.report import html
