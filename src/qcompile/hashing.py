@@ -45,11 +45,12 @@ RUNTIME_PACKAGES = ("runtime", "emulator", "marketdata")
 
 
 def sources_sha256(root: Path, packages: tuple[str, ...]) -> str:
-    """Hash of the Python sources of ``packages`` (folders under ``root``, sub-packages included),
-    each file named by its path below ``root``: read, never imported."""
+    """Hash of the Python sources of ``packages`` (folders under ``root``, sub-packages included,
+    or single modules), each file named by its path below ``root``: read, never imported."""
     digest = hashlib.sha256()
     for package in packages:
-        for path in sorted((root / package).rglob("*.py")):
+        where = root / package
+        for path in [where] if where.is_file() else sorted(where.rglob("*.py")):
             digest.update(f"{path.relative_to(root).as_posix()}\0".encode())
             digest.update(path.read_bytes())
     return digest.hexdigest()

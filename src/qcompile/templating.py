@@ -14,11 +14,25 @@ from typing import Any
 
 import jinja2
 
+# Control characters (NUL and ESC make git call a file binary and hide its diff) and the
+# bidirectional overrides that make text read differently from what it is.
+_INVISIBLE = re.compile("[\x00-\x08\x0e-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
 
 def markdown_cell(value: Any) -> str:
-    """Text that stays inside one Markdown table cell and renders no HTML."""
-    text = re.sub(r"\s+", " ", str(value)).strip()
-    return text.replace("\\", "\\\\").replace("|", "\\|").replace("<", "&lt;").replace(">", "&gt;")
+    """Text that stays inside one Markdown table cell, renders no HTML and no link or image (a
+    config's text must not load remote content), and carries no invisible characters."""
+    text = re.sub(r"\s+", " ", _INVISIBLE.sub("", str(value))).strip()
+    for raw, escaped in (
+        ("\\", "\\\\"),
+        ("|", "\\|"),
+        ("[", "\\["),
+        ("]", "\\]"),
+        ("<", "&lt;"),
+        (">", "&gt;"),
+    ):
+        text = text.replace(raw, escaped)
+    return text
 
 
 def _bytecode_cache() -> jinja2.BytecodeCache | None:

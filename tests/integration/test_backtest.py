@@ -303,3 +303,25 @@ def test_an_experiment_says_what_it_ran_from(example: Path) -> None:
     )
     committed = (example / "reports/STR-2026-0007/2.1.0/report.md").read_text().splitlines()[0]
     assert "from generated/STR-2026-0007/params.yaml." in committed
+
+
+def test_a_hostile_name_loads_nothing_and_hides_nothing(with_data: Path) -> None:
+    """A strategy name with an image, a NUL and an ESC: the generated Markdown shows it as text
+    (git still diffs it as text), and report.html loads nothing remote (and says so in a CSP)."""
+    name = "Trend ![t](https://evil.example/b.png) \\0 \\e[31m"
+    edit(with_data / "conf/strategy/ma_trend.yaml", "name: Mega-cap MA Trend", f'name: "{name}"')
+    assert cli(with_data, "build").exit_code == 0
+    assert cli(with_data, "backtest", "ma_trend").exit_code == 0
+    pages = [
+        with_data / "generated/STR-2026-0007/runbook.md",
+        with_data / "generated/STR-2026-0007/checklist.md",
+        with_data / "generated/index.md",
+        with_data / "reports/STR-2026-0007/2.1.0/report.md",
+    ]
+    for page in pages:
+        data = page.read_bytes()
+        assert b"\x00" not in data and b"\x1b" not in data, page
+        assert b"](https://evil.example" not in data.replace(b"\\](", b""), page
+    html = (with_data / "reports/STR-2026-0007/2.1.0/report.html").read_text()
+    assert "<img" not in html and "evil.example/b.png" in html  # shown, not loaded
+    assert "Content-Security-Policy" in html and "default-src 'none'" in html

@@ -32,3 +32,12 @@ def test_the_cache_is_filled_reused_and_follows_an_edited_template(
     assert entry.stat().st_ino != written
     monkeypatch.setenv("QCOMPILE_TEMPLATE_CACHE", "off")
     assert templating.environment(templates, {}).bytecode_cache is None
+
+
+def test_config_text_reaches_markdown_without_invisible_characters_links_or_html() -> None:
+    from qcompile.templating import markdown_cell
+
+    hostile = "a\x00b\x1b[31m | ![t](https://evil.example/b.png) <img src=x> \u202eexe.txt\nz"
+    cell = markdown_cell(hostile)
+    assert cell == ("ab\\[31m \\| !\\[t\\](https://evil.example/b.png) &lt;img src=x&gt; exe.txt z")
+    assert not any(ord(c) < 32 or 0x7F <= ord(c) <= 0x9F for c in cell)

@@ -40,8 +40,9 @@ def generator_pin() -> dict[str, Any]:
 
 @cache
 def source_sha256() -> str:
-    """The compiler's own Python source (the package and its sub-packages)."""
-    return sources_sha256(PACKAGE_DIR.parent, (PACKAGE_DIR.name,))
+    """The Python source that renders: the compiler (with its sub-packages) and the shared Jinja
+    set-up whose filters every artefact goes through."""
+    return sources_sha256(PACKAGE_DIR.parent, (PACKAGE_DIR.name, "templating.py"))
 
 
 def rendered_with_this_source(cache_dir: Path) -> bool:
