@@ -30,6 +30,22 @@ def _outside(root: Path) -> None:
     )
 
 
+def _laughs(root: Path) -> None:
+    """A billion laughs: nine levels of nine aliases, 387 million values once expanded."""
+    lines = ['l0: &l0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    for level in range(1, 9):
+        lines.append(f"l{level}: &l{level} [" + ", ".join([f"*l{level - 1}"] * 9) + "]")
+    (root / "conf/data/laughs.yaml").write_text("\n".join(lines) + "\n")
+
+
+def _deep(root: Path) -> None:
+    (root / "conf/costs/deep.yaml").write_text("x: " + "[" * 200 + "]" * 200 + "\n")
+
+
+def _huge(root: Path) -> None:
+    (root / "conf/costs/huge.yaml").write_text("".join(f"k{i}: {i}\n" for i in range(150_000)))
+
+
 CASES: list[tuple[str, Callable[[Path], None], tuple[str, ...], int, tuple[str, ...]]] = [
     (
         "a float where the signal declares an integer",
@@ -86,6 +102,27 @@ CASES: list[tuple[str, Callable[[Path], None], tuple[str, ...], int, tuple[str, 
         ("build",),
         2,
         ("data.local.path: '../elsewhere' resolves to ", "outside the project [rule.path_outside]"),
+    ),
+    (
+        "a billion laughs",
+        _laughs,
+        ("build",),
+        2,
+        ("conf/data/laughs.yaml: error: refused: more than 100,000 values once its aliases",),
+    ),
+    (
+        "a document nested 200 deep",
+        _deep,
+        ("validate",),
+        2,
+        ("conf/costs/deep.yaml: error: refused: nested 65 levels deep (at most 64)",),
+    ),
+    (
+        "a config file of megabytes",
+        _huge,
+        ("validate",),
+        2,
+        ("conf/costs/huge.yaml: error: refused: 2,177,780 bytes (at most 1,048,576)",),
     ),
     (
         "a misspelt override key",

@@ -55,10 +55,18 @@ def read_manifest(project: Project) -> dict[str, Any]:
 
 
 def _raw_yaml(path: Path) -> Any:
+    """A config file's data, or None when it cannot be read safely (the read stage says why)."""
+    from qcompile.compiler.read import MAX_BYTES, bounds_problem
+
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
     try:
-        return yaml.load(
-            path.read_text(encoding="utf-8"), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-        )
+        if path.stat().st_size > MAX_BYTES:
+            return None
+        text = path.read_text(encoding="utf-8")
+        node = yaml.compose(text, Loader=loader)
+        if node is not None and bounds_problem(node):
+            return None  # expanding its aliases is the attack: never construct it
+        return yaml.load(text, Loader=loader)
     except (OSError, ValueError, yaml.YAMLError):  # ValueError: not UTF-8 (read reports it)
         return None
 

@@ -24,6 +24,11 @@ except AttributeError:  # pragma: no cover - PyYAML built without libyaml
     _Loader = yaml.SafeLoader
 
 _PACKAGE_HEADER = re.compile(r"^#\s*@package\s+(\S+)\s*$")
+# A config file is a page of settings: these bounds refuse a hostile one (a "billion laughs" of
+# nested aliases, a deep or huge document) in milliseconds, before anything expands it.
+MAX_BYTES = 1 << 20
+MAX_NODES = 100_000  # values as they would be after expanding every alias
+MAX_DEPTH = 64
 
 
 @dataclass(frozen=True)
@@ -152,6 +157,9 @@ def read_config_file(root: Path, path: Path, conf_dir: Path) -> tuple[ConfigFile
         ]
     config = ConfigFile(rel, group, path.stem, _package_of(text, group) if group else "", text)
     diagnostics: list[Diagnostic] = []
+    if len(data) > MAX_BYTES:
+        config.valid = False
+        return config, [_too_large(rel, f"{len(data):,} bytes (at most {MAX_BYTES:,})")]
     try:
         node = yaml.compose(text, Loader=_omegaconf_loader())
     except yaml.YAMLError as exc:
@@ -165,6 +173,10 @@ def read_config_file(root: Path, path: Path, conf_dir: Path) -> tuple[ConfigFile
         return config, diagnostics
     if node is None:
         return config, diagnostics
+    excess = bounds_problem(node)
+    if excess:
+        config.valid = False
+        return config, [_too_large(rel, excess)]
     if not isinstance(node, yaml.MappingNode):
         diagnostics.append(
             Diagnostic(
@@ -191,6 +203,41 @@ def read_config_file(root: Path, path: Path, conf_dir: Path) -> tuple[ConfigFile
 
 
 @cache
+def bounds_problem(root: yaml.Node) -> str:
+    """Why a composed document is too big to load (its size with every alias expanded, or its
+    depth), or empty. Aliases share nodes, so sizes are counted once per node: linear time."""
+    sizes: dict[int, int] = {}
+    stack: list[tuple[yaml.Node, int, bool]] = [(root, 1, False)]
+    while stack:
+        node, depth, children_done = stack.pop()
+        if depth > MAX_DEPTH:
+            return f"nested {depth} levels deep (at most {MAX_DEPTH})"
+        if id(node) in sizes:
+            continue
+        if isinstance(node, yaml.MappingNode):
+            children = [n for pair in node.value for n in pair]
+        elif isinstance(node, yaml.SequenceNode):
+            children = list(node.value)
+        else:
+            sizes[id(node)] = 1
+            continue
+        if children_done:
+            size = 1 + sum(sizes[id(child)] for child in children)
+            if size > MAX_NODES:
+                return f"more than {MAX_NODES:,} values once its aliases are expanded"
+            sizes[id(node)] = size
+            continue
+        stack.append((node, depth, True))
+        stack.extend((child, depth + 1, False) for child in children if id(child) not in sizes)
+    return ""
+
+
+def _too_large(rel: str, why: str) -> Diagnostic:
+    return Diagnostic(
+        rel, 0, "", f"refused: {why}", "yaml.too_large", "a config file is a page of settings"
+    )
+
+
 def _omegaconf_loader() -> type:
     """PyYAML's C loader with OmegaConf's scalar rules (YAML 1.2 floats, no timestamps).
 
