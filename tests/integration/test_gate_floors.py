@@ -69,3 +69,44 @@ def test_a_short_sample_enters_validation_but_not_production(example: Path) -> N
     assert missing[0].startswith("evidence.minimum_sample: sample too small: 52 trades")
     refused = cli(example, "promote", "STR-2026-0007", "--to", "production")
     assert refused.exit_code != 0 and "evidence.minimum_sample" in refused.output
+
+
+WAIVER = """  waivers:
+    - requirement: signoff.report
+      reason: the researcher is on leave; the head of research reviewed the report
+      by: head.research@quantfund.com
+      at: "2026-03-02T09:00:00Z"
+      until: "{until}"
+"""
+
+
+def _waive_report_signoff(root: Path, until: str) -> None:
+    strategy = root / "conf/strategy/ma_trend.yaml"
+    edit(strategy, "status: research", "status: validation")
+    edit(strategy, "  signoffs:\n", WAIVER.format(until=until) + "  signoffs:\n")
+
+
+def test_a_waiver_passes_a_gate_and_shows_wherever_the_strategy_is(example: Path) -> None:
+    _waive_report_signoff(example, "2099-12-31")
+    built = cli(example, "build")
+    assert built.exit_code == 0, built.output
+    assert (
+        "warning: strategy.waivers: phase 'validation' requires signoff.report (no report "
+        "sign-off with a timestamp); waived by head.research@quantfund.com until 2099-12-31: "
+        "the researcher is on leave" in built.output
+    )
+    assert "[gate.waived]" in built.output
+    passport = yaml.safe_load((example / "generated/STR-2026-0007/passport.yaml").read_text())
+    (waived,) = passport["lifecycle"]["waived"]
+    assert waived.startswith("signoff.report: no report sign-off with a timestamp; waived by")
+    index = (example / "generated/index.md").read_text()
+    assert "| validation (waived: signoff.report) |" in index
+
+
+def test_an_expired_waiver_waives_nothing(example: Path) -> None:
+    _waive_report_signoff(example, "2020-01-31")
+    built = cli(example, "build")
+    assert built.exit_code == 2
+    assert "phase 'validation' requires signoff.report" in built.output
+    assert "expired, it waives nothing: signoff.report: waived by" in built.output
+    assert "[gate.waiver_expired]" in built.output

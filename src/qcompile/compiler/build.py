@@ -212,6 +212,7 @@ def compile_project(
     from qcompile.compiler.plan import CompiledStrategy, checklist_bytes
     from qcompile.compiler.rules.checklist import evaluate_checklist
     from qcompile.compiler.rules.gates import (
+        active_waivers,
         effective_gates,
         evaluate,
         evidence_path,
@@ -311,6 +312,7 @@ def compile_project(
                 CompiledStrategy(composed, data, lock, project.rel(path), False, [], items, gates)
             )
             artefacts["checklist"] = artefacts["checklist"]._replace(sha256=sha256_bytes(rendered))
+        waivers, expired = active_waivers(strategy, on)
         gate = partial(
             evaluate,
             gates=gates,
@@ -321,8 +323,35 @@ def compile_project(
             expected_inputs=lock.backtest_inputs,
             artefacts=artefacts,
             unticked=unticked,
+            waivers=waivers,
         )
-        unmet = gate(strategy["status"]) if enforce_gates else []
+        declared = gate(strategy["status"])
+        waived = [u for u in declared if u.waived]
+        file, line = composed.locate("strategy.waivers")
+        warnings += [
+            Diagnostic(
+                file,
+                line,
+                "strategy.waivers",
+                f"phase '{strategy['status']}' requires {u.requirement} ({u.detail}); {u.waived}",
+                "gate.waived",
+                "a waiver is an exception, shown wherever the strategy is: see docs/lifecycle.md",
+                severity="warning",
+            )
+            for u in waived
+        ] + [
+            Diagnostic(
+                file,
+                line,
+                "strategy.waivers",
+                f"expired, it waives nothing: {text}",
+                "gate.waiver_expired",
+                "renew it (a new signed entry) or meet the requirement",
+                severity="warning",
+            )
+            for text in expired
+        ]
+        unmet = [u for u in declared if not u.waived] if enforce_gates else []
         for item in unmet:
             file, line = composed.locate("strategy.status")
             detail = item.detail + (
@@ -389,6 +418,7 @@ def compile_project(
                 unmet_next,
                 items,
                 gates,
+                waived,
             )
         )
     checked = data_diagnostics(
@@ -400,8 +430,8 @@ def compile_project(
     used = {c.data["strategy"]["signal"]["name"] for c in compiled}
     diagnostics += drift_diagnostics(signals, used, previous)
     if any(d.severity == "error" for d in diagnostics):
-        # a floor that applied although the project left it out explains a gate error: say so
-        raise DiagnosticsError(diagnostics + [w for w in warnings if w.code == "gate.floor"])
+        # a floor the project left out, or a waiver that expired, explains a gate error: say so
+        raise DiagnosticsError(diagnostics + [w for w in warnings if w.code.startswith("gate.")])
     return Compilation(compiled, settings, signals, sorted(warnings), gates)
 
 

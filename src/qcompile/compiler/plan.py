@@ -50,6 +50,7 @@ class CompiledStrategy:
     unmet_next: list[Unmet] = field(default_factory=list)
     checklist: list[ItemStatus] = field(default_factory=list)
     gates: dict[str, list[str]] = field(default_factory=dict)  # effective, the floor applied
+    waived: list[Unmet] = field(default_factory=list)  # unmet for its phase, passed by a waiver
 
     @property
     def id(self) -> str:
@@ -161,7 +162,11 @@ def passport(compiled: CompiledStrategy) -> dict[str, Any]:
         "lifecycle": {
             "phase": strategy["status"],
             "next_phase": following,
-            "next_gate_missing": [f"{u.requirement}: {u.detail}" for u in compiled.unmet_next],
+            "next_gate_missing": [
+                f"{u.requirement}: {u.detail}" + (f" ({u.waived})" if u.waived else "")
+                for u in compiled.unmet_next
+            ],
+            "waived": [f"{u.requirement}: {u.detail}; {u.waived}" for u in compiled.waived],
             "gates": compiled.gates,
             "beyond_the_floor": beyond_floor(compiled.gates),
         },
@@ -389,7 +394,10 @@ def plan_strategy(compiled: CompiledStrategy) -> StrategyPlan:
         "data_fingerprint": (compiled.lock.pins["data"]["fingerprint"] or {}).get("content_sha256"),
         "last_review_date": (strategy.get("deployment_record") or {}).get("last_review_date"),
         "next_phase": next_phase(strategy["status"]),
-        "next_gate_missing": [u.requirement for u in compiled.unmet_next],
+        "next_gate_missing": [
+            u.requirement + (" (waived)" if u.waived else "") for u in compiled.unmet_next
+        ],
+        "waived": [u.requirement for u in compiled.waived],
         "source": compiled.composed.file.path,
     }
     inputs = sha256_json({"contexts": contexts, "generator": generator_pin()})

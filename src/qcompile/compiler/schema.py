@@ -388,6 +388,28 @@ STRATEGY_SCHEMA: dict[str, Any] = {
                 keysrules={"type": "string", "check_with": "checklist_item"},
                 valuesrules=_signoff(),
             ),
+            "waivers": _doc(
+                "Exceptions to gate requirements, each signed and dated: the only way past a "
+                "requirement the strategy does not meet. A waiver applies until its `until` "
+                "date and shows in the passport, the portfolio index and every build's output.",
+                type="list",
+                required=False,
+                schema={
+                    "type": "dict",
+                    "schema": {
+                        "requirement": _text(
+                            "The gate requirement waived (see the lifecycle reference).",
+                            check_with="gate_requirement",
+                        ),
+                        "reason": _text("Why it is acceptable, for reviewers."),
+                        "by": _text("Email of the person granting it.", regex=EMAIL_PATTERN),
+                        "at": _text(
+                            "UTC timestamp of the grant, ISO 8601.", regex=TIMESTAMP_PATTERN
+                        ),
+                        "until": _date("Last day the waiver applies (YYYY-MM-DD)."),
+                    },
+                },
+            ),
         },
     ),
 }

@@ -127,6 +127,7 @@ class Unmet:
     requirement: str
     detail: str
     key: str
+    waived: str = ""  # who waived it, until when and why: then the gate lets it pass
 
 
 class SignedArtefact(NamedTuple):
@@ -215,6 +216,7 @@ def evaluate(
     expected_inputs: dict[str, Any],
     artefacts: dict[str, SignedArtefact] | None = None,
     unticked: list[str] | None = None,
+    waivers: dict[str, str] | None = None,
 ) -> list[Unmet]:
     """Every unmet requirement for ``phase`` (cumulative), in gate order.
 
@@ -236,8 +238,24 @@ def evaluate(
             unticked,
         )
         if detail:
-            unmet.append(Unmet(gate_phase, requirement, detail, REQUIREMENTS[requirement][1]))
+            key = REQUIREMENTS[requirement][1]
+            waived = (waivers or {}).get(requirement, "")
+            unmet.append(Unmet(gate_phase, requirement, detail, key, waived))
     return unmet
+
+
+def active_waivers(strategy: dict[str, Any], on: Any) -> tuple[dict[str, str], list[str]]:
+    """(requirement -> description) of the strategy's waivers in force on date ``on``, and the
+    descriptions of those that have expired (they waive nothing)."""
+    active: dict[str, str] = {}
+    expired: list[str] = []
+    for waiver in strategy.get("waivers") or []:
+        text = f"waived by {waiver['by']} until {waiver['until']}: {waiver['reason']}"
+        if str(waiver["until"]) >= on.isoformat():
+            active[waiver["requirement"]] = text
+        else:
+            expired.append(f"{waiver['requirement']}: {text}")
+    return active, expired
 
 
 def _check(
