@@ -596,9 +596,12 @@ def status(as_json: bool) -> None:
 
     for row in rows:
         due = row["next_review"] or ("no date" if row["phase"] == "production" else "")
+        waived = sorted({w.split(":", 1)[0] for w in row["waived"]})
         table.add_row(
             row["id"],
-            row["phase"],
+            Text(f"{row['phase']} (waived: {', '.join(waived)})", "yellow")
+            if waived
+            else Text(str(row["phase"])),
             cell(row["version"], "version" in row["mismatch"]),
             cell(row["signal"], "signal" in row["mismatch"]),
             row["data"],
@@ -610,6 +613,9 @@ def status(as_json: bool) -> None:
     console.print(table)
     for note in mismatches:
         console.print(Text(f"* {note}", "red"))
+    for row in rows:
+        for waiver in row["waived"]:
+            console.print(Text(f"{row['id']}: {waiver}", "yellow"), soft_wrap=True)
     overdue = sum(1 for row in rows if row["review_overdue"])
     if overdue:
         console.print(

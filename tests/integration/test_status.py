@@ -148,3 +148,27 @@ def test_liveness_from_heartbeat_times() -> None:
 
 def _lines(root: Path) -> list[str]:
     return (root / "conf/strategy/zscore_reversion.yaml").read_text().splitlines()
+
+
+def test_status_shows_a_waived_requirement(example: Path) -> None:
+    strategy = example / "conf/strategy/ma_trend.yaml"
+    edit(strategy, "status: research", "status: validation")
+    edit(
+        strategy,
+        "  signoffs:\n",
+        "  waivers:\n"
+        "    - requirement: signoff.report\n"
+        "      reason: reviewed by the head of research\n"
+        "      by: head.research@quantfund.com\n"
+        '      at: "2026-03-02T09:00:00Z"\n'
+        '      until: "2099-12-31"\n'
+        "  signoffs:\n",
+    )
+    assert cli(example, "build").exit_code == 0
+    document = json.loads(cli(example, "status", "--json").output)
+    row = next(r for r in document["strategies"] if r["id"] == TREND)
+    (waived,) = row["waived"]
+    assert waived.startswith("signoff.report: no report sign-off with a timestamp; waived by")
+    table = cli(example, "status").output
+    assert "validation (waived: signoff.report)" in table
+    assert f"{TREND}: signoff.report: no report sign-off" in table

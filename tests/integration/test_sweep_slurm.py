@@ -37,14 +37,15 @@ def _free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def _munge_works() -> bool:
+def _munge_works(socket_path: Path) -> bool:
     munge, unmunge = _binary("munge"), _binary("unmunge")
     if not (munge and unmunge):
         return False
-    token = subprocess.run([munge, "-n"], capture_output=True, check=False)
+    where = ["-S", str(socket_path)]
+    token = subprocess.run([munge, "-n", *where], capture_output=True, check=False)
     if token.returncode:
         return False
-    check = subprocess.run([unmunge], input=token.stdout, capture_output=True, check=False)
+    check = subprocess.run([unmunge, *where], input=token.stdout, capture_output=True, check=False)
     return check.returncode == 0
 
 
@@ -57,25 +58,27 @@ def slurm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     if os.geteuid() != 0:
         pytest.skip("slurmd runs as root")
     started: list[subprocess.Popen[bytes]] = []
-    if not _munge_works():  # munged from the package, on its usual socket, unless one runs
-        Path("/run/munge").mkdir(parents=True, exist_ok=True)
-        shutil.chown("/run/munge", "munge", "munge")
-        command = [str(_binary("munged")), "--foreground"]
-        runuser = _binary("runuser")
-        started.append(
-            subprocess.Popen(
-                [runuser, "-u", "munge", "--", *command] if runuser else [*command, "--force"],
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )
-        )
-        deadline = time.monotonic() + 10
-        while not _munge_works():
-            assert time.monotonic() < deadline, "munged did not start"
-            time.sleep(0.1)
     root = tmp_path_factory.mktemp("slurm")
-    for name in ("state", "spool", "log"):
+    for name in ("state", "spool", "log", "munge"):
         (root / name).mkdir()
+    # A munged of this cluster's own, on its own socket: another test run on the machine (CI
+    # beside a developer's run) has its own too, and neither can stop the other's.
+    socket_path = root / "munge" / "munge.socket"
+    started.append(
+        subprocess.Popen(
+            [
+                str(_binary("munged")), "--foreground", "--force", f"--socket={socket_path}",
+                f"--pid-file={root}/munge/munged.pid", f"--log-file={root}/munge/munged.log",
+                f"--seed-file={root}/munge/munged.seed",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+    )  # fmt: skip
+    deadline = time.monotonic() + 10
+    while not _munge_works(socket_path):
+        assert time.monotonic() < deadline, "munged did not start"
+        time.sleep(0.1)
     host = socket.gethostname().split(".")[0]
     conf = root / "slurm.conf"
     conf.write_text(
@@ -86,6 +89,7 @@ def slurm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
                 "SlurmUser=root",
                 "SlurmdUser=root",
                 "AuthType=auth/munge",
+                f"AuthInfo=socket={socket_path}",
                 f"SlurmctldPort={_free_port()}",
                 f"SlurmdPort={_free_port()}",
                 f"StateSaveLocation={root}/state",

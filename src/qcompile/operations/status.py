@@ -141,7 +141,8 @@ def status_rows(
     rows: list[dict[str, Any]] = []
     for strategy_id, params, passport in generated_strategies(project):
         pins = params.get("pins") or {}
-        phase = (passport.get("lifecycle") or {}).get("phase") or passport.get("status")
+        lifecycle = passport.get("lifecycle") or {}
+        phase = lifecycle.get("phase") or passport.get("status")
         review = review_of(str(phase), passport.get("deployment"), on)
         interval = float((params.get("deployment") or {}).get("heartbeat_interval_s") or 15)
         try:
@@ -172,6 +173,9 @@ def status_rows(
                 "liveness": live,
                 "running": running,
                 "mismatch": [],  # which cells disagree: "signal", "version"
+                # gate requirements passed by a waiver, and requirements beyond the floor
+                "waived": list(lifecycle.get("waived") or []),
+                "beyond_the_floor": list(lifecycle.get("beyond_the_floor") or []),
             }
         )
     return rows, _mark_mismatches(rows)
