@@ -139,6 +139,13 @@ CASES: list[tuple[str, Callable[[Path], None], tuple[str, ...], int, tuple[str, 
         (f"{FAST}=10: no such key in breakout, earnings_gap", "pick some with --strategy ID"),
     ),
     (
+        "a key added on the command line that the schema does not know",
+        _nothing,
+        ("validate", "+strategy.params.fast=abc"),
+        2,
+        ("<command line>: error: strategy.params: unknown key [schema.unknown_key]",),
+    ),
+    (
         "a misspelt strategy id",
         _nothing,
         ("show", "STR-2026-007"),
@@ -175,6 +182,8 @@ def test_user_input_ends_in_a_diagnostic(
     assert "Traceback" not in result.output
     for text in expected:
         assert text in result.output, result.output
+    if "+" in "".join(args):  # an override's problem is blamed on the override, not on files
+        assert "conf/strategy/" not in result.output, result.output
     after = tree_digest(example / "generated"), tree_digest(example / "reports")
     if args[0] != "sweep":  # a sweep writes its table even when jobs fail
         assert after == before

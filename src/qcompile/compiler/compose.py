@@ -68,7 +68,12 @@ class ComposedStrategy:
         return self._config
 
     def locate(self, key: str) -> tuple[str, int]:
-        """The file and line that last set ``key`` (or its nearest ancestor)."""
+        """The file and line that last set ``key`` (or its nearest ancestor); the command line
+        when no file sets ``key`` and an override added it or something beneath it."""
+        if not any(key in source.lines for source in self.sources) and any(
+            not o.is_group and (o.key == key or o.key.startswith(key + ".")) for o in self.overrides
+        ):
+            return COMMAND_LINE, 0
         probe = key
         while probe:
             for override in self.overrides:
