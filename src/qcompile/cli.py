@@ -596,7 +596,7 @@ def status(as_json: bool) -> None:
 
     for row in rows:
         due = row["next_review"] or ("no date" if row["phase"] == "production" else "")
-        waived = sorted({w.split(":", 1)[0] for w in row["waived"]})
+        waived = row["waived_requirements"]
         table.add_row(
             row["id"],
             Text(f"{row['phase']} (waived: {', '.join(waived)})", "yellow")

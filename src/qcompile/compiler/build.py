@@ -58,15 +58,17 @@ def _raw_yaml(path: Path) -> Any:
     """A config file's data, or None when it cannot be read safely (the read stage says why)."""
     from qcompile.compiler.read import MAX_BYTES, bounds_problem
 
-    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
     try:
         if path.stat().st_size > MAX_BYTES:
             return None
-        text = path.read_text(encoding="utf-8")
-        node = yaml.compose(text, Loader=loader)
-        if node is not None and bounds_problem(node):
-            return None  # expanding its aliases is the attack: never construct it
-        return yaml.load(text, Loader=loader)
+        loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)(path.read_text(encoding="utf-8"))
+        try:  # yaml.load's own steps, with the bounds checked between parsing and constructing
+            node = loader.get_single_node()
+            if node is None or bounds_problem(node):
+                return None  # empty, or expanding its aliases is the attack: never construct it
+            return loader.construct_document(node)
+        finally:
+            loader.dispose()
     except (OSError, ValueError, yaml.YAMLError):  # ValueError: not UTF-8 (read reports it)
         return None
 
@@ -258,19 +260,7 @@ def compile_project(
     # the project's gates, as any schema-valid strategy composed them (none valid: unknown)
     configured = next((d["gates"] for c, d in resolved if valid[id(c)]), None)
     gates = effective_gates(configured or {})  # the floor applies whatever the project lists
-    warnings: list[Diagnostic] = [
-        Diagnostic(
-            primary.path,
-            primary.line_of(f"gates.{phase}"),
-            f"gates.{phase}",
-            f"does not ask for {requirement}: the source document requires it by {phase}, "
-            "so it applies anyway",
-            "gate.floor",
-            "a project may add requirements, never remove or postpone them; see docs/lifecycle.md",
-            severity="warning",
-        )
-        for phase, requirement in (floor_gaps(configured) if configured is not None else [])
-    ]
+    warnings = _floor_warnings(primary, floor_gaps(configured) if configured is not None else [])
     packages = list(settings.get("signal_packages", []))
     signals, missing = scan_packages(packages, project.root)
     for package in missing:
@@ -327,30 +317,7 @@ def compile_project(
         )
         declared = gate(strategy["status"])
         waived = [u for u in declared if u.waived]
-        file, line = composed.locate("strategy.waivers")
-        warnings += [
-            Diagnostic(
-                file,
-                line,
-                "strategy.waivers",
-                f"phase '{strategy['status']}' requires {u.requirement} ({u.detail}); {u.waived}",
-                "gate.waived",
-                "a waiver is an exception, shown wherever the strategy is: see docs/lifecycle.md",
-                severity="warning",
-            )
-            for u in waived
-        ] + [
-            Diagnostic(
-                file,
-                line,
-                "strategy.waivers",
-                f"expired, it waives nothing: {text}",
-                "gate.waiver_expired",
-                "renew it (a new signed entry) or meet the requirement",
-                severity="warning",
-            )
-            for text in expired
-        ]
+        warnings += _waiver_warnings(composed, strategy["status"], waived, expired)
         unmet = [u for u in declared if not u.waived] if enforce_gates else []
         for item in unmet:
             file, line = composed.locate("strategy.status")
@@ -433,6 +400,50 @@ def compile_project(
         # a floor the project left out, or a waiver that expired, explains a gate error: say so
         raise DiagnosticsError(diagnostics + [w for w in warnings if w.code.startswith("gate.")])
     return Compilation(compiled, settings, signals, sorted(warnings), gates)
+
+
+def _floor_warnings(primary: Any, gaps: list[tuple[str, str]]) -> list[Diagnostic]:
+    """A warning per floor requirement the project's gates leave out (it applies anyway)."""
+    return [
+        Diagnostic(
+            primary.path,
+            primary.line_of(f"gates.{phase}"),
+            f"gates.{phase}",
+            f"does not ask for {requirement}: the source document requires it by {phase}, "
+            "so it applies anyway",
+            "gate.floor",
+            "a project may add requirements, never remove or postpone them; see docs/lifecycle.md",
+            severity="warning",
+        )
+        for phase, requirement in gaps
+    ]
+
+
+def _waiver_warnings(
+    composed: Any, phase: str, waived: list[Any], expired: list[str]
+) -> list[Diagnostic]:
+    """Every waiver in force that passed a requirement, and every expired one: shown on every
+    build, at the strategy's waivers."""
+    file, line = composed.locate("strategy.waivers")
+
+    def warning(message: str, code: str, hint: str) -> Diagnostic:
+        return Diagnostic(file, line, "strategy.waivers", message, code, hint, severity="warning")
+
+    return [
+        warning(
+            f"phase '{phase}' requires {u.requirement} ({u.detail}); {u.waived}",
+            "gate.waived",
+            "a waiver is an exception, shown wherever the strategy is: see docs/lifecycle.md",
+        )
+        for u in waived
+    ] + [
+        warning(
+            f"expired, it waives nothing: {text}",
+            "gate.waiver_expired",
+            "renew it (a new signed entry) or meet the requirement",
+        )
+        for text in expired
+    ]
 
 
 def render_outputs(

@@ -24,9 +24,9 @@ from qcompile.compiler.fingerprint import (
 )
 from qcompile.errors import Diagnostic
 from qcompile.project import Project
+from qcompile.research.datalayout import epoch_time
 
 PHASES_WITH_EVIDENCE = ("research", "validation", "production")
-TO_MILLISECONDS = {"s": 1_000, "ms": 1, "us": 1 / 1_000, "ns": 1 / 1_000_000}
 
 
 def _severity(phases: set[str]) -> str:
@@ -109,13 +109,10 @@ def _window(
     """The backtest window against the data's time range (in the declared unit)."""
     if fingerprint.first_timestamp is None or fingerprint.last_timestamp is None:
         return []  # no readable timestamps: the contract check says why
-    try:
-        first, last = (
-            dt.datetime.fromtimestamp(stamp * TO_MILLISECONDS[unit] / 1000, tz=dt.UTC).date()
-            for stamp in (fingerprint.first_timestamp, fingerprint.last_timestamp)
-        )
-    except (OverflowError, OSError, ValueError):
+    span = [epoch_time(s, unit) for s in (fingerprint.first_timestamp, fingerprint.last_timestamp)]
+    if span[0] is None or span[1] is None:
         return []  # not timestamps in the declared unit: the contract check says so
+    first, last = span[0].date(), span[1].date()
     backtest = data["strategy"]["backtest"]
     start = dt.date.fromisoformat(str(backtest["start_date"]))
     end = dt.date.fromisoformat(str(backtest["end_date"]))

@@ -177,8 +177,6 @@ def contract_violations(
     universe member without a file: (file, violation fields) each. A file's result is cached
     with its content hash and the convention it was checked against, so an unchanged data set
     is not read again (and polars not imported)."""
-    from dataclasses import asdict
-
     files = symbol_files(directory, file_format) if directory.is_dir() else {}
     key = "/".join((*convention, _contract_sha256()))
     found: list[tuple[Path, dict[str, Any]]] = []

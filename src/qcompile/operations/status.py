@@ -175,6 +175,10 @@ def status_rows(
                 "mismatch": [],  # which cells disagree: "signal", "version"
                 # gate requirements passed by a waiver, and requirements beyond the floor
                 "waived": list(lifecycle.get("waived") or []),
+                # "requirement: detail; waived by ..." as the passport writes it
+                "waived_requirements": sorted(
+                    {str(w).split(":", 1)[0] for w in lifecycle.get("waived") or []}
+                ),
                 "beyond_the_floor": list(lifecycle.get("beyond_the_floor") or []),
             }
         )

@@ -19,12 +19,11 @@ from pathlib import Path
 import polars as pl
 
 from qcompile.errors import QcompileError
-from qcompile.research.datalayout import symbol_files
+from qcompile.research.datalayout import TO_MILLISECONDS, epoch_time, symbol_files
 
 PRICE_COLUMNS = ("open", "high", "low", "close")
 REQUIRED_COLUMNS = ("timestamp", *PRICE_COLUMNS, "volume")
 OPTIONAL_COLUMNS = ("adj_close",)
-TO_MILLISECONDS = {"s": 1_000, "ms": 1, "us": 1 / 1_000, "ns": 1 / 1_000_000}
 # Integer timestamps of dates between 1971 and 2100 fall in these disjoint ranges, per unit.
 _PLAUSIBLE = {
     "s": (3.2e7, 4.2e9),
@@ -93,14 +92,8 @@ def _when(timestamp: int | None, unit: str) -> str:
     """A stored timestamp as an ISO time, when it is one."""
     if timestamp is None:
         return "no timestamp"
-    import datetime as dt
-
-    try:
-        seconds = timestamp * TO_MILLISECONDS[unit] / 1000
-        moment = dt.datetime.fromtimestamp(seconds, tz=dt.UTC)
-    except (OverflowError, OSError, ValueError):
-        return f"timestamp {timestamp}"
-    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+    moment = epoch_time(timestamp, unit)
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ") if moment else f"timestamp {timestamp}"
 
 
 def _row_checks() -> dict[str, pl.Expr]:

@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from qcompile import __version__
 from qcompile.compiler.rules.gates import CHECKLIST_ITEMS
 from qcompile.hashing import runtime_sha256
+from qcompile.research.datalayout import epoch_time
 
 COVERAGE_MINIMUM = 80.0
 # Items the runner's behaviour proves for every strategy it runs: `qcompile selftest` runs those
@@ -212,23 +212,16 @@ def _coverage(project: dict[str, Any], signal: dict[str, Any], root: Path) -> tu
     return True, f"{source}: {percent:.0f} % covered in {report}"
 
 
-PER_SECOND = {"s": 1, "ms": 1_000, "us": 1_000_000, "ns": 1_000_000_000}
-
-
 def _lookback(
     strategy: dict[str, Any], fingerprint: dict[str, Any], convention: dict[str, Any]
 ) -> tuple[bool, str]:
     if not fingerprint:
         return False, "no local data fingerprint"
-    per_second = PER_SECOND.get(str(convention.get("unit")), 1_000)
-
-    def day(stamp: Any) -> str:
-        return datetime.fromtimestamp(int(stamp) / per_second, UTC).date().isoformat()
-
-    try:
-        first, last = day(fingerprint["first_timestamp"]), day(fingerprint["last_timestamp"])
-    except (TypeError, ValueError, OverflowError, OSError):  # the data contract says why
+    unit = str(convention.get("unit", "ms"))
+    span = [epoch_time(fingerprint[k], unit) for k in ("first_timestamp", "last_timestamp")]
+    if span[0] is None or span[1] is None:  # the data contract says why
         return False, f"local data timestamps are not epoch {convention.get('unit')} in range"
+    first, last = span[0].date().isoformat(), span[1].date().isoformat()
     start, end = str(strategy["backtest"]["start_date"]), str(strategy["backtest"]["end_date"])
     if first > start or last < end:
         return False, f"local data spans {first}..{last}, the backtest needs {start}..{end}"

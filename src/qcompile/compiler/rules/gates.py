@@ -11,6 +11,7 @@ hash of what it signed is checked against that artefact's current hash, which th
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -244,7 +245,7 @@ def evaluate(
     return unmet
 
 
-def active_waivers(strategy: dict[str, Any], on: Any) -> tuple[dict[str, str], list[str]]:
+def active_waivers(strategy: dict[str, Any], on: dt.date) -> tuple[dict[str, str], list[str]]:
     """(requirement -> description) of the strategy's waivers in force on date ``on``, and the
     descriptions of those that have expired (they waive nothing)."""
     active: dict[str, str] = {}
