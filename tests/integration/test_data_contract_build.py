@@ -135,3 +135,12 @@ def test_a_checked_data_set_is_not_read_again(example: Path) -> None:
     assert cli(example, "validate").exit_code == 2
     shutil.copy(example / "GOOGL.bak", example / SAMPLE / "GOOGL.parquet")
     assert cli(example, "validate").exit_code == 0
+
+
+@pytest.mark.parametrize("content", [b"", b"not a parquet file"], ids=["empty", "garbage"])
+def test_an_unreadable_data_file_is_named(example: Path, content: bytes) -> None:
+    (example / SAMPLE / "SPX.parquet").write_bytes(content)
+    validated = cli(example, "validate")
+    assert validated.exit_code == 2 and "Traceback" not in validated.output
+    assert f"{SAMPLE}/SPX.parquet: error: SPX: unreadable: " in validated.output
+    assert "[data.contract]" in validated.output
