@@ -66,9 +66,10 @@ def without_production_example(root: Path) -> Path:
 def signed_into_production(strategy_file: Path, engineer: str = "j.chen@quantfund.com") -> None:
     """A validation-phase strategy file (ending in its sign-offs) declared in production with
     every sign-off production needs written by hand: the peer's validation sign-off, every
-    checklist item and the engineer's checklist sign-off, none with a hash. For tests of what
-    happens to production strategies; the gate's floor cannot be relaxed in conf/ instead."""
-    from qcompile.compiler.rules.gates import CHECKLIST_ITEMS
+    manual checklist item (the automatic ones are verified from the committed evidence) and the
+    engineer's checklist sign-off, none with a hash. For tests of what happens to production
+    strategies; the gate's floor cannot be relaxed in conf/ instead."""
+    from qcompile.compiler.rules.checklist import MANUAL_ITEMS
 
     text = strategy_file.read_text(encoding="utf-8")
     assert "  status: validation\n" in text and text.rstrip().endswith('Z"'), strategy_file
@@ -79,7 +80,7 @@ def signed_into_production(strategy_file: Path, engineer: str = "j.chen@quantfun
     text = text.replace("  status: validation\n", "  status: production\n").rstrip("\n") + "\n"
     text += "    validation:\n" + signature(" " * 6) + "    checklist:\n" + signature(" " * 6)
     text += "  checklist:\n" + "".join(
-        f"    {item}:\n" + signature(" " * 6) for item in CHECKLIST_ITEMS
+        f"    {item}:\n" + signature(" " * 6) for item in sorted(MANUAL_ITEMS)
     )
     strategy_file.write_text(text, encoding="utf-8")
 

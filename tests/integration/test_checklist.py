@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 from qcompile.compiler.rules.checklist import MANUAL_ITEMS, RUNTIME_ITEMS
@@ -30,9 +31,16 @@ def with_coverage(root: Path, percent: float) -> None:
     (root / "coverage.json").write_text(json.dumps(report))
     edit(
         root / "conf/qcompile.yaml",
-        "  reports_dir:",
-        "  coverage_report: coverage.json\n  reports_dir:",
+        "  coverage_report: reports/coverage/signals.json",
+        "  coverage_report: coverage.json",
     )
+
+
+def without_evidence(root: Path) -> None:
+    """No runtime self-test result and no coverage report: what a new project starts with."""
+    without_production_example(root)
+    shutil.rmtree(root / "reports/runtime")
+    edit(root / "conf/qcompile.yaml", "  coverage_report: reports/coverage/signals.json\n", "")
 
 
 def test_items_are_verified_from_evidence_or_left_open(example: Path) -> None:
@@ -43,7 +51,22 @@ def test_items_are_verified_from_evidence_or_left_open(example: Path) -> None:
     assert row(text, "data.lookback_covered").startswith("| [x] |")
     assert row(text, "monitoring.dashboard").startswith("| [ ] |")
     assert "not signed" in row(text, "monitoring.dashboard")
+    # the committed evidence: the signal tests' coverage and the runtime self-test
+    assert "100 % covered in reports/coverage/signals.json" in row(text, "code.signal_coverage")
+    for item in RUNTIME_ITEMS:
+        assert row(text, item).startswith("| [x] | ")
+        assert "reports/runtime/qcompile-" in row(text, item)
+    assert "15 of 22 items ticked" in text
+
+
+def test_without_evidence_the_automatic_items_stay_open(example: Path) -> None:
+    without_evidence(example)
+    assert cli(example, "build").exit_code == 0
+    text = checklist(example)
     assert "no coverage report configured" in row(text, "code.signal_coverage")
+    for item in RUNTIME_ITEMS:
+        assert row(text, item).startswith("| [ ] |")
+        assert "no runtime test evidence" in row(text, item)
     assert "9 of 22 items ticked" in text
 
 
@@ -68,7 +91,7 @@ def test_the_production_gate_refuses_an_incomplete_checklist(example: Path) -> N
     result = cli(example, "build")
     assert result.exit_code == 2
     assert "requires checklist.complete" in result.output
-    assert "monitoring.dashboard" in result.output and "code.signal_coverage" in result.output
+    assert "monitoring.dashboard" in result.output and "docs.on_call" in result.output
     assert not (example / "generated").exists()  # nothing written
 
 
@@ -76,7 +99,7 @@ def test_a_complete_checklist_opens_the_production_gate(example: Path) -> None:
     with_coverage(example, 88.0)
     assert cli(example, "build").exit_code == 0
     assert cli(example, "signoff", STRATEGY, "--role", "peer_reviewer", "--by", PEER).exit_code == 0
-    for item in sorted(MANUAL_ITEMS | set(RUNTIME_ITEMS)):
+    for item in sorted(MANUAL_ITEMS):
         signed = cli(example, "signoff", STRATEGY, "--item", item, "--by", ENGINEER)
         assert signed.exit_code == 0, signed.output
     refused = cli(example, "promote", STRATEGY, "--to", "production")
@@ -107,3 +130,117 @@ def test_a_changed_checklist_of_a_production_strategy_can_be_re_signed(example: 
     assert "-| [x] | Unit tests cover" in resigned.output and "93 % covered" in resigned.output
     assert cli(example, "build").exit_code == 0  # the signature matches what the build writes
     assert "93 % covered" in checklist(example)
+
+
+PRODUCTION = "STR-2026-0088"  # the production example: its runtime items rest on the self-test
+PRODUCTION_FILE = "conf/strategy/fast_reversion.yaml"
+
+
+def test_a_hand_signature_cannot_tick_a_failing_automatic_item(example: Path) -> None:
+    without_evidence(example)
+    before = (example / "conf/strategy/zscore_reversion.yaml").read_bytes()
+    refused = cli(example, "signoff", STRATEGY, "--item", "code.safe_state", "--by", ENGINEER)
+    assert refused.exit_code == 2
+    assert "checked automatically" in refused.output and "waive" in refused.output
+    assert "checklist.code.safe_state" in refused.output
+    assert (example / "conf/strategy/zscore_reversion.yaml").read_bytes() == before
+    # written by hand instead: the build says it counts for nothing, and the item stays open
+    path = example / "conf/strategy/zscore_reversion.yaml"
+    path.write_text(
+        path.read_text()
+        + "  checklist:\n    code.safe_state:\n      by: j.chen@quantfund.com\n"
+        + '      at: "2026-09-01T10:00:00Z"\n'
+    )
+    built = cli(example, "build")
+    assert built.exit_code == 0
+    lines = path.read_text().splitlines()
+    line = lines.index("    code.safe_state:") + 1
+    assert (
+        f"conf/strategy/zscore_reversion.yaml:{line}: warning: strategy.checklist.code.safe_state:"
+        " is checked automatically by the build; a hand signature does not tick it"
+        " [checklist.signature_ignored]"
+    ) in built.output
+    text = row(checklist(example), "code.safe_state")
+    assert text.startswith("| [ ] |")
+    assert "no runtime test evidence" in text and "cannot tick an automatic item" in text
+
+
+def test_without_its_runtime_evidence_production_needs_a_waiver_that_shows(example: Path) -> None:
+    assert cli(example, "build").exit_code == 0
+    shutil.rmtree(example / "reports/runtime")  # the runtime self-test result is gone
+    refused = cli(example, "build")
+    assert refused.exit_code == 2
+    assert "requires checklist.complete" in refused.output
+    for item in RUNTIME_ITEMS:
+        assert item in refused.output
+    waivers = "".join(
+        f"    - requirement: checklist.{item}\n"
+        "      reason: selftest reruns after the hotfix; runner watched by hand meanwhile\n"
+        "      by: r.okafor@quantfund.com\n"
+        '      at: "2026-11-30T09:00:00Z"\n'
+        '      until: "2099-01-31"\n'
+        for item in RUNTIME_ITEMS
+    )
+    path = example / PRODUCTION_FILE
+    edit(path, "  signoffs:\n", "  waivers:\n" + waivers + "  signoffs:\n")
+    built = cli(example, "build")
+    # the checklist text changed (the waivers show in it): the engineer's sign-off must be renewed
+    assert built.exit_code == 2 and "signoff.checklist" in built.output
+    resigned = cli(example, "signoff", PRODUCTION, "--role", "quant_engineer", "--by", ENGINEER)
+    assert resigned.exit_code == 0, resigned.output
+    built = cli(example, "build")
+    assert built.exit_code == 0, built.output
+    assert "requires checklist.code.safe_state" in built.output and "[gate.waived]" in built.output
+    generated = example / "generated"
+    text = (generated / PRODUCTION / "checklist.md").read_text()
+    assert "22 of 22 items ticked" in text
+    safe = row(text, "code.safe_state")
+    assert "| runtime tests, WAIVED |" in safe and "no runtime test evidence" in safe
+    assert "**waived by r.okafor@quantfund.com until 2099-01-31" in safe
+    passport = (generated / PRODUCTION / "passport.yaml").read_text()
+    assert "checklist.code.safe_state: no runtime test evidence" in passport
+    assert "checklist.code.safe_state" in (generated / "index.md").read_text()
+    status = json.loads(cli(example, "status", "--json").output)
+    (entry,) = [s for s in status["strategies"] if s["id"] == PRODUCTION]
+    assert set(entry["waived_requirements"]) == {f"checklist.{i}" for i in RUNTIME_ITEMS}
+
+
+def test_a_manual_item_is_signed_not_waived(example: Path) -> None:
+    path = example / PRODUCTION_FILE
+    edit(
+        path,
+        "  signoffs:\n",
+        "  waivers:\n    - requirement: checklist.docs.on_call\n      reason: later\n"
+        '      by: r.okafor@quantfund.com\n      at: "2026-11-30T09:00:00Z"\n'
+        '      until: "2099-01-31"\n  signoffs:\n',
+    )
+    refused = cli(example, "build")
+    assert refused.exit_code == 2
+    assert "'checklist.docs.on_call' is a manual checklist item: it is signed" in refused.output
+
+
+def test_a_signature_attests_to_the_wording_it_signed(example: Path) -> None:
+    path = example / PRODUCTION_FILE
+    edit(
+        path,
+        "attests: On-call contact list is posted in the operations channel",
+        "attests: On-call contact list is drafted",
+    )
+    refused = cli(example, "build")
+    assert refused.exit_code == 2
+    assert "checklist item(s) not ticked: docs.on_call" in refused.output
+    edit(path, "status: production", "status: validation")  # to see the checklist it writes
+    assert cli(example, "build").exit_code == 0
+    text = row((example / "generated" / PRODUCTION / "checklist.md").read_text(), "docs.on_call")
+    assert text.startswith("| [ ] |")
+    assert "attests to &#39;On-call contact list is drafted&#39;" in text or (
+        "attests to 'On-call contact list is drafted'" in text
+    )
+
+
+def test_signing_an_item_records_what_it_attests_to(example: Path) -> None:
+    without_production_example(example)
+    signed = cli(example, "signoff", STRATEGY, "--item", "docs.on_call", "--by", ENGINEER)
+    assert signed.exit_code == 0, signed.output
+    text = (example / "conf/strategy/zscore_reversion.yaml").read_text()
+    assert "attests: On-call contact list is posted in the operations channel" in text

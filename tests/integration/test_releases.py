@@ -308,3 +308,21 @@ def test_project_in_a_subdirectory_of_the_repository(base_repo: Path, tmp_path: 
     assert f"  D generated/{STRATEGY}/runbook.md\n" in result.output
     assert f"--- a/generated/{STRATEGY}/runbook.md\t" in result.output
     assert "+++ /dev/null\t" in result.output
+
+
+def test_diff_names_a_gate_policy_change(released: Path) -> None:
+    """Asking for a requirement earlier (stricter, allowed) shows as its own section, not only
+    somewhere inside the passport's unified diff."""
+    edit(
+        released / "conf/qcompile.yaml",
+        "    - signoff.brief\n",
+        "    - signoff.brief\n    - pins.complete\n",
+    )
+    build(released)
+    result = cli(released, "diff", STRATEGY)
+    assert result.exit_code == 0, result.output
+    section = result.output[
+        result.output.index("gates and waivers:") : result.output.index("files:")
+    ]
+    assert "  - gate production: pins.complete\n" in section
+    assert "  + gate research: pins.complete\n" in section

@@ -91,14 +91,15 @@ def test_signing_changes_only_the_signed_lines_of_the_real_conf_files(
         "sha256": brief.record["sha256"],
     }
 
-    item = sign(Project(example), strategy_id, "ops@quantfund.com", item="docs.runbook")
+    item = sign(Project(example), strategy_id, "ops@quantfund.com", item="docs.on_call")
     removed, added = _changes(after_brief, path.read_text())
     assert removed == []
     assert added == [
         "  checklist:\n",
-        "    docs.runbook:\n",
+        "    docs.on_call:\n",
         "      by: ops@quantfund.com\n",
         f'      at: "{item.record["at"]}"\n',
+        "      attests: On-call contact list is posted in the operations channel\n",
     ]
     assert re.fullmatch(TIMESTAMP_PATTERN, item.record["at"])
     assert path.read_text().startswith("# @package _global_\n")  # comments kept
@@ -217,7 +218,8 @@ def test_checklist_item_signoff_is_recorded_and_counted(example: Path) -> None:
     assert result.exit_code == 0, result.output
     assert f"checklist item {item} (Dashboard shows" in result.output
     record = _signoff(example, "STR-2026-0063")["checklist"][item]
-    assert set(record) == {"by", "at"} and record["by"] == "ops@quantfund.com"
+    assert set(record) == {"by", "at", "attests"} and record["by"] == "ops@quantfund.com"
+    assert record["attests"] == CHECKLIST_ITEMS[item]
     assert cli(example, "build").exit_code == 0
     passport = yaml.safe_load((example / "generated/STR-2026-0063/passport.yaml").read_text())
     assert passport["checklist"][item]["by"] == "ops@quantfund.com"
@@ -252,8 +254,8 @@ def test_the_quant_engineer_signs_the_generated_checklist(example: Path) -> None
     )
     edit(
         example / "conf/qcompile.yaml",
-        "  reports_dir:",
-        "  coverage_report: coverage.json\n  reports_dir:",
+        "  coverage_report: reports/coverage/signals.json",
+        "  coverage_report: coverage.json",
     )
     # the production example's checklist changed too: in production that fails the build
     refused = cli(example, "validate")

@@ -212,8 +212,13 @@ def compile_project(
     from qcompile.compiler.datacheck import data_diagnostics
     from qcompile.compiler.lock import drift_diagnostics, lock_strategy
     from qcompile.compiler.plan import CompiledStrategy, checklist_bytes
-    from qcompile.compiler.rules.checklist import evaluate_checklist
+    from qcompile.compiler.rules.checklist import (
+        WAIVER_PREFIX,
+        evaluate_checklist,
+        waived_items,
+    )
     from qcompile.compiler.rules.gates import (
+        Unmet,
         active_waivers,
         effective_gates,
         evaluate,
@@ -295,14 +300,15 @@ def compile_project(
         path = evidence_path(reports_dir, strategy["id"], strategy["version"])
         evidence, why = load_evidence(path)
         artefacts = signed_artefacts(project.root, data)
-        items = evaluate_checklist(data, lock.pins, evidence, project.root)
+        waivers, expired = active_waivers(strategy, on)
+        items = evaluate_checklist(data, lock.pins, evidence, project.root, waivers)
         unticked = [item.id for item in items if not item.ticked]
+        warnings += _ignored_signatures(composed, strategy)
         if "checklist" in artefacts:  # signed: compare with the checklist this build writes
             rendered = checklist_bytes(
                 CompiledStrategy(composed, data, lock, project.rel(path), False, [], items, gates)
             )
             artefacts["checklist"] = artefacts["checklist"]._replace(sha256=sha256_bytes(rendered))
-        waivers, expired = active_waivers(strategy, on)
         gate = partial(
             evaluate,
             gates=gates,
@@ -316,7 +322,16 @@ def compile_project(
             waivers=waivers,
         )
         declared = gate(strategy["status"])
-        waived = [u for u in declared if u.waived]
+        waived = [u for u in declared if u.waived] + [
+            Unmet(
+                "production",
+                WAIVER_PREFIX + item.id,
+                item.evidence,
+                "strategy.waivers",
+                item.waiver,
+            )
+            for item in waived_items(items)
+        ]
         warnings += _waiver_warnings(composed, strategy["status"], waived, expired)
         unmet = [u for u in declared if not u.waived] if enforce_gates else []
         for item in unmet:
@@ -417,6 +432,29 @@ def _floor_warnings(primary: Any, gaps: list[tuple[str, str]]) -> list[Diagnosti
         )
         for phase, requirement in gaps
     ]
+
+
+def _ignored_signatures(composed: Any, strategy: dict[str, Any]) -> list[Diagnostic]:
+    """A warning per hand signature on an automatic checklist item: it ticks nothing."""
+    from qcompile.compiler.rules.checklist import AUTOMATIC_ITEMS
+
+    warnings = []
+    for item in AUTOMATIC_ITEMS:
+        if item in (strategy.get("checklist") or {}):
+            file, line = composed.locate(f"strategy.checklist.{item}")
+            warnings.append(
+                Diagnostic(
+                    file,
+                    line,
+                    f"strategy.checklist.{item}",
+                    "is checked automatically by the build; a hand signature does not tick it",
+                    "checklist.signature_ignored",
+                    "remove the signature; if the check cannot pass, waive "
+                    f"checklist.{item} in strategy.waivers (docs/lifecycle.md)",
+                    severity="warning",
+                )
+            )
+    return warnings
 
 
 def _waiver_warnings(

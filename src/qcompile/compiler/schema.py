@@ -49,23 +49,31 @@ def _date(doc: str, required: bool = True, nullable: bool = False) -> dict[str, 
     )
 
 
-def _signoff() -> dict[str, Any]:
-    return {
-        "type": "dict",
-        "schema": {
-            "by": _text("Email of the person signing.", regex=EMAIL_PATTERN),
-            "at": _text(
-                "UTC timestamp of the sign-off, ISO 8601 (2026-01-20T14:03:00Z).",
-                regex=TIMESTAMP_PATTERN,
-            ),
-            "sha256": _doc(
-                "Hash of the signed artefact, written by `qcompile signoff`.",
-                type="string",
-                regex=r"[0-9a-f]{64}",
-                required=False,
-            ),
-        },
+def _signoff(item: bool = False) -> dict[str, Any]:
+    """A sign-off: of an artefact (with the hash of what was signed) or of a checklist item
+    (with the item's wording it attests to)."""
+    record = {
+        "by": _text("Email of the person signing.", regex=EMAIL_PATTERN),
+        "at": _text(
+            "UTC timestamp of the sign-off, ISO 8601 (2026-01-20T14:03:00Z).",
+            regex=TIMESTAMP_PATTERN,
+        ),
     }
+    if item:
+        record["attests"] = _doc(
+            "The item's wording as it was signed, written by `qcompile signoff --item`: the "
+            "signature counts only while the item still reads the same.",
+            type="string",
+            required=False,
+        )
+    else:
+        record["sha256"] = _doc(
+            "Hash of the signed artefact, written by `qcompile signoff`.",
+            type="string",
+            regex=r"[0-9a-f]{64}",
+            required=False,
+        )
+    return {"type": "dict", "schema": record}
 
 
 def _number(doc: str, minimum: float | None = None, required: bool = True, **rules: Any) -> dict:
@@ -386,7 +394,7 @@ STRATEGY_SCHEMA: dict[str, Any] = {
                 type="dict",
                 required=False,
                 keysrules={"type": "string", "check_with": "checklist_item"},
-                valuesrules=_signoff(),
+                valuesrules=_signoff(item=True),
             ),
             "waivers": _doc(
                 "Exceptions to gate requirements, each signed and dated: the only way past a "

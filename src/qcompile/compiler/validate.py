@@ -21,6 +21,7 @@ from cerberus.schema import DefinitionSchema
 
 from qcompile.compiler.compose import ComposedStrategy, ConfTree, did_you_mean
 from qcompile.compiler.read import join_key
+from qcompile.compiler.rules.checklist import AUTOMATIC_ITEMS, WAIVER_PREFIX
 from qcompile.compiler.rules.gates import CHECKLIST_ITEMS, REQUIREMENTS
 from qcompile.compiler.schema import (
     COMPOSED_SCHEMA,
@@ -166,8 +167,18 @@ class _Validator(Validator):
             self._error(field, f"is not a real calendar date, was {value!r}")
 
     def _check_with_gate_requirement(self, field: str, value: Any) -> None:
-        if value not in REQUIREMENTS:
-            hint = did_you_mean(value, REQUIREMENTS)
+        # a waiver names a gate requirement, or checklist.<id> of an automatic checklist item
+        waivable = [*REQUIREMENTS, *(WAIVER_PREFIX + item for item in AUTOMATIC_ITEMS)]
+        if value not in waivable:
+            manual = value.removeprefix(WAIVER_PREFIX) in CHECKLIST_ITEMS
+            if manual:
+                self._error(
+                    field,
+                    f"{value!r} is a manual checklist item: it is signed "
+                    "(`qcompile signoff --item`), not waived",
+                )
+                return
+            hint = did_you_mean(value, waivable)
             self._error(
                 field, f"unknown gate requirement {value!r}" + (f"; {hint}" if hint else "")
             )

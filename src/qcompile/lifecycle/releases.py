@@ -555,6 +555,21 @@ def _pins(files: dict[str, bytes], strategy_id: str) -> dict[str, str]:
     return _flatten(pins) if isinstance(pins, dict) else {}
 
 
+def _gate_rules(files: dict[str, bytes], strategy_id: str) -> list[str]:
+    """The passport's gate requirements (``gate phase: requirement``) and waivers in force
+    (``waived requirement: ...``), as lines to compare."""
+    path = f"generated/{strategy_id}/passport.yaml"
+    if path not in files:
+        return []
+    passport = _load_yaml(files[path], path)
+    lifecycle = passport.get("lifecycle") if isinstance(passport, dict) else None
+    if not isinstance(lifecycle, dict):
+        return []
+    gates = lifecycle.get("gates") if isinstance(lifecycle.get("gates"), dict) else {}
+    rules = [f"gate {phase}: {r}" for phase, listed in gates.items() for r in listed or []]
+    return rules + [f"waived {w}" for w in lifecycle.get("waived") or []]
+
+
 def _text_lines(data: bytes) -> list[str] | None:
     try:
         return data.decode("utf-8").splitlines(keepends=True)
@@ -612,6 +627,13 @@ def diff(project: Project, strategy_id: str, from_rev: str | None, to_rev: str |
     ]
     out = [f"{strategy_id}: {a.label} -> {b.label}\n", "\n"]
     out += ["pins:\n", *(line + "\n" for line in pin_lines)] if pin_lines else ["pins: unchanged\n"]
+    # what a reviewer must not miss: a waiver granted or lifted, a gate requirement added/removed
+    old_rules, new_rules = _gate_rules(old, strategy_id), _gate_rules(new, strategy_id)
+    rule_lines = [f"  - {r}\n" for r in old_rules if r not in new_rules] + [
+        f"  + {r}\n" for r in new_rules if r not in old_rules
+    ]
+    if rule_lines:
+        out += ["\n", "gates and waivers:\n", *rule_lines]
     out += ["\n", "files:\n"]
     for path in changed:
         status = "A" if path not in old else "D" if path not in new else "M"

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import Any
 
+from qcompile.compiler.rules.checklist import AUTOMATIC_ITEMS
 from qcompile.compiler.rules.gates import CHECKLIST_ITEMS, PHASES, next_phase
 from qcompile.compiler.rules.signoffs import artefact_locations, artefact_sha256
 from qcompile.compiler.schema import (
@@ -109,7 +110,7 @@ def sign(
 
     if item is not None:
         keys = ("strategy", "checklist", item)
-        record = {"by": by, "at": at}
+        record = {"by": by, "at": at, "attests": CHECKLIST_ITEMS[item]}
         what = f"checklist item {item} ({CHECKLIST_ITEMS[item]})"
         previous = (passport.get("checklist") or {}).get(item)
     else:
@@ -179,6 +180,12 @@ def _artefact_for(role: str, artefact: str | None) -> str:
 
 
 def _check_item(item: str) -> None:
+    if item in AUTOMATIC_ITEMS:
+        raise QcompileError(
+            f"checklist item {item} ({CHECKLIST_ITEMS[item]}) is checked automatically by "
+            "`qcompile build`; a signature cannot tick it. If the check cannot pass, waive "
+            f"checklist.{item} in strategy.waivers (who, why, until when; docs/lifecycle.md)"
+        )
     if item in CHECKLIST_ITEMS:
         return
     from qcompile.compiler.compose import did_you_mean

@@ -31,7 +31,7 @@ _PLAUSIBLE = {
     "us": (3.2e13, 4.2e15),
     "ns": (3.2e16, 4.2e18),
 }
-_UNIT_NAMES = {"s": "seconds", "ms": "milliseconds", "us": "microseconds", "ns": "nanoseconds"}
+UNIT_NAMES = {"s": "seconds", "ms": "milliseconds", "us": "microseconds", "ns": "nanoseconds"}
 
 
 @dataclass(frozen=True)
@@ -150,12 +150,12 @@ def frame_violations(frame: pl.DataFrame, symbol: str, convention: Convention) -
     latest = timestamp.drop_nulls().max()
     observed = detect_unit(int(latest)) if latest is not None else None  # type: ignore[arg-type]
     if observed != convention.unit:
-        seen = _UNIT_NAMES.get(observed or "", "no plausible unit")
+        seen = UNIT_NAMES.get(observed or "", "no plausible unit")
         problems.append(
             Violation(
                 symbol,
                 f"timestamps look like {seen} (max {latest}), "
-                f"the source declares {_UNIT_NAMES[convention.unit]}",
+                f"the source declares {UNIT_NAMES[convention.unit]}",
             )
         )
     checks = _row_checks()

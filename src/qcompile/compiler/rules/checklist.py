@@ -3,9 +3,11 @@
 Consumes a strategy's resolved config, its pins, its backtest evidence and the project's signal
 coverage report; produces one :class:`ItemStatus` per item of ``gates.CHECKLIST_ITEMS``. An
 automatic item names the evidence it was verified from, or says why it is not verified; a manual
-item is ticked only by a sign-off (``qcompile signoff STRATEGY --item ID --by EMAIL``). An
-automatic item that cannot be verified here may be signed off by hand, and the checklist then
-says so. The production gate requires every item ticked.
+item is ticked only by a sign-off (``qcompile signoff STRATEGY --item ID --by EMAIL``), which
+records the item's wording it attests to. A signature never ticks an automatic item: what a
+program can check is ticked only by the check, and a failing check is passed only by a waiver
+(``checklist.<item>`` in ``strategy.waivers``), which the checklist, passport and index show.
+The production gate requires every item ticked.
 """
 
 from __future__ import annotations
@@ -39,6 +41,8 @@ MANUAL_ITEMS = {
     "monitoring.dashboard",
     "docs.on_call",
 }
+AUTOMATIC_ITEMS = tuple(item for item in CHECKLIST_ITEMS if item not in MANUAL_ITEMS)
+WAIVER_PREFIX = "checklist."  # a waiver of automatic item X names requirement checklist.X
 
 
 @dataclass(frozen=True)
@@ -49,12 +53,17 @@ class ItemStatus:
     mode: str  # "auto" or "manual"
     ticked: bool
     evidence: str  # what verified it, who signed it, or what is missing
+    waiver: str = ""  # the waiver that passed its failing check: who, until when, why
 
 
-def _signed(record: Any) -> str | None:
-    if isinstance(record, dict) and record.get("by") and record.get("at"):
-        return f"signed by {record['by']} at {record['at']}"
-    return None
+def _signed(record: Any, text: str) -> tuple[str | None, str]:
+    """(who signed and when, or None; why a signature present does not count, or "")."""
+    if not (isinstance(record, dict) and record.get("by") and record.get("at")):
+        return None, ""
+    attests = record.get("attests")
+    if attests is not None and attests != text:  # the item's wording changed since
+        return None, f"the signature attests to {attests!r}; the item now reads {text!r}"
+    return f"signed by {record['by']} at {record['at']}", ""
 
 
 def coverage_percent(report: Path, source: str) -> float | None:
@@ -76,27 +85,44 @@ def evaluate_checklist(
     pins: dict[str, Any],
     evidence: dict[str, Any] | None,
     root: Path,
+    waivers: dict[str, str] | None = None,
 ) -> list[ItemStatus]:
+    """Each item's status. ``waivers`` (requirement -> description, those in force) may pass a
+    failing automatic item; nothing else can."""
     strategy, source = config["strategy"], config["data"]
     project = config.get("project") or {}
     signed = strategy.get("checklist") or {}
     results = []
     for item, text in CHECKLIST_ITEMS.items():
         section = item.partition(".")[0]
-        by_hand = _signed(signed.get(item))
         if item in MANUAL_ITEMS:
+            by_hand, why_not = _signed(signed.get(item), text)
             results.append(
                 ItemStatus(
-                    item, text, section, "manual", by_hand is not None, by_hand or "not signed"
+                    item,
+                    text,
+                    section,
+                    "manual",
+                    by_hand is not None,
+                    by_hand or why_not or "not signed",
                 )
             )
             continue
         verified, detail = _verify(item, strategy, source, project, pins, evidence, root)
-        if not verified and by_hand:
-            verified, detail = True, f"{by_hand} ({detail})"
-        mode = "runtime tests, signed" if item in RUNTIME_ITEMS else "auto"
+        mode = "runtime tests" if item in RUNTIME_ITEMS else "auto"
+        waiver = (waivers or {}).get(WAIVER_PREFIX + item)
+        if not verified and waiver:
+            results.append(ItemStatus(item, text, section, f"{mode}, WAIVED", True, detail, waiver))
+            continue
+        if not verified and item in signed:
+            detail += "; a hand signature cannot tick an automatic item (waive it instead)"
         results.append(ItemStatus(item, text, section, mode, verified, detail))
     return results
+
+
+def waived_items(items: list[ItemStatus]) -> list[ItemStatus]:
+    """The automatic items ticked only because a waiver passed their failing check."""
+    return [item for item in items if item.waiver]
 
 
 def _verify(
