@@ -12,6 +12,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 from functools import wraps
+from pathlib import Path
 from typing import Any
 
 import click
@@ -270,6 +271,98 @@ def download(strategy: str, start: str | None, end: str | None) -> None:
     for symbol, count in rows.items():
         click.echo(f"{symbol:>10}  {count} bars")
     click.echo("Run `qcompile build` to pin the new data's fingerprint.")
+
+
+@main.group()
+def data() -> None:
+    """Local market data: bring files you have into the project's layout (docs/data.md)."""
+
+
+@data.command(name="import")
+@click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
+@click.option(
+    "--source",
+    required=True,
+    metavar="NAME",
+    help="The data source (conf/data/NAME.yaml) whose local.path, format and timestamp "
+    "convention the files are written in.",
+)
+@click.option("--symbol", metavar="SYM", help="Every row is this symbol (default: the file name).")
+@click.option(
+    "--symbol-column", metavar="COL", help="Split the rows by this column (default: symbol/ticker)."
+)
+@click.option(
+    "--column",
+    "columns",
+    multiple=True,
+    metavar="CANONICAL=NAME",
+    help="Which input column holds a canonical one (timestamp, open, high, low, close, volume, "
+    "adj_close, symbol), when its name is not a usual one; repeatable.",
+)
+@click.option(
+    "--timestamp-unit",
+    type=click.Choice(["s", "ms", "us", "ns"]),
+    help="Unit of integer epoch timestamps (default: recognised from their size, and checked).",
+)
+@click.option(
+    "--timestamp-format",
+    metavar="FORMAT",
+    help="strptime format of text times that are not ISO 8601, e.g. '%m/%d/%Y'.",
+)
+@click.option(
+    "--timezone",
+    default="UTC",
+    show_default=True,
+    help="IANA timezone of naive date-times (dates are always 00:00 UTC of the day).",
+)
+@click.option("--replace", is_flag=True, help="Overwrite a symbol's existing file.")
+@click.option(
+    "--dry-run", is_flag=True, help="Check and show what would be written; write nothing."
+)
+@_handled
+def data_import(
+    files: tuple[Path, ...], source: str, columns: tuple[str, ...], **options: Any
+) -> None:
+    """Import CSV or Parquet bar FILES into data source --source's local layout: columns mapped,
+    timestamps converted to its declared unit, rows split per symbol and sorted, every row checked
+    against the data contract first. Any problem in any file: exit 2, nothing written."""
+    from qcompile.research.dataimport import ImportOptions
+    from qcompile.research.workflows import import_data
+
+    mapping: dict[str, str] = {}
+    for pair in columns:
+        canonical, separator, name = pair.partition("=")
+        if not separator or not canonical.strip() or not name:
+            raise click.BadParameter(f"{pair!r} is not CANONICAL=NAME", param_hint="--column")
+        mapping[canonical.strip()] = name
+    project = _project()
+    written, config = import_data(
+        project, source, list(files), ImportOptions(columns=mapping, **options)
+    )
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table()
+    for column in ("symbol", "rows", "first", "last", "file", "", "from"):
+        table.add_column(column)
+    for item in written:
+        table.add_row(
+            item.symbol,
+            str(item.rows),
+            item.first,
+            item.last,
+            project.rel(item.path) if project.contains(item.path) else str(item.path),
+            item.action,
+            ", ".join(item.sources),
+        )
+    Console(width=200).print(table)
+    for item in written:
+        if item.note:
+            click.echo(f"warning: {item.symbol}: {item.note} ({config})", err=True)
+    if options["dry_run"]:
+        click.echo("dry run: nothing was written.")
+    else:
+        click.echo("Run `qcompile build` to check the data against each strategy and pin it.")
 
 
 @main.command()

@@ -41,6 +41,10 @@ ROOMS: dict[str, tuple[tuple[str, ...], str]] = {
         "the data contract imports only the data layout",
     ),
     "qcompile.research.datalayout": ((), "the data layout imports only the shared modules"),
+    "qcompile.research.dataimport": (
+        ("qcompile.research.data", "qcompile.research.datalayout"),
+        "data import imports only the data contract and layout",
+    ),
     "qcompile.research.backtest": (
         ("qcompile.signals", *RESEARCH_LIBRARY),
         "the backtest engine never imports the compiler, lifecycle, runtime or operations",
@@ -52,6 +56,7 @@ ROOMS: dict[str, tuple[tuple[str, ...], str]] = {
             "qcompile.marketdata",
             *RESEARCH_LIBRARY,
             *RESEARCH_ENGINE,
+            "qcompile.research.dataimport",
         ),
         "research commands never import the runtime, lifecycle or operations",
     ),

@@ -2,9 +2,11 @@
 
 ``data`` loads bars and enforces the data contract (shared with the runtime, which checks every
 message against it) and ``datalayout`` says where a data source's files live (shared with the
-compiler's fingerprint); ``backtest/`` is the engine (a readable reference loop and its compiled
-equal), metrics, robustness and the report; ``sweep/`` runs parameter-sensitivity sweeps;
-``workflows`` holds ``qcompile backtest`` and ``qcompile download``.
+compiler's fingerprint); ``dataimport`` brings outside CSV or Parquet files into that layout,
+checked against the contract before anything is written; ``backtest/`` is the engine (a
+readable reference loop and its compiled equal), metrics, robustness and the report;
+``sweep/`` runs parameter-sensitivity sweeps; ``workflows`` holds ``qcompile backtest``,
+``qcompile download`` and ``qcompile data import``.
 
 May import: the signal library, market data and the shared modules; ``workflows`` and ``sweep/``
 (the research commands, which compile a strategy first) may also import the compiler. The

@@ -123,3 +123,56 @@ def download(project: Project, strategy: str, start: str | None, end: str | None
         ms(end or backtest["end_date"]) + 86_399_999,
         project.root / data["local"]["path"],
     )
+
+
+def import_data(
+    project: Project, source: str, paths: list[Path], options: object
+) -> tuple[list[object], str]:
+    """Import bar files into data source ``source``'s local layout (conf/data/<source>.yaml);
+    returns what was written and the source's config file. See research/dataimport.py."""
+    from qcompile.compiler.compose import did_you_mean, read_conf_tree
+    from qcompile.compiler.read import load_data
+    from qcompile.errors import DiagnosticsError
+    from qcompile.research.data import Convention
+    from qcompile.research.dataimport import DataImportError, ImportOptions, Target, import_files
+
+    assert isinstance(options, ImportOptions)
+    tree = read_conf_tree(project)
+    config = tree.get("data", source)
+    if config is None:
+        hint = did_you_mean(source, tree.options("data"))
+        known = ", ".join(tree.options("data")) or "none"
+        raise QcompileError(
+            f"no data source {source!r} in conf/data/"
+            + (f"; {hint}" if hint else f" (there are: {known})")
+        )
+    broken = [d for d in tree.diagnostics if d.file == config.path]
+    if broken:
+        raise DiagnosticsError(broken)
+    data = load_data(config)
+    local, stamp = data.get("local") or {}, data.get("timestamp") or {}
+    problems = [
+        f"{config.path}:{config.line_of('data.' + key)}: data.{key}: required to import here"
+        for key, value in (
+            ("local.path", local.get("path")),
+            ("local.format", local.get("format")),
+            ("timestamp.unit", stamp.get("unit")),
+            ("timestamp.stamping", stamp.get("stamping")),
+        )
+        if not isinstance(value, str) or not value
+    ]
+    if local.get("format") not in (None, "parquet", "csv"):
+        line = config.line_of("data.local.format")
+        problems.append(f"{config.path}:{line}: data.local.format: must be parquet or csv")
+    directory = project.root / str(local.get("path", ""))
+    if local.get("path") and not project.contains(directory):
+        line = config.line_of("data.local.path")
+        problems.append(f"{config.path}:{line}: data.local.path: resolves outside the project")
+    if problems:
+        raise DataImportError(problems)
+    convention = Convention(
+        str(stamp["unit"]), str(stamp.get("timezone", "UTC")), str(stamp["stamping"])
+    )
+    symbols = tuple(str(s) for s in data.get("symbols") or [])
+    target = Target(directory, str(local["format"]), convention, symbols)
+    return list(import_files(paths, target, options, project.root)), config.path
