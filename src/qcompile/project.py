@@ -75,3 +75,10 @@ def find_project(start: Path | None = None) -> Project:
         f"no conf/{PRIMARY_CONFIG} in {start} or any parent directory; "
         "run qcompile inside a project (or set QCOMPILE_PROJECT)"
     )
+
+
+def user_cache_dir(name: str) -> Path:
+    """``$XDG_CACHE_HOME/qcompile/<name>`` (default ~/.cache): what is worth keeping between
+    projects and runs on one machine, never part of a project."""
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "qcompile" / name

@@ -14,6 +14,8 @@ from typing import Any
 
 import jinja2
 
+from qcompile.project import user_cache_dir
+
 # Control characters (NUL and ESC make git call a file binary and hide its diff) and the
 # bidirectional overrides that make text read differently from what it is.
 _INVISIBLE = re.compile("[\x00-\x08\x0e-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
@@ -42,8 +44,7 @@ def _bytecode_cache() -> jinja2.BytecodeCache | None:
     setting = os.environ.get("QCOMPILE_TEMPLATE_CACHE", "")
     if setting == "off":
         return None
-    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    directory = Path(setting) if setting else base / "qcompile" / "jinja"
+    directory = Path(setting) if setting else user_cache_dir("jinja")
     try:
         directory.mkdir(parents=True, exist_ok=True)
     except OSError:

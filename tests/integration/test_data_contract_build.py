@@ -144,3 +144,65 @@ def test_an_unreadable_data_file_is_named(example: Path, content: bytes) -> None
     assert validated.exit_code == 2 and "Traceback" not in validated.output
     assert f"{SAMPLE}/SPX.parquet: error: SPX: unreadable: " in validated.output
     assert "[data.contract]" in validated.output
+
+
+def _ms(day: str) -> int:
+    import datetime as dt
+
+    return int(dt.datetime.fromisoformat(day).replace(tzinfo=dt.UTC).timestamp() * 1000)
+
+
+def _in_research(root: Path) -> None:
+    """Changed data makes the validation and production examples' evidence stale (a gate
+    error, which would hide the warnings under test): move them back to research."""
+    edit(root / "conf/strategy/zscore_reversion.yaml", "status: validation", "status: research")
+    edit(root / "conf/strategy/fast_reversion.yaml", "status: production", "status: research")
+
+
+def test_sessions_without_bars_are_warned_with_the_largest_gaps(example: Path) -> None:
+    """A week of MSFT removed inside the windows, one more day elsewhere: the XNYS calendar says
+    which sessions are missing. The calendar knows holidays and the 2012 hurricane closure, so
+    the untouched sample (which has neither) gets no warning inside the windows."""
+    assert "data.calendar_gap" not in cli(example, "build").output
+    _in_research(example)
+    path = example / SAMPLE / "MSFT.parquet"
+    dropped = ["2013-03-04", "2013-03-05", "2013-03-06", "2013-03-07", "2013-03-08", "2014-06-02"]
+    frame = pl.read_parquet(path)
+    frame.filter(~pl.col("timestamp").is_in([_ms(d) for d in dropped])).write_parquet(path)
+    built = cli(example, "build")
+    assert built.exit_code == 0, built.output  # a warning: the bars that exist are sound
+    assert (
+        f"{SAMPLE}/MSFT.parquet: warning: MSFT: 6 XNYS sessions without a bar in 2 gaps: "
+        "2013-03-04..2013-03-08 (5 sessions), 2014-06-02 (1 session) (inside the backtest "
+        "windows 2009-06-01..2017-10-31"
+    ) in built.output, built.output
+    assert "[data.calendar_gap]" in built.output and "read by STR-2026-0007" in built.output
+
+
+def test_a_bar_on_a_day_the_exchange_was_closed_is_warned(example: Path) -> None:
+    _in_research(example)
+    path = example / SAMPLE / "MSFT.parquet"
+    frame = pl.read_parquet(path)
+    christmas = frame.filter(pl.col("timestamp") == _ms("2012-12-24")).with_columns(
+        timestamp=pl.lit(_ms("2012-12-25"))
+    )
+    pl.concat([frame, christmas]).sort("timestamp").write_parquet(path)
+    built = cli(example, "build")
+    assert built.exit_code == 0, built.output
+    assert "MSFT: bars on 1 day XNYS was closed: 2012-12-25 (inside the backtest windows" in (
+        built.output
+    )
+
+
+def test_gaps_outside_every_window_are_not_warned(example: Path) -> None:
+    """MSFT's sample really lacks two sessions (1998-10-29, 1999-11-16), before every window."""
+    edit(
+        example / "conf/strategy/ma_trend.yaml",
+        'start_date: "2009-06-01"',
+        'start_date: "1998-01-02"',
+    )
+    built = cli(example, "validate")
+    assert (
+        "MSFT: 2 XNYS sessions without a bar in 2 gaps: 1998-10-29 (1 session), 1999-11-16 "
+        "(1 session)"
+    ) in built.output, built.output

@@ -26,7 +26,11 @@ SHARED = (
     "qcompile.templating",
     "qcompile.alertcatalog",
 )
-RESEARCH_LIBRARY = ("qcompile.research.data", "qcompile.research.datalayout")
+RESEARCH_LIBRARY = (
+    "qcompile.research.data",
+    "qcompile.research.datalayout",
+    "qcompile.research.calendar",
+)
 RESEARCH_ENGINE = ("qcompile.research.backtest",)
 RESEARCH_COMMANDS = ("qcompile.research.workflows", "qcompile.research.sweep")
 # Each room: the packages its modules may import (besides the room itself and SHARED), and the

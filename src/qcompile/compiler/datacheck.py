@@ -19,6 +19,7 @@ from typing import Any
 from qcompile.compiler.fingerprint import (
     DataFingerprint,
     FingerprintCache,
+    calendar_gaps,
     contract_violations,
     data_files,
 )
@@ -84,6 +85,85 @@ def data_diagnostics(
             project.root / path, file_format, convention, symbols, cache
         ):
             found.append(_violation(project, file, violation, convention[0], phases, ids))
+        found += _calendar_warnings(project, path, file_format, convention, group, cache, ids)
+    return found
+
+
+def _calendar_warnings(
+    project: Project,
+    path: str,
+    file_format: str,
+    convention: tuple[str, str, str],
+    group: list[tuple[Any, dict[str, Any]]],
+    cache: FingerprintCache,
+    ids: str,
+) -> list[Diagnostic]:
+    """Sessions of the market's calendar with no bar, and bars on days it was closed, inside
+    the backtest windows of the strategies reading the data: warnings, one per file."""
+    from qcompile.compiler.rules.review_due import today
+    from qcompile.research.calendar import calendar_for
+
+    name = calendar_for(list(group[0][1]["data"].get("markets") or []))
+    if name is None:
+        return []  # markets of several calendars, or one qcompile does not know: not judged
+    epoch = dt.date(1970, 1, 1)
+    windows = sorted(
+        {
+            tuple(
+                (dt.date.fromisoformat(str(data["strategy"]["backtest"][k])) - epoch).days
+                for k in ("start_date", "end_date")
+            )
+            for _, data in group
+        }
+    )
+
+    def inside(first: int, last: int) -> bool:
+        return any(first <= end and last >= start for start, end in windows)
+
+    def day(number: int) -> str:
+        return (epoch + dt.timedelta(days=number)).isoformat()
+
+    found = []
+    shown_windows = ", ".join(f"{day(a)}..{day(b)}" for a, b in windows)
+    for file, symbol, gaps, closed in calendar_gaps(
+        project.root / path, file_format, convention, name, cache, (today() - epoch).days
+    ):
+        gaps = [g for g in gaps if inside(g[0], g[1])]
+        closed = [c for c in closed if inside(c, c)]
+        if not gaps and not closed:
+            continue
+        parts = []
+        if gaps:
+            missing = sum(g[2] for g in gaps)
+            largest = sorted(gaps, key=lambda g: (-g[2], g[0]))[:5]
+            listed = ", ".join(
+                (day(a) if a == b else f"{day(a)}..{day(b)}") + f" ({n} session{'s' * (n > 1)})"
+                for a, b, n in sorted(largest)
+            )
+            parts.append(
+                f"{missing} {name} session{'s' * (missing > 1)} without a bar in {len(gaps)} "
+                f"gap{'s' * (len(gaps) > 1)}"
+                + (f", the largest: {listed}" if len(gaps) > len(largest) else f": {listed}")
+            )
+        if closed:
+            shown = ", ".join(day(c) for c in closed[:5]) + (", ..." if len(closed) > 5 else "")
+            parts.append(
+                f"bars on {len(closed)} day{'s' * (len(closed) > 1)} {name} was closed: {shown}"
+            )
+        found.append(
+            Diagnostic(
+                project.rel(file),
+                0,
+                "",
+                f"{symbol}: "
+                + "; ".join(parts)
+                + f" (inside the backtest windows {shown_windows})",
+                "data.calendar_gap",
+                f"read by {ids}; the calendar knows holidays and closures, so these are missing "
+                "or misdated bars: check the vendor's file, or re-import it (docs/data.md)",
+                severity="warning",
+            )
+        )
     return found
 
 

@@ -209,3 +209,51 @@ def contract_violations(
         missing = {"symbol": symbol, "what": "no data file for this member of the universe"}
         found.append((directory / f"{symbol}.{file_format}", missing))
     return found
+
+
+def _calendar_sha256() -> str:
+    return sha256_file(Path(datalayout.__file__).with_name("calendar.py"))
+
+
+def calendar_gaps(
+    directory: Path,
+    file_format: str,
+    convention: tuple[str, str, str],
+    calendar_name: str,
+    cache: FingerprintCache,
+    today_day: int,
+) -> list[tuple[Path, str, list[list[int]], list[int]]]:
+    """Each contract-clean file's sessions without a bar and bars on closed days, against the
+    calendar ``calendar_name`` (research.calendar): (file, symbol, gaps as [first, last,
+    sessions] day numbers, closed day numbers). Cached per file like the contract's verdict."""
+    from qcompile.research import calendar
+
+    files = symbol_files(directory, file_format) if directory.is_dir() else {}
+    key = "/".join((*convention, calendar_name, calendar.library_version(), _calendar_sha256()))
+    sessions = None
+    found = []
+    for symbol, file in sorted(files.items()):
+        sha = file_sha256(file, cache)
+        entry = cache.entries[str(file.resolve())]
+        contract = entry.get("contract") or {}
+        if contract.get("sha256") != sha or contract.get("violations"):
+            continue  # a file the contract refuses is not read for its dates
+        checked = entry.get("calendar")
+        if not (
+            isinstance(checked, dict) and checked.get("sha256") == sha and checked.get("key") == key
+        ):
+            sessions = sessions or calendar.sessions(calendar_name, today_day)
+            gaps, closed = calendar.gaps(
+                calendar.bar_days(file, file_format, convention, sessions.timezone), sessions
+            )
+            checked = {
+                "sha256": sha,
+                "key": key,
+                "gaps": [[g.first, g.last, g.sessions] for g in gaps],
+                "closed": closed,
+            }
+            entry["calendar"] = checked
+            cache.dirty = True
+        if checked["gaps"] or checked["closed"]:
+            found.append((file, symbol, checked["gaps"], checked["closed"]))
+    return found

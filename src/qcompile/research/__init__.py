@@ -2,7 +2,8 @@
 
 ``data`` loads bars and enforces the data contract (shared with the runtime, which checks every
 message against it) and ``datalayout`` says where a data source's files live (shared with the
-compiler's fingerprint); ``dataimport`` brings outside CSV or Parquet files into that layout,
+compiler's fingerprint); ``calendar`` knows which sessions a market held, for the build's gap
+check; ``dataimport`` brings outside CSV or Parquet files into that layout,
 checked against the contract before anything is written; ``backtest/`` is the engine (a
 readable reference loop and its compiled equal), metrics, robustness and the report;
 ``sweep/`` runs parameter-sensitivity sweeps; ``workflows`` holds ``qcompile backtest``,
