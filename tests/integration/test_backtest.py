@@ -280,8 +280,8 @@ def test_a_conf_change_without_a_build_is_not_back_tested(example: Path) -> None
     assert refused.exit_code == 2
     assert refused.output == (
         "error: generated/STR-2026-0007/params.yaml is not what conf/ compiles to now (conf/, "
-        "the signal code or the data changed since the last build): the pinned backtest runs "
-        "what was built; run `qcompile build`, review generated/'s diff, then back-test again\n"
+        "the signal code or the data changed since the last build): qcompile runs only what "
+        "was built; run `qcompile build`, review generated/'s diff, then run again\n"
     )
     assert tree_digest(example / "reports") == reports  # the committed report is untouched
 

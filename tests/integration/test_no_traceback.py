@@ -24,6 +24,11 @@ def _not_utf8(root: Path) -> None:
     (root / "conf/costs/broken.yaml").write_bytes(b"slippage_bps: 3\nname: caf\xe9\n")
 
 
+def _strategy_not_utf8(root: Path) -> None:
+    path = root / "conf/strategy/ma_trend.yaml"
+    path.write_bytes(path.read_bytes() + b"# caf\xe9\n")
+
+
 def _outside(root: Path) -> None:
     edit(
         root / "conf/data/sample_us_daily.yaml", "path: data/sample_us_daily", "path: ../elsewhere"
@@ -95,6 +100,24 @@ CASES: list[tuple[str, Callable[[Path], None], tuple[str, ...], int, tuple[str, 
         (
             "conf/costs/broken.yaml:2: error: not UTF-8 text: byte 0xe9 at offset 25 [yaml.encoding]",
         ),
+    ),
+    *(
+        (
+            f"{command[0]} of a strategy whose file is not UTF-8",
+            _strategy_not_utf8,
+            command,
+            2,
+            (
+                "error: not UTF-8 text: byte 0xe9",
+                "hint: conf/strategy/ma_trend.yaml could not be read; it may hold STR-2026-0007",
+            ),
+        )
+        for command in (
+            ("signoff", "STR-2026-0007", "--item", "docs.on_call", "--by", "a@quantfund.com"),
+            ("promote", "STR-2026-0007", "--to", "validation"),
+            ("backtest", "STR-2026-0007"),
+            ("show", "STR-2026-0007"),
+        )
     ),
     (
         "a data path outside the project",

@@ -249,3 +249,16 @@ def test_refresh_on_changed_data_reports_it_and_demotes_nothing(example) -> None
     assert entry["result"] == "data_changed"
     assert entry["reason"].startswith("data changed since pinned:")
     assert "phase" not in entry
+
+
+def test_refresh_runs_only_what_was_built(example) -> None:
+    _production(example)
+    _built(example)
+    path = example / STRATEGY_FILE
+    before = path.read_text()
+    edit(path, "entry_z: 2.0", "entry_z: 2.5")
+    refused = cli(example, "refresh")
+    assert refused.exit_code == 2
+    assert f"generated/{STRATEGY}/params.yaml is not what conf/ compiles to now" in refused.output
+    assert not (example / f"reports/{STRATEGY}/0.2.0/refresh").exists()
+    assert path.read_text() == before.replace("entry_z: 2.0", "entry_z: 2.5")  # nothing recorded

@@ -247,3 +247,20 @@ def test_a_sweep_tries_values_outside_the_tested_list(example: Path) -> None:
     result = cli(example, "sweep", "ma_trend", f"{FAST}=15,25", "--name", "untested")
     assert result.exit_code == 0, result.output
     assert "2 job(s), 0 failed" in result.output
+
+
+def test_a_sweep_says_what_configuration_it_varied(example: Path) -> None:
+    """A sweep is an experiment: it may vary conf/ as it stands, and its summary says whether
+    that is the configuration that was built."""
+    assert cli(example, "build").exit_code == 0
+    assert cli(example, "sweep", "ma_trend", f"{FAST}=10,20", "--name", "built").exit_code == 0
+    summary = (example / "reports/STR-2026-0007/sweeps/built/summary.md").read_text()
+    assert "| applied to | generated/STR-2026-0007/params.yaml, as built |" in summary
+    path = example / "conf/strategy/ma_trend.yaml"
+    path.write_text(path.read_text().replace("      slow: 100", "      slow: 150", 1))
+    assert cli(example, "sweep", "ma_trend", f"{FAST}=10,20", "--name", "edited").exit_code == 0
+    summary = (example / "reports/STR-2026-0007/sweeps/edited/summary.md").read_text()
+    assert (
+        "| applied to | conf/ as it stands (differs from the last build: "
+        "generated/STR-2026-0007/params.yaml) |"
+    ) in summary

@@ -30,7 +30,7 @@ from qcompile.compiler.fingerprint import (
 )
 from qcompile.compiler.rules.review_due import CODES, REVIEW_KEY, review_diagnostic, today
 from qcompile.compiler.write import StagedWrite, WriteReport, stale_files
-from qcompile.errors import Diagnostic, DiagnosticsError, StaleError
+from qcompile.errors import Diagnostic, DiagnosticsError, QcompileError, StaleError
 from qcompile.hashing import sha256_bytes, sha256_file, sha256_json
 from qcompile.project import PRIMARY_CONFIG, Project
 
@@ -78,6 +78,48 @@ def project_settings(project: Project) -> dict[str, Any]:
     primary = _raw_yaml(project.conf_dir / PRIMARY_CONFIG)
     settings = primary.get("project") if isinstance(primary, dict) else None
     return settings if isinstance(settings, dict) else {}
+
+
+def built_params_file(
+    project: Project, strategy_id: str, compiled: dict[str, Any], data_may_differ: bool = False
+) -> Path:
+    """generated/<id>/params.yaml, when it is exactly what conf/ compiles to now (``compiled``:
+    the strategy's runtime parameters as just compiled). Otherwise a backtest, sweep, refresh or
+    runner would run, or cite, a file that says something else (or nothing): stop and say so.
+    ``data_may_differ``: the local data's fingerprint is not compared (the refresh exists to run
+    the pinned configuration on data that changed, and reports that itself)."""
+    built = project.generated_dir / strategy_id / "params.yaml"
+    where = f"generated/{strategy_id}/params.yaml"
+    if not built.is_file():
+        raise QcompileError(
+            f"{where} does not exist: qcompile runs only what was built; run `qcompile build` first"
+        )
+    try:
+        recorded = yaml.safe_load(built.read_text(encoding="utf-8"))
+    except (OSError, ValueError, yaml.YAMLError) as error:
+        raise QcompileError(f"{where} is unreadable ({error}); run `qcompile build`") from None
+    if data_may_differ:
+        recorded, compiled = _without_data_pins(recorded), _without_data_pins(compiled)
+    if sha256_json(recorded) != sha256_json(compiled):
+        raise QcompileError(
+            f"{where} is not what conf/ compiles to now (conf/, the signal code or the data "
+            "changed since the last build): qcompile runs only what was built; run "
+            "`qcompile build`, review generated/'s diff, then run again"
+        )
+    return built
+
+
+def _without_data_pins(params: Any) -> Any:
+    """Runtime parameters without what pins the local data's content."""
+    if not isinstance(params, dict):
+        return params
+    trimmed = json.loads(json.dumps(params, default=str))
+    data_pin = (trimmed.get("pins") or {}).get("data")
+    if isinstance(data_pin, dict):
+        data_pin.pop("fingerprint", None)
+    if isinstance(trimmed.get("evidence_inputs"), dict):
+        trimmed["evidence_inputs"].pop("data_sha256", None)
+    return trimmed
 
 
 def inputs_digest(project: Project, overrides: list[str], only: list[str] | None) -> str | None:

@@ -331,10 +331,18 @@ def compose_strategies(
     if only:
         strategies = [s for s in strategies if s.name in only or _declared_id(s) in only]
         unknown = only - {s.name for s in strategies} - {_declared_id(s) for s in strategies}
+        # a file that could not be read may hold the strategy: say so rather than guess another
+        unreadable = [
+            f.path for f in tree.files.values() if f.group == "strategy" and not _declared_id(f)
+        ]
         for name in sorted(unknown):
             names = [s.name for s in tree.files.values() if s.group == "strategy"]
             ids = [_declared_id(s) for s in tree.files.values() if s.group == "strategy"]
-            hint = did_you_mean(name, [*names, *(i for i in ids if i)])
+            hint = (
+                f"{', '.join(sorted(unreadable))} could not be read; it may hold {name}"
+                if unreadable
+                else did_you_mean(name, [*names, *(i for i in ids if i)])
+            )
             diagnostics.append(
                 Diagnostic(
                     COMMAND_LINE,

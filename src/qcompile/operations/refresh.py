@@ -113,13 +113,14 @@ def refresh(
 
 
 def _refresh_one(project: Project, compiled: Any, limits: Mapping[str, Any], day: str) -> Refresh:
+    from qcompile.compiler.build import built_params_file
+    from qcompile.compiler.plan import runtime_parameters
     from qcompile.research.backtest.runner import BacktestError, backtest
 
     strategy_id = compiled.id
     version = str(compiled.data["strategy"]["version"])
-    params_file = project.root / "generated" / strategy_id / "params.yaml"
-    if not params_file.is_file():
-        raise QcompileError(f"generated/{strategy_id}/params.yaml not found; run `qcompile build`")
+    params = runtime_parameters(compiled)
+    params_file = built_params_file(project, strategy_id, params, data_may_differ=True)
     evidence_file = project.root / compiled.evidence_file
     if not evidence_file.is_file():
         raise QcompileError(f"{compiled.evidence_file} not found: nothing to compare with")

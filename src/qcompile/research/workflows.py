@@ -24,7 +24,7 @@ def backtest(project: Project, strategy: str, overrides: list[str]) -> tuple[obj
     With overrides it goes to reports/<id>/<version>/runs/<hash of the overrides>/: an experiment
     never replaces the evidence of the configuration as committed.
     """
-    from qcompile.compiler.build import compile_project
+    from qcompile.compiler.build import built_params_file, compile_project
     from qcompile.compiler.plan import runtime_parameters
     from qcompile.research.backtest.runner import backtest as run_backtest
     from qcompile.research.backtest.runner import summary
@@ -35,7 +35,7 @@ def backtest(project: Project, strategy: str, overrides: list[str]) -> tuple[obj
     (compiled,) = compilation.strategies
     params = runtime_parameters(compiled)
     if not overrides:  # the evidence the gates read: only from what was built and committed
-        report = run_backtest(_built_params(project, compiled.id, params), project.root)
+        report = run_backtest(built_params_file(project, compiled.id, params), project.root)
         return report, summary(report, project.root)
     version_dir = (
         project.root
@@ -55,29 +55,6 @@ def backtest(project: Project, strategy: str, overrides: list[str]) -> tuple[obj
             overrides=tuple(overrides),
         )
     return report, summary(report, project.root)
-
-
-def _built_params(project: Project, strategy_id: str, compiled: dict[str, object]) -> Path:
-    """generated/<id>/params.yaml, when it is exactly what conf/ compiles to now; otherwise the
-    backtest would cite a file that says something else (or nothing), so it stops and says so."""
-    built = project.generated_dir / strategy_id / "params.yaml"
-    where = f"generated/{strategy_id}/params.yaml"
-    if not built.is_file():
-        raise QcompileError(
-            f"{where} does not exist: the pinned backtest runs what was built; "
-            "run `qcompile build` first"
-        )
-    try:
-        recorded = yaml.safe_load(built.read_text(encoding="utf-8"))
-    except (OSError, ValueError, yaml.YAMLError) as error:
-        raise QcompileError(f"{where} is unreadable ({error}); run `qcompile build`") from None
-    if sha256_json(recorded) != sha256_json(compiled):
-        raise QcompileError(
-            f"{where} is not what conf/ compiles to now (conf/, the signal code or the data "
-            "changed since the last build): the pinned backtest runs what was built; run "
-            "`qcompile build`, review generated/'s diff, then back-test again"
-        )
-    return built
 
 
 def download(project: Project, strategy: str, start: str | None, end: str | None) -> dict[str, int]:

@@ -63,6 +63,7 @@ class SweepResult:
     skipped: int = 0
     statistics: dict[str, Any] = field(default_factory=dict)
     minimum_trades: int = 0  # a job needs this many trades to be named best
+    base: str = ""  # the configuration the overrides were applied to, for the summary
 
 
 def _parser(project: Project) -> Any:
@@ -218,6 +219,7 @@ def _run(
             raise QcompileError(f"no strategy {strategy!r}")
         (compiled,) = base
         params = runtime_parameters(compiled)
+    base_text = _base_description(project, str(params["strategy"]["id"]), params)
     strategy_id = str(params["strategy"]["id"])
     directory = (
         project.root
@@ -274,6 +276,7 @@ def _run(
         swept_keys=keys,
         batches=len(grouped),
         skipped=len(done),
+        base=base_text,
     )
     rule = pool.warming[0].result() if pool is not None else None
     return _report(result, strategy_id, params, overrides, curves, rule)
@@ -302,6 +305,19 @@ def _report(
         result.statistics["plateau"] = plateau(result.rows, result.swept_keys, chosen)
     _write(result, strategy_id, params, overrides, curves)
     return result
+
+
+def _base_description(project: Project, strategy_id: str, params: dict[str, Any]) -> str:
+    """What a sweep varies: the built configuration, or conf/ as it stands when that differs
+    from the last build (a sweep is an experiment; its summary says which)."""
+    from qcompile.compiler.build import built_params_file
+
+    try:
+        built_params_file(project, strategy_id, params)
+    except QcompileError as why:
+        reason = "not built yet" if "does not exist" in str(why) else "differs from the last build"
+        return f"conf/ as it stands ({reason}: generated/{strategy_id}/params.yaml)"
+    return f"generated/{strategy_id}/params.yaml, as built"
 
 
 def _built_params(project: Project, strategy: str) -> dict[str, Any] | None:

@@ -78,6 +78,7 @@ def summary_markdown(
         "",
         "| item | value |",
         "|---|---|",
+        f"| applied to | {_cell(result.base)} |",
         f"| overrides | {_cell(' '.join(overrides))} |",
         f"| jobs | {frame.height} in {result.batches} batch(es) |",
         f"| failed | {result.failures} |",
