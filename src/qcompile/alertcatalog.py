@@ -47,8 +47,22 @@ ALERTS: dict[str, AlertEntry] = {
     ),
     "feed.malformed": AlertEntry(
         "warning",
-        "The feed sent a message that is not valid JSON; it was dropped.",
+        "The feed sent a message that is not valid JSON, a binary frame, or a push with a field "
+        "of the wrong type or value (NaN, a list, a negative quantity); it was dropped. More than "
+        "max_malformed_per_minute in a minute is a data-contract breach (feed.contract).",
         "Occasional: nothing. Repeated: report to the vendor.",
+    ),
+    "feed.unsubscribed": AlertEntry(
+        "warning",
+        "The feed pushed a channel the runner did not subscribe to; it was dropped, never traded.",
+        "Report to the vendor; check that no other subscription shares the connection.",
+    ),
+    "runner.failed": AlertEntry(
+        "critical",
+        "A worker thread of the runner (feed, decisions, saver) failed unexpectedly: the runner "
+        "entered its safe state, saved what it could and exited non-zero.",
+        "The process manager restarts it from the durable state (docs/runner.md, systemd unit). "
+        "Read the error in the alert and the log; if it repeats at every start, roll back.",
     ),
     "feed.rate_limited": AlertEntry(
         "warning",

@@ -639,10 +639,18 @@ DEPLOYMENT_SCHEMA: dict[str, Any] = {
                 min=1,
             ),
             "channel": _doc(
-                "Feed channel the runner trades on (default ticker).",
+                "Feed channel the runner subscribes to and trades on (default ticker); pushes "
+                "of any other channel are dropped.",
                 type="string",
                 required=False,
                 allowed=["ticker", "trade"],
+            ),
+            "max_malformed_per_minute": _doc(
+                "Malformed pushes dropped within a minute before the feed counts as breaking "
+                "the data contract: safe state and reconnect (default 10).",
+                type="integer",
+                required=False,
+                min=0,
             ),
             "alerts": _doc(
                 "Alert sinks.",

@@ -123,6 +123,21 @@ FAULTS: dict[str, dict[str, Option]] = {
     },
     "connection_limit": {"count": _COUNT},
     "protocol_variant": {"variant": Option(_one_of("article", "documented"), "article")},
+    # a field of the next pushes replaced by ``value`` (any YAML value: "NaN", [1], null, -5)
+    "bad_field": {
+        "field": Option(
+            _one_of("last_price", "price", "quantity", "timestamp", "symbol", "data"),
+            required=True,
+        ),
+        "value": Option(lambda value: None, "NaN"),
+        "count": _COUNT,
+    },
+    "binary_frame": {"count": _COUNT},  # the next pushes as binary frames of the same JSON
+    # the next events also pushed on a channel the client did not subscribe to
+    "unsubscribed_channel": {
+        "channel": Option(_one_of("ticker", "trade", "depth"), "trade"),
+        "count": _COUNT,
+    },
     "clear": {},
 }
 

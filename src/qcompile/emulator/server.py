@@ -77,7 +77,21 @@ COUNTED_FAULTS = (
     "duplicate",
     "out_of_order",
     "connection_limit",
+    "bad_field",
+    "binary_frame",
+    "unsubscribed_channel",
 )
+
+
+def _with_field(text: str, name: str, value: Any) -> str:
+    """A push with one field replaced: in ``data`` (or ``data`` itself), NaN written as JSON's
+    non-standard literal when the value is a float NaN, as a careless vendor would."""
+    message = json.loads(text)
+    if name == "data":
+        message["data"] = value
+    elif isinstance(message.get("data"), dict):
+        message["data"][name] = value
+    return json.dumps(message)
 
 
 def now_ms() -> int:
@@ -140,10 +154,10 @@ class _Client:
     connection: _Connection
     # channel -> subscribed symbols; None: every symbol (the article variant's subscriptions)
     subscriptions: dict[str, set[str] | None] = field(default_factory=dict)
-    outbox: asyncio.Queue[tuple[str, bool]] = field(default_factory=asyncio.Queue)
+    outbox: asyncio.Queue[tuple[str | bytes, bool]] = field(default_factory=asyncio.Queue)
     writer: asyncio.Task[None] | None = None
 
-    def enqueue(self, text: str, push: bool) -> None:
+    def enqueue(self, text: str | bytes, push: bool) -> None:
         if self.outbox.qsize() >= MAX_OUTBOX:
             log.warning("a client fell %d messages behind; disconnecting it", MAX_OUTBOX)
             self.connection.transport.abort()
@@ -269,6 +283,8 @@ class Emulator:
         self._style = WireStyle()
         self._remaining = dict.fromkeys(COUNTED_FAULTS, 0)
         self._retry_after = {"rate_limit": 2, "http_429": 2}
+        self._bad_field: tuple[str, Any] = ("quantity", "NaN")
+        self._extra_channel = "trade"
         self._slow_delay_s = 0.0
         self._slow_until = 0.0
         self._held: Tick | None = None  # an out_of_order event waiting for its successor
@@ -467,6 +483,10 @@ class Emulator:
             self._remaining[name] = options["count"]
             if name in self._retry_after:
                 self._retry_after[name] = options["retry_after"]
+            if name == "bad_field":
+                self._bad_field = (options["field"], options["value"])
+            if name == "unsubscribed_channel":
+                self._extra_channel = options["channel"]
         elif name == "timestamp_unit":
             self._style = replace(self._style, timestamp_unit=options["unit"])
         elif name == "numeric_prices":
@@ -591,12 +611,21 @@ class Emulator:
             return False
         truncate = self._take("malformed_json")
         copies = 2 if self._take("duplicate") else 1
+        bad = self._take("bad_field")
+        binary = self._take("binary_frame")
+        extra = self._take("unsubscribed_channel")
         for client, texts in recipients:
+            if extra and self._extra_channel not in client.subscriptions:
+                unasked = render(tick, self._extra_channel, self._style)
+                texts = [*texts, *([unasked] if unasked else [])]
             for text in texts:
+                if bad:
+                    text = _with_field(text, *self._bad_field)
                 if truncate:
                     text = text[: len(text) // 2]  # a cut-off frame: not valid JSON
+                frame: str | bytes = text.encode() if binary else text
                 for _ in range(copies):
-                    client.enqueue(text, push=True)
+                    client.enqueue(frame, push=True)
         return True
 
     # --- WebSocket ------------------------------------------------------------------------------

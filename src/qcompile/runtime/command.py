@@ -151,7 +151,7 @@ def execute(
         # wake twice a second: a signal that lands while the process was paused (SIGSTOP, a VM
         # pause) can be taken by another thread, and a long wait would never see its flag
         while not stop.wait(0.5):
-            if deadline is not None and time.monotonic() >= deadline:
+            if runner.failed.is_set() or (deadline is not None and time.monotonic() >= deadline):
                 break
     finally:
         for sig, handler in previous.items():
@@ -168,6 +168,13 @@ def execute(
         )
         for symbol, quantity in summary.positions.items():
             click.echo(f"  {symbol:>8} {quantity:+,.4g}")
+    if runner.failure is not None:  # exit non-zero: the process manager restarts it
+        from qcompile.runtime.runner import RunnerFailed
+
+        raise RunnerFailed(
+            f"{runner.failure}; the safe state was entered and the alert sent "
+            "(docs/runner.md: restarts resume from the durable state)"
+        )
 
 
 def stop_runner(params_file: Path, root: Path, timeout: float) -> None:

@@ -37,6 +37,22 @@ STATE_FORMAT = 1  # bump when the meaning of a persisted state changes
 UNIT_PER_MS = {"s": 1e-3, "ms": 1.0, "us": 1e3, "ns": 1e6}
 
 
+def _quantity(command: str, value: Any) -> float:
+    """A push's quantity: absent (a ticker) is 0; otherwise a finite, non-negative decimal
+    string (or number); anything else is Malformed, never a NaN in a bar."""
+    if value is None:
+        return 0.0
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
+        raise Malformed(f"{command}.quantity is {type(value).__name__}: {value!r:.40}")
+    try:
+        quantity = float(value)
+    except ValueError:
+        raise Malformed(f"{command}.quantity is not a decimal: {value!r:.40}") from None
+    if not math.isfinite(quantity) or quantity < 0:
+        raise Malformed(f"{command}.quantity is not a finite quantity >= 0: {value!r:.40}")
+    return quantity
+
+
 def journal_alert(alert: Alert) -> dict[str, Any]:
     """An alert as a journal record: retrospectives list what broke from these."""
     return {
@@ -51,6 +67,11 @@ def journal_alert(alert: Alert) -> dict[str, Any]:
 class ContractViolation(Exception):
     """A push that breaks the pinned data contract: the feed is not what the strategy was built
     on, so trading on it would be trading on a misread."""
+
+
+class Malformed(Exception):
+    """A push with a field of the wrong type or value: dropped before it reaches a bar or the
+    state, and counted; too many in a minute are a contract violation."""
 
 
 @dataclass
@@ -68,6 +89,8 @@ class Counters:
     out_of_order: int = 0
     ignored: int = 0
     violations: int = 0
+    malformed: int = 0  # pushes with a bad field, dropped
+    unsubscribed: int = 0  # pushes of a channel the runner did not subscribe to, dropped
     decisions: int = 0
     orders: int = 0
     fills: int = 0
@@ -88,6 +111,8 @@ class EngineConfig:
     initial_capital: float
     history_bars: int = 400
     safe_state_budget_ms: float = 100.0
+    channel: str = "ticker"  # the one channel subscribed: pushes of another are dropped
+    max_malformed_per_minute: int = 10
 
 
 @dataclass
@@ -98,6 +123,9 @@ class EngineState:
     cursor: dict[str, int] = field(default_factory=dict)
     building: dict[str, list[float]] = field(default_factory=dict)  # symbol -> bar row
     targets: dict[str, int] = field(default_factory=dict)
+    # symbol -> [price, timestamp ms] of its last accepted push: a restart marks its book at these
+    # until fresh data arrives, instead of at nothing
+    last_prices: dict[str, list[float]] = field(default_factory=dict)
     suspended: bool = True  # nothing is decided until a connected feed proved its data fresh
     suspended_reason: str = "starting"
 
@@ -112,6 +140,7 @@ class EngineState:
             "cursor": dict(sorted(self.cursor.items())),
             "building": {k: list(v) for k, v in sorted(self.building.items())},
             "targets": dict(sorted(self.targets.items())),
+            "last_prices": {k: list(v) for k, v in sorted(self.last_prices.items())},
             "suspended": self.suspended,
             "suspended_reason": self.suspended_reason,
         }
@@ -125,6 +154,9 @@ class EngineState:
             cursor={k: int(v) for k, v in data["cursor"].items()},
             building={k: list(v) for k, v in data["building"].items()},
             targets={k: int(v) for k, v in data["targets"].items()},
+            last_prices={
+                k: [float(p), float(t)] for k, (p, t) in (data.get("last_prices") or {}).items()
+            },
             suspended=True,  # a restart re-proves the feed before deciding anything
             suspended_reason="restarted",
         )
@@ -156,7 +188,9 @@ class Engine:
         self.lock = threading.RLock()
         self.counters = Counters()
         self.bars: dict[str, deque[list[float]]] = {}
-        self.last_price: dict[str, float] = {}
+        # marked at the saved last prices until each symbol's first fresh push (see EngineState)
+        self.last_price: dict[str, float] = {k: v[0] for k, v in self.state.last_prices.items()}
+        self._malformed_at: deque[float] = deque()  # clock readings of recent malformed pushes
         self.epoch = 0  # the feed connection whose data may lift a suspension
         self._condemned = -1  # a connection that broke the data contract: its pushes are dropped
         self.feed_ready = False
@@ -233,6 +267,11 @@ class Engine:
             with self.lock:
                 try:
                     changed |= self._handle(epoch, push)
+                except Malformed as problem:
+                    if self._malformed(str(problem)):
+                        self._condemned = epoch
+                        changed = True
+                        break
                 except ContractViolation as violation:
                     self._condemned = epoch
                     self._violation(str(violation))
@@ -266,6 +305,23 @@ class Engine:
         self._alert("feed.contract", "critical", f"data contract violated: {reason}")
         self.request_reconnect(f"data contract violated: {reason}")
 
+    def _malformed(self, reason: str) -> bool:
+        """Count a dropped malformed push; True when it makes too many in a minute (then it is a
+        contract violation: safe state and reconnect)."""
+        self.counters.malformed += 1
+        now = self.clock()
+        self._malformed_at.append(now)
+        while self._malformed_at and now - self._malformed_at[0] > 60.0:
+            self._malformed_at.popleft()
+        log.warning("malformed push dropped: %s", reason)
+        self._alert("feed.malformed", "warning", f"malformed push dropped: {reason}")
+        limit = self.config.max_malformed_per_minute
+        if len(self._malformed_at) > limit:
+            self._malformed_at.clear()
+            self._violation(f"{limit + 1} malformed pushes within a minute, the last: {reason}")
+            return True
+        return False
+
     def parse(self, push: dict[str, Any]) -> Tick | None:
         """The push as a tick, None for pushes the strategy does not trade on; raises
         ContractViolation when it breaks the pinned convention."""
@@ -280,9 +336,17 @@ class Engine:
         price_field = PRICE_FIELDS.get(command)
         if price_field is None:
             return None
+        if command != self.config.channel:  # never trade on a channel that was not asked for
+            self.counters.unsubscribed += 1
+            self._alert(
+                "feed.unsubscribed",
+                "warning",
+                f"{command} pushed, only {self.config.channel} is subscribed: dropped",
+            )
+            return None
         data = push.get("data")
         if not isinstance(data, dict):
-            raise ContractViolation(f"{command} push without a data object")
+            raise Malformed(f"{command} push without a data object")
         wire_symbol = str(data.get("symbol", ""))
         symbol = wire_symbol.removesuffix(self._suffix) if self._suffix else wire_symbol
         if symbol not in self._universe:
@@ -303,13 +367,13 @@ class Engine:
             )
         try:
             value = float(price)
-            quantity = float(data.get("quantity", "0") or 0)
         except ValueError:
             raise ContractViolation(
                 f"{command}.{price_field} is not a decimal: {price!r}"
             ) from None
         if not math.isfinite(value) or value <= 0:
             raise ContractViolation(f"{command}.{price_field} is not a positive price: {price!r}")
+        quantity = _quantity(command, data.get("quantity"))
         millis = int(stamp / UNIT_PER_MS[self.config.timestamp_unit])
         return Tick(symbol, value, quantity, millis)
 
@@ -336,6 +400,7 @@ class Engine:
         self._mark_interval(tick.timestamp // self.config.interval_ms * self.config.interval_ms)
         self.state.cursor[tick.symbol] = tick.timestamp
         self.last_price[tick.symbol] = tick.price
+        self.state.last_prices[tick.symbol] = [tick.price, float(tick.timestamp)]
         self._bar(tick)
         for fill in self.broker.on_quote(tick.symbol, tick.price, tick.timestamp):
             self._filled(fill)

@@ -56,6 +56,7 @@ class FeedStats:
     pongs: int = 0
     pushes: int = 0
     malformed: int = 0
+    binary: int = 0  # binary frames refused (counted in malformed too)
     rate_limit_pauses: list[float] = field(default_factory=list)
     delays: list[float] = field(default_factory=list)
 
@@ -189,7 +190,13 @@ class Feed:
             self.last_received = self.clock()
             if opcode == websocket.ABNF.OPCODE_CLOSE:
                 return "closed by the server", self.last_received
-            if opcode not in (websocket.ABNF.OPCODE_TEXT, websocket.ABNF.OPCODE_BINARY):
+            if opcode == websocket.ABNF.OPCODE_BINARY:  # the protocol speaks JSON text only
+                self.stats.malformed += 1
+                self.stats.binary += 1
+                log.warning("binary frame refused (%d bytes)", len(payload))
+                self.alert("feed.malformed", "warning", "the feed sent a binary frame: refused")
+                continue
+            if opcode != websocket.ABNF.OPCODE_TEXT:
                 continue  # control frames only prove liveness
             if not payload:
                 return "connection lost", self.last_received

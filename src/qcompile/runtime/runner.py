@@ -26,6 +26,7 @@ import secrets as token_source
 import socket
 import threading
 import time
+import traceback
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -67,6 +68,11 @@ LEDGER = "paper-broker"  # the paper broker's books, saved beside the state by t
 
 class RunnerError(QcompileError):
     """The runner cannot start: a missing secret, an incompatible state, a held lease."""
+
+
+class RunnerFailed(QcompileError):
+    """A worker thread failed while running: the safe state was entered and the process must
+    exit non-zero, for its manager to restart it from the durable state."""
 
 
 @dataclass
@@ -188,6 +194,9 @@ class Runner:
         self._waiting_lock = threading.Lock()
         self._last_ticket = 0
         self._threads: list[threading.Thread] = []
+        self.failed = threading.Event()  # a worker failed: the process must exit non-zero
+        self.failure: str | None = None
+        self._failure_lock = threading.Lock()
         self._acks = None
         self.store: StateStore | None = None
         self.alerter = Alerter(build_sinks(deployment.get("alerts", [{"kind": "log"}]), env))
@@ -272,6 +281,8 @@ class Runner:
             initial_capital=float(backtest["initial_capital"]),
             history_bars=int(self.deployment.get("history_bars", 400)),
             safe_state_budget_ms=float(self.deployment.get("safe_state_budget_ms", 100.0)),
+            channel=str(self.deployment.get("channel", "ticker")),
+            max_malformed_per_minute=int(self.deployment.get("max_malformed_per_minute", 10)),
         )
         return Engine(
             config,
@@ -345,7 +356,12 @@ class Runner:
         saved = self.store.load()
         if saved is not None:
             self._check_compatible(saved)
-        self.saver = Saver(self.store, int(saved["seq"]) if saved else 0, self._saved)
+        self.saver = Saver(
+            self.store,
+            int(saved["seq"]) if saved else 0,
+            self._saved,
+            lambda error: self._fail("saver", error),
+        )
         self.broker = PaperBroker(
             self.params["costs"],
             float(self.params["backtest"]["initial_capital"]),
@@ -392,9 +408,50 @@ class Runner:
         self._alert("runner.started", "info", f"runner started ({self.session.instance_id})")
 
     def _spawn(self, name: str, target: Callable[[], None]) -> None:
-        thread = threading.Thread(target=target, name=f"{self.strategy_id}-{name}", daemon=True)
+        """Start a worker under supervision: if it raises, or returns while the runner is still
+        running, the runner fails (safe state, critical alert, non-zero exit), never goes on
+        looking alive with a dead thread."""
+
+        def supervised() -> None:
+            try:
+                target()
+            except BaseException as error:
+                self._fail(name, error)
+                return
+            if not self._feed_stop.is_set():
+                self._fail(name, RuntimeError("the thread returned while the runner was running"))
+
+        thread = threading.Thread(target=supervised, name=f"{self.strategy_id}-{name}", daemon=True)
         thread.start()
         self._threads.append(thread)
+
+    def _fail(self, worker: str, error: BaseException) -> None:
+        """Fail-stop: the first failure of any worker puts the engine in its safe state (cancel
+        working orders, suspend signals, save what can be saved), raises a critical alert naming
+        the thread and the error, and asks the process to exit non-zero."""
+        with self._failure_lock:
+            if self.failure is not None:
+                return
+            frames = traceback.extract_tb(error.__traceback__)
+            where = f" (at {Path(frames[-1].filename).name}:{frames[-1].lineno})" if frames else ""
+            self.failure = f"{worker} thread failed: {type(error).__name__}: {error}{where}"
+        log.critical("%s", self.failure)  # one line for the operator; the stack with --verbose
+        log.debug("the failure's stack", exc_info=error)
+        self._feed_stop.set()  # the feed stops reading: nothing is decided on after this
+        try:
+            self.engine.safe_state(f"runner failed ({worker})", time.perf_counter())
+        except BaseException as second:  # the state may be what broke: still cancel the orders
+            log.critical("the safe state could not be saved: %s", second)
+            with contextlib.suppress(BaseException):
+                self.broker.cancel_all()
+        self._alert(
+            "runner.failed",
+            "critical",
+            f"{self.failure}; safe state entered; the process exits non-zero for its manager "
+            "to restart it from the durable state",
+        )
+        self.failed.set()
+        self.stop_requested.set()
 
     def _alert(self, key: str, severity: str, summary: str) -> None:
         alert = Alert(key=key, severity=severity, summary=summary, strategy_id=self.strategy_id)
@@ -482,14 +539,24 @@ class Runner:
         return False
 
     def stop(self) -> Summary:
-        """Close the feed, decide what was received, cancel working orders, save, release."""
+        """Close the feed, decide what was received, cancel working orders, save, release.
+        After a worker failed, each step is attempted and its failure logged: the lease is
+        released and the alerts flushed whatever else went wrong."""
         self.stopped = True
         self._feed_stop.set()
         for thread in self._threads:
             thread.join(timeout=30)
-        self.engine.safe_state("runner stopped", time.perf_counter(), planned=True)
-        self.saver.close()
-        self._liveness()
+        for step in (
+            lambda: self.engine.safe_state("runner stopped", time.perf_counter(), planned=True),
+            self.saver.close,
+            self._liveness,
+        ):
+            try:
+                step()
+            except BaseException as error:
+                if self.failure is None:
+                    raise
+                log.error("after the failure, a stop step failed too: %s", error)
         summary = self.summary()
         assert self.store is not None
         self.store.release()

@@ -23,10 +23,12 @@ class Saver:
         store: StateStore,
         seq: int,
         on_saved: Callable[[dict[str, Any], int], None] = lambda state, ticket: None,
+        on_error: Callable[[BaseException], None] = lambda error: None,
     ):
         self.store = store
         self.seq = seq  # of the last durable save
         self.on_saved = on_saved
+        self.on_error = on_error  # told at once: nobody may submit again to notice
         self._condition = threading.Condition()
         self._pending: tuple[dict[str, Any], int] | None = None
         self._submitted = 0  # tickets: one per submitted snapshot
@@ -69,6 +71,7 @@ class Saver:
                 with self._condition:
                     self._error = error
                     self._condition.notify_all()
+                self.on_error(error)
                 return
             self.seq += 1
             self.on_saved(state, ticket)
