@@ -131,6 +131,7 @@ def start(port: int, state_dir: Path, **settings: object) -> Runner:
         ws_base=f"ws://127.0.0.1:{port}",
         rest_base=f"http://127.0.0.1:{port}",
         api_key=KEY,
+        replay=True,  # the sample's history, not live times
         settings={
             "state_store": {"kind": "file", "path": str(state_dir)},
             "alerts": [{"kind": "log"}],

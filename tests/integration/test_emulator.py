@@ -622,8 +622,10 @@ def test_broken_scenario_lists_every_problem_with_its_line(tmp_path: Path) -> No
         f"{path}:1: messages_per_second: must be a number > 0",
         f"{path}:4: faults[0].fault: unknown fault 'dorp'; did you mean 'drop'? (known: "
         "drop, silence, rate_limit, http_429, error_4002, malformed_json, duplicate, "
-        "out_of_order, timestamp_unit, numeric_prices, slow, connection_limit, "
-        "protocol_variant, bad_field, binary_frame, unsubscribed_channel, clear)",
+        "out_of_order, timestamp_unit, numeric_prices, time_shift, live_clock, slow, "
+        "connection_limit, "
+        "protocol_variant, bad_field, binary_frame, upgrade_429, error_close, "
+        "unsubscribed_channel, clear)",
         f"{path}:5: faults[1]: use either after_messages or at_s, not both",
         f"{path}:8: faults[1].duration: unknown option for fault 'silence'; did you mean "
         "'duration_s'? (options: duration_s)",

@@ -105,6 +105,7 @@ def start_runner(
     emulator: Emulator,
     params: dict | None = None,
     env: dict[str, str] | None = None,
+    replay: bool = True,  # the sample's history: push times are years before the clock
     **extra: Any,
 ) -> Runner:
     session = Session(
@@ -112,6 +113,7 @@ def start_runner(
         rest_base=emulator.rest_url,
         api_key=KEY,
         settings=settings(root, **extra),
+        replay=replay,
     )
     runner = Runner(params or yaml.safe_load(PARAMS.read_text()), root, session, env or {})
     runner.start()

@@ -13,6 +13,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,7 @@ from qcompile.emulator import Emulator
 from qcompile.runtime.state import FileStateStore
 from tests.conftest import REPO
 from tests.integration.test_runner import (  # the same emulator, settings and helpers
+    KEY,
     STARTED,
     replay_events,
     start_runner,
@@ -219,3 +221,109 @@ def test_a_restart_marks_its_book_at_the_saved_last_prices(
     assert saved is not None
     assert {s: p for s, (p, _) in saved["last_prices"].items()} == marked
     second.stop()
+
+
+# -- Retry-After everywhere, one reconnect policy ---------------------------------------------
+
+
+@pytest.mark.parametrize("fault", ["upgrade_429", "error_close"])
+def test_a_reconnect_waits_for_the_servers_retry_after(
+    project: Path, emulator: Emulator, fault: str
+) -> None:
+    """Retry-After of 1 s where the schedule would wait 0.05 s: the next attempt comes no earlier
+    than 1 s and no later than 1 s plus the jitter (10 %), then the schedule goes on."""
+    emulator.inject(fault, retry_after=1, count=1)
+    started = time.monotonic()
+    runner = start_runner(project, emulator)
+    assert wait_until(runner.feed.connected.is_set, timeout=10)
+    assert runner.feed.stats.retry_after == [1.0]
+    first_wait = runner.feed.stats.delays[0]  # counted from the refusal's detection
+    assert 0.95 <= first_wait <= 1.1 + 1e-9, runner.feed.stats.delays
+    assert time.monotonic() - started >= 1.0
+    assert runner.feed.backoff.attempt == 0  # the server's wait did not advance the schedule
+    runner.stop()
+
+
+def test_production_reads_the_source_documents_reconnect_schedule() -> None:
+    """What the runner builds its Feed with when a deployment sets nothing: 1 s doubling to a
+    60 s cap, ±10 % jitter, reset after 30 s (source document, requirement 3)."""
+    from qcompile.runtime.backoff import Backoff
+
+    backoff = Backoff.for_deployment({})
+    assert (backoff.initial_s, backoff.cap_s, backoff.jitter, backoff.stable_s) == (
+        1.0,
+        60.0,
+        0.1,
+        30.0,
+    )
+    assert [backoff.nominal(n) for n in range(8)] == [1, 2, 4, 8, 16, 32, 60, 60]
+    configured = Backoff.for_deployment({"reconnect": {"cap_s": 30}})
+    assert (configured.initial_s, configured.cap_s) == (1.0, 30.0)
+
+
+def test_the_runner_feeds_its_backoff_from_the_deployment(
+    project: Path, emulator: Emulator
+) -> None:
+    runner = start_runner(project, emulator)
+    backoff = runner.feed.backoff
+    assert (backoff.initial_s, backoff.cap_s, backoff.jitter) == (0.05, 0.4, 0.1)  # settings()
+    runner.stop()
+
+
+# -- time is part of the data contract --------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("shift_s", "reason"),
+    [
+        (-86_400, "the feed's clock went back"),  # a day replayed
+    ],
+)
+def test_time_going_the_wrong_way_breaks_the_contract(
+    project: Path, emulator: Emulator, shift_s: int, reason: str
+) -> None:
+    runner = start_runner(project, emulator)
+    assert wait_until(lambda: runner.engine.counters.decisions > 0, timeout=30)
+    emulator.inject("time_shift", shift_s=shift_s)
+    assert wait_until(lambda: runner.engine.counters.violations >= 1, timeout=10)
+    state = runner.engine.state
+    assert state.suspended and reason in state.suspended_reason
+    assert state.pending == {}
+    assert wait_until(lambda: "feed.contract" in [r.get("key") for r in journal(project)])
+    runner.stop()
+
+
+@pytest.fixture
+def live_emulator(sample_bars) -> Iterator[Emulator]:
+    """A feed that never runs out, stamping pushes with the time they are sent."""
+    with Emulator(
+        replay_events(sample_bars, 40),
+        api_keys=[KEY],
+        messages_per_second=200,
+        bars=sample_bars,
+        replay_start="first_subscribe",
+        loop_replay=True,
+    ) as server:
+        server.inject("live_clock")
+        yield server
+
+
+def test_a_feed_off_the_clock_is_refused_until_it_agrees_again(
+    project: Path, live_emulator: Emulator
+) -> None:
+    """A live session, then -5 h: UTC became New York time. Shifted pushes are never accepted,
+    whatever their order; nothing resumes until the feed agrees with the clock again."""
+    emulator = live_emulator
+    runner = start_runner(project, emulator, replay=False)
+    assert wait_until(lambda: runner.engine.counters.accepted > 20, timeout=30)
+    assert not runner.engine.state.suspended
+    emulator.inject("time_shift", shift_s=-5 * 3600)
+    assert wait_until(lambda: runner.engine.counters.violations >= 1, timeout=10)
+    reason = runner.engine.state.suspended_reason
+    assert "-18000 s from this host's clock (tolerance 300 s)" in reason, reason
+    accepted = runner.engine.counters.accepted
+    time.sleep(1.5)  # reconnected, the shifted pushes keep coming: none is accepted
+    assert runner.engine.counters.accepted == accepted and runner.engine.state.suspended
+    emulator.inject("time_shift", shift_s=0)
+    assert wait_until(lambda: not runner.engine.state.suspended, timeout=10)  # agrees again
+    runner.stop()

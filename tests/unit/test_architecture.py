@@ -25,6 +25,7 @@ SHARED = (
     "qcompile.project",
     "qcompile.templating",
     "qcompile.alertcatalog",
+    "qcompile.runtimedefaults",
 )
 RESEARCH_LIBRARY = (
     "qcompile.research.data",

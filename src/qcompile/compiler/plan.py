@@ -22,6 +22,7 @@ from qcompile.compiler.rules.checklist import ItemStatus
 from qcompile.compiler.rules.gates import Unmet, beyond_floor, next_phase
 from qcompile.compiler.schema import SIGNOFF_ROLES
 from qcompile.hashing import sha256_json
+from qcompile.runtimedefaults import RATE_LIMIT_DEFAULT_S, SAFE_STATE_BUDGET_MS, reconnect_policy
 
 REGENERATE = "qcompile build"
 ENV_REFERENCE = re.compile(r"\$\{oc\.env:([A-Za-z_][A-Za-z0-9_]*)")
@@ -174,6 +175,11 @@ def passport(compiled: CompiledStrategy) -> dict[str, Any]:
     }
 
 
+def _plain(value: float) -> float | int:
+    """A whole number shown as one (60, not 60.0) in the runbook."""
+    return int(value) if float(value).is_integer() else value
+
+
 def runtime_parameters(compiled: CompiledStrategy) -> dict[str, Any]:
     """What the backtest harness and the production runner read at start-up: nothing else."""
     data, pins = compiled.data, compiled.lock.pins
@@ -262,8 +268,7 @@ def runbook(compiled: CompiledStrategy) -> dict[str, Any]:
             "ledger": f"{prefix}:paper-broker",
             "lease": f"{prefix}:lease",
         }
-    reconnect = {"initial_s": 1, "cap_s": 60, "jitter": 0.1, "stable_s": 30}
-    reconnect.update(deployment.get("reconnect") or {})
+    reconnect = {k: _plain(v) for k, v in reconnect_policy(deployment).items()}
     return {
         "id": strategy_id,
         "name": strategy["name"],
@@ -286,8 +291,12 @@ def runbook(compiled: CompiledStrategy) -> dict[str, Any]:
             "heartbeat_interval_s": deployment["heartbeat_interval_s"],
             "silence_s": 2 * deployment["heartbeat_interval_s"],
             "reconnect": reconnect,
-            "rate_limit_default_s": deployment.get("rate_limit_default_s", 60),
-            "safe_state_budget_ms": deployment.get("safe_state_budget_ms", 100),
+            "rate_limit_default_s": _plain(
+                deployment.get("rate_limit_default_s", RATE_LIMIT_DEFAULT_S)
+            ),
+            "safe_state_budget_ms": _plain(
+                deployment.get("safe_state_budget_ms", SAFE_STATE_BUDGET_MS)
+            ),
             "alert_sinks": [a["kind"] for a in deployment["alerts"]],
             "on_call": deployment["on_call"],
         },

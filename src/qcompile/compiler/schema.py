@@ -537,6 +537,23 @@ DATA_SCHEMA: dict[str, Any] = {
                         required=True,
                         allowed=["bar_open", "bar_close", "session_date"],
                     ),
+                    "clock_tolerance_s": _number(
+                        "Largest difference between a live push's time and this host's clock "
+                        "the runner accepts, forward or back (default 300); beyond it the feed "
+                        "breaks the data contract and nothing resumes until pushes agree with "
+                        "the clock again. Not applied to replays of history through the "
+                        "emulator.",
+                        minimum=1,
+                        required=False,
+                    ),
+                    "backward_run": _doc(
+                        "Pushes in a row older than their symbol's last before the feed's clock "
+                        "counts as gone back (a timezone switch, a replayed day) and breaks the "
+                        "data contract (default 3); a single late push is only dropped.",
+                        type="integer",
+                        required=False,
+                        min=1,
+                    ),
                 },
             ),
             "local": _doc(

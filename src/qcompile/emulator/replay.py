@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -109,12 +110,17 @@ class WireStyle:
     timestamp_unit: str = "ms"  # ms (documented), s or us
     numeric_prices: bool = False  # JSON numbers instead of decimal strings
     variant: str = "documented"  # or "article": {"channel", "data": {..., "ts"}} without "cmd"
+    shift_ms: int = 0  # added to every push's time: a vendor's clock or timezone slip
+    live_clock: bool = False  # stamp pushes with the time they are sent, as a live feed does
 
     def number(self, value: float) -> str | float:
         text = format_decimal(value)
         return float(text) if self.numeric_prices else text
 
     def time(self, ms: int) -> int:
+        if self.live_clock:
+            ms = time.time_ns() // 1_000_000
+        ms += self.shift_ms
         if self.timestamp_unit == "s":
             return ms // 1000
         if self.timestamp_unit == "us":

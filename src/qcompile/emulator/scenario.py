@@ -88,6 +88,12 @@ def _non_negative_number(value: Any) -> str | None:
     return None
 
 
+def _any_number(value: Any) -> str | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return "must be a number"
+    return None
+
+
 def _one_of(*choices: str) -> Rule:
     def rule(value: Any) -> str | None:
         return None if value in choices else f"must be one of {', '.join(choices)}"
@@ -117,6 +123,10 @@ FAULTS: dict[str, dict[str, Option]] = {
     "out_of_order": {"count": _COUNT},
     "timestamp_unit": {"unit": Option(_one_of("s", "us"), required=True)},
     "numeric_prices": {},
+    # from now on every push's time is shifted by shift_s (negative: back), e.g. -18000 for a
+    # feed that switched from UTC to New York time
+    "time_shift": {"shift_s": Option(_any_number, required=True)},
+    "live_clock": {},  # from now on pushes carry the time they are sent, as on a live feed
     "slow": {
         "delay_ms": Option(_non_negative_int, 200),
         "duration_s": Option(_positive_number),  # absent: until `clear`
@@ -132,7 +142,14 @@ FAULTS: dict[str, dict[str, Option]] = {
         "value": Option(lambda value: None, "NaN"),
         "count": _COUNT,
     },
-    "binary_frame": {"count": _COUNT},  # the next pushes as binary frames of the same JSON
+    "binary_frame": {"count": _COUNT},
+    # the next WebSocket upgrades answered HTTP 429 with a Retry-After header
+    "upgrade_429": {"count": _COUNT, "retry_after": _RETRY_AFTER},
+    # the next connections get a 3001 error frame with retry_after, then a close
+    "error_close": {
+        "count": _COUNT,
+        "retry_after": _RETRY_AFTER,
+    },  # the next pushes as binary frames of the same JSON
     # the next events also pushed on a channel the client did not subscribe to
     "unsubscribed_channel": {
         "channel": Option(_one_of("ticker", "trade", "depth"), "trade"),

@@ -80,6 +80,8 @@ COUNTED_FAULTS = (
     "bad_field",
     "binary_frame",
     "unsubscribed_channel",
+    "upgrade_429",
+    "error_close",
 )
 
 
@@ -282,7 +284,7 @@ class Emulator:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._style = WireStyle()
         self._remaining = dict.fromkeys(COUNTED_FAULTS, 0)
-        self._retry_after = {"rate_limit": 2, "http_429": 2}
+        self._retry_after = {"rate_limit": 2, "http_429": 2, "upgrade_429": 2, "error_close": 2}
         self._bad_field: tuple[str, Any] = ("quantity", "NaN")
         self._extra_channel = "trade"
         self._slow_delay_s = 0.0
@@ -491,6 +493,10 @@ class Emulator:
             self._style = replace(self._style, timestamp_unit=options["unit"])
         elif name == "numeric_prices":
             self._style = replace(self._style, numeric_prices=True)
+        elif name == "time_shift":
+            self._style = replace(self._style, shift_ms=round(options["shift_s"] * 1000))
+        elif name == "live_clock":
+            self._style = replace(self._style, live_clock=True)
         elif name == "protocol_variant":
             self._style = replace(self._style, variant=options["variant"])
         elif name == "slow":
@@ -641,13 +647,17 @@ class Emulator:
             refusal = (1001, "invalid or expired api_key", CLOSE_POLICY)
         elif self._take("connection_limit"):
             refusal = (3003, "connection limit exceeded", CLOSE_TRY_AGAIN_LATER)
+        elif self._take("error_close"):
+            refusal = (3001, "rate limit exceeded", CLOSE_TRY_AGAIN_LATER)
         if refusal is not None:
             code, message, close_code = refusal
             self._count(connections_refused=1)
+            frame: dict[str, Any] = {"cmd": "error", "code": code, "message": message}
+            if code == 3001:
+                frame["data"] = {"retry_after": self._retry_after["error_close"]}
+                self._count(rate_limited=1)
             with contextlib.suppress(ConnectionClosed):
-                await connection.send(
-                    json.dumps({"cmd": "error", "code": code, "message": message})
-                )
+                await connection.send(json.dumps(frame))
                 await connection.close(close_code, message)
             return
 
@@ -801,6 +811,14 @@ class Emulator:
     def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
         url = urlsplit(request.path)
         upgrade = request.headers.get("Upgrade", "").lower() == "websocket"
+        if upgrade and url.path == REALTIME_PATH and self._take("upgrade_429"):
+            self._count(rate_limited=1, connections_refused=1)
+            retry_after = self._retry_after["upgrade_429"]
+            return _json_response(
+                429,
+                _envelope(3001, "rate limit exceeded", {"retry_after": retry_after}),
+                {"Retry-After": str(retry_after)},
+            )
         if upgrade and url.path == REALTIME_PATH:
             return None
         if upgrade and url.path == ARTICLE_STREAM_PATH and self._is_article():

@@ -9,17 +9,31 @@ dropped by the same outage do not reconnect in lockstep.
 from __future__ import annotations
 
 import random
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
+
+from qcompile.runtimedefaults import RECONNECT, reconnect_policy
 
 
 @dataclass
 class Backoff:
-    initial_s: float = 1.0
-    cap_s: float = 60.0
-    jitter: float = 0.1
-    stable_s: float = 30.0  # a connection up this long resets the schedule
+    initial_s: float = RECONNECT["initial_s"]
+    cap_s: float = RECONNECT["cap_s"]
+    jitter: float = RECONNECT["jitter"]
+    stable_s: float = RECONNECT["stable_s"]  # a connection up this long resets the schedule
     rng: random.Random = field(default_factory=random.Random, repr=False)
     attempt: int = 0
+
+    @classmethod
+    def for_deployment(cls, deployment: Mapping[str, Any]) -> Backoff:
+        """The schedule a deployment runs (runtimedefaults: its values over the defaults)."""
+        return cls(**reconnect_policy(deployment))
+
+    def after_retry_after(self, seconds: float) -> float:
+        """The wait when the server said when to come back: not before ``seconds``, and not
+        later than ``seconds`` plus the jitter; the schedule then goes on as it was."""
+        return seconds * (1.0 + self.rng.uniform(0.0, self.jitter))
 
     def nominal(self, attempt: int) -> float:
         """The delay before reconnect attempt ``attempt`` without jitter."""

@@ -37,6 +37,10 @@ STATE_FORMAT = 1  # bump when the meaning of a persisted state changes
 UNIT_PER_MS = {"s": 1e-3, "ms": 1.0, "us": 1e3, "ns": 1e6}
 
 
+def _iso(millis: int) -> str:
+    return datetime.fromtimestamp(millis / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
 def _quantity(command: str, value: Any) -> float:
     """A push's quantity: absent (a ticker) is 0; otherwise a finite, non-negative decimal
     string (or number); anything else is Malformed, never a NaN in a bar."""
@@ -113,6 +117,8 @@ class EngineConfig:
     safe_state_budget_ms: float = 100.0
     channel: str = "ticker"  # the one channel subscribed: pushes of another are dropped
     max_malformed_per_minute: int = 10
+    backward_run: int = 3  # pushes in a row behind their symbol's cursor: the clock went back
+    clock_tolerance_ms: int | None = 300_000  # |push time - wall clock| allowed; None: replay
 
 
 @dataclass
@@ -174,6 +180,7 @@ class Engine:
         state: EngineState | None = None,
         clock: Callable[[], float] = time.perf_counter,
         journal: Callable[[dict[str, Any]], None] = lambda record: None,
+        wall_clock_ms: Callable[[], int] = lambda: time.time_ns() // 1_000_000,
     ):
         self.config = config
         self.signal = signal
@@ -182,6 +189,7 @@ class Engine:
         self._save = save
         self._history_source = history
         self.clock = clock
+        self.wall_clock_ms = wall_clock_ms
         self.journal = journal
         self._day: int | None = None  # start of the interval whose close is marked next
         self.state = state or EngineState(cash=config.initial_capital)
@@ -191,6 +199,7 @@ class Engine:
         # marked at the saved last prices until each symbol's first fresh push (see EngineState)
         self.last_price: dict[str, float] = {k: v[0] for k, v in self.state.last_prices.items()}
         self._malformed_at: deque[float] = deque()  # clock readings of recent malformed pushes
+        self._behind = 0  # pushes in a row older than their symbol's cursor
         self.epoch = 0  # the feed connection whose data may lift a suspension
         self._condemned = -1  # a connection that broke the data contract: its pushes are dropped
         self.feed_ready = False
@@ -385,13 +394,30 @@ class Engine:
         if tick is None:
             self.counters.ignored += 1
             return False
+        tolerance = self.config.clock_tolerance_ms
+        if tolerance is not None:
+            skew = tick.timestamp - self.wall_clock_ms()
+            if abs(skew) > tolerance:  # checked before anything, the fresh-data check included
+                raise ContractViolation(
+                    f"{tick.symbol} stamped {_iso(tick.timestamp)}, {skew / 1000:+.0f} s from "
+                    f"this host's clock (tolerance {tolerance / 1000:.0f} s)"
+                )
         last = self.state.cursor.get(tick.symbol)
         if last is not None and tick.timestamp <= last:
             if tick.timestamp == last:
                 self.counters.duplicates += 1
-            else:
-                self.counters.out_of_order += 1
+                return False
+            self.counters.out_of_order += 1
+            self._behind += 1
+            if self._behind >= self.config.backward_run:  # not a late push: time went back
+                self._behind = 0
+                raise ContractViolation(
+                    f"{self.config.backward_run} pushes in a row older than their symbol's last "
+                    f"({tick.symbol} {_iso(tick.timestamp)} after {_iso(last)}): the feed's "
+                    "clock went back (a timezone or date shift)"
+                )
             return False
+        self._behind = 0
         if self.state.suspended and self.feed_ready and epoch == self.epoch:
             self.state.suspended, self.state.suspended_reason = False, ""
             log.info("fresh data checked on connection %d: signals resumed", epoch)

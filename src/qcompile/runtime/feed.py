@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import select
 import threading
 import time
@@ -58,6 +59,7 @@ class FeedStats:
     malformed: int = 0
     binary: int = 0  # binary frames refused (counted in malformed too)
     rate_limit_pauses: list[float] = field(default_factory=list)
+    retry_after: list[float] = field(default_factory=list)  # server-given waits honoured
     delays: list[float] = field(default_factory=list)
 
 
@@ -95,6 +97,8 @@ class Feed:
         self.last_received = 0.0
         self._reconnect_reason: str | None = None
         self._poll_s = min(0.05, heartbeat_s / 10)
+        # the server's Retry-After (a 429 on the upgrade, a 3001 frame): no attempt before this
+        self._not_before: float | None = None
 
     def reconnect(self, reason: str) -> None:
         """Ask the connection loop to drop the connection (it alone reconnects)."""
@@ -113,6 +117,13 @@ class Feed:
             except Exception as error:  # any failure to connect is retried on the schedule
                 reason = f"connect failed: {type(error).__name__}: {self._redact(str(error))}"
                 log.warning("%s (%s)", reason, self.endpoint)
+                status = getattr(error, "status_code", None)
+                if status in (429, 503):  # the upgrade was refused with a time to come back
+                    headers = getattr(error, "resp_headers", None) or {}
+                    value = next(
+                        (v for k, v in headers.items() if str(k).lower() == "retry-after"), None
+                    )
+                    self._server_said_wait(self._seconds(value), f"HTTP {status} on connect")
                 self._wait(stop, reason, stable=False)
                 continue
             self.stats.connects += 1
@@ -133,10 +144,22 @@ class Feed:
             stable = self.clock() - opened >= self.backoff.stable_s
             self._wait(stop, reason, stable=stable)
 
+    def _server_said_wait(self, seconds: float, why: str) -> None:
+        """Remember the server's Retry-After: the next attempt waits for it (plus jitter)."""
+        self._not_before = self.clock() + self.backoff.after_retry_after(seconds)
+        self.stats.retry_after.append(seconds)
+        log.warning("%s: Retry-After %.1f s", why, seconds)
+        self.alert("feed.rate_limited", "warning", f"{why}: told to wait {seconds:.0f} s")
+
     def _wait(self, stop: threading.Event, reason: str, stable: bool) -> None:
         if stable:
             self.backoff.reset()
-        delay = self.backoff.next_delay()
+        now = self.clock()
+        if self._not_before is not None and self._not_before > now:
+            delay = self._not_before - now  # what the server asked; the schedule resumes after
+        else:
+            delay = self.backoff.next_delay()
+        self._not_before = None
         self.stats.delays.append(delay)
         log.warning("feed down (%s); reconnecting in %.2f s", reason, delay)
         stop.wait(delay)
@@ -229,6 +252,9 @@ class Feed:
             if code == RATE_LIMITED:
                 seconds = self._retry_after(message)
                 paused_until = self.clock() + seconds
+                # if the server closes now, reconnecting must wait as long too
+                self._not_before = self.clock() + self.backoff.after_retry_after(seconds)
+                self.stats.retry_after.append(seconds)
                 self.stats.rate_limit_pauses.append(seconds)
                 if command != "ping" and in_flight:
                     outbox.appendleft(in_flight.popleft())  # resend the refused command later
@@ -247,8 +273,12 @@ class Feed:
 
     def _retry_after(self, message: dict[str, Any]) -> float:
         data = message.get("data") if isinstance(message.get("data"), dict) else {}
-        value = data.get("retry_after", message.get("retry_after"))
+        return self._seconds(data.get("retry_after", message.get("retry_after")))
+
+    def _seconds(self, value: Any) -> float:
+        """A Retry-After value in seconds; absent or unreadable: the configured default."""
         try:
-            return max(0.0, float(value)) if value is not None else self.rate_limit_default_s
+            seconds = float(value) if value is not None else self.rate_limit_default_s
         except (TypeError, ValueError):
             return self.rate_limit_default_s
+        return max(0.0, seconds) if math.isfinite(seconds) else self.rate_limit_default_s

@@ -57,6 +57,13 @@ from qcompile.runtime.feed import Feed
 from qcompile.runtime.saver import Saver
 from qcompile.runtime.secrets import install_redaction, resolve
 from qcompile.runtime.state import StateStore, canonical_json, open_store
+from qcompile.runtimedefaults import (
+    CHANNEL,
+    HISTORY_BARS,
+    MAX_MALFORMED_PER_MINUTE,
+    RATE_LIMIT_DEFAULT_S,
+    SAFE_STATE_BUDGET_MS,
+)
 from qcompile.signals import SignalError
 from qcompile.signals.pinning import event_calendar, events_on, pinned_signal
 
@@ -85,6 +92,7 @@ class Session:
     instance_id: str = field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
     acks: Path | None = None  # append "seq sha256" per acknowledged state (crash tests)
     settings: dict[str, Any] = field(default_factory=dict)  # deployment overrides (tests)
+    replay: bool = False  # a replay of history: push times are not compared with the clock
 
 
 @dataclass
@@ -279,10 +287,18 @@ class Runner:
             timestamp_unit=data["timestamp"]["unit"],
             sizing=dict(backtest.get("sizing") or {}),
             initial_capital=float(backtest["initial_capital"]),
-            history_bars=int(self.deployment.get("history_bars", 400)),
-            safe_state_budget_ms=float(self.deployment.get("safe_state_budget_ms", 100.0)),
-            channel=str(self.deployment.get("channel", "ticker")),
-            max_malformed_per_minute=int(self.deployment.get("max_malformed_per_minute", 10)),
+            history_bars=int(self.deployment.get("history_bars", HISTORY_BARS)),
+            safe_state_budget_ms=float(
+                self.deployment.get("safe_state_budget_ms", SAFE_STATE_BUDGET_MS)
+            ),
+            channel=str(self.deployment.get("channel", CHANNEL)),
+            backward_run=int(data["timestamp"].get("backward_run", 3)),
+            clock_tolerance_ms=None
+            if self.session.replay
+            else int(float(data["timestamp"].get("clock_tolerance_s", 300)) * 1000),
+            max_malformed_per_minute=int(
+                self.deployment.get("max_malformed_per_minute", MAX_MALFORMED_PER_MINUTE)
+            ),
         )
         return Engine(
             config,
@@ -384,23 +400,19 @@ class Runner:
         for difference in differences:
             log.warning("reconciled: %s", difference)
         symbols = [s + self.engine.config.symbol_suffix for s in self.engine.config.symbols]
-        reconnect = dict(self.deployment.get("reconnect") or {})
         self.feed = Feed(
             self.ws_base,
             self.api_key,
-            [(str(self.deployment.get("channel", "ticker")), symbols)],
+            [(str(self.deployment.get("channel", CHANNEL)), symbols)],
             heartbeat_s=self.heartbeat_s,
-            backoff=Backoff(
-                initial_s=float(reconnect.get("initial_s", 1.0)),
-                cap_s=float(reconnect.get("cap_s", 60.0)),
-                jitter=float(reconnect.get("jitter", 0.1)),
-                stable_s=float(reconnect.get("stable_s", 30.0)),
-            ),
+            backoff=Backoff.for_deployment(self.deployment),
             on_push=lambda epoch, push: self._pushes.put((epoch, push, time.perf_counter())),
             on_ready=self.engine.connected,
             on_down=self.engine.safe_state,
             alert=self._alert,
-            rate_limit_default_s=float(self.deployment.get("rate_limit_default_s", 60.0)),
+            rate_limit_default_s=float(
+                self.deployment.get("rate_limit_default_s", RATE_LIMIT_DEFAULT_S)
+            ),
         )
         self.engine.request_reconnect = self.feed.reconnect
         self._spawn("feed", lambda: self.feed.run(self._feed_stop))
@@ -631,4 +643,5 @@ def emulator_for(
         instance_id=session.instance_id,
         acks=session.acks,
         settings=session.settings,
+        replay=True,
     )

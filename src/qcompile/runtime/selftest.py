@@ -129,6 +129,7 @@ class _Bench:
             ws_base=f"ws://127.0.0.1:{self.emulator.port}",
             rest_base=self.emulator.rest_url,
             api_key=KEY,
+            replay=True,  # synthetic history: not compared with the clock
             settings={
                 "heartbeat_interval_s": 0.25,
                 "reconnect": {"initial_s": 0.05, "cap_s": 0.4, "jitter": 0.1, "stable_s": 30},

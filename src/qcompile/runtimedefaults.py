@@ -1,0 +1,25 @@
+"""The runner's operating defaults, defined once (shared).
+
+The production runner applies them where a deployment leaves a setting out, and the compiler
+writes the same values into each runbook, so what an operator reads is what the process does.
+The reconnect schedule is the source document's: 1 s doubling to a 60 s cap, ±10 % jitter,
+reset after 30 s of stable connection.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+RECONNECT: dict[str, float] = {"initial_s": 1.0, "cap_s": 60.0, "jitter": 0.1, "stable_s": 30.0}
+RATE_LIMIT_DEFAULT_S = 60.0  # a rate limit without Retry-After pauses this long
+SAFE_STATE_BUDGET_MS = 100.0
+HISTORY_BARS = 400
+CHANNEL = "ticker"
+MAX_MALFORMED_PER_MINUTE = 10
+
+
+def reconnect_policy(deployment: Mapping[str, Any]) -> dict[str, float]:
+    """The reconnect schedule a deployment runs: its own values over the defaults."""
+    configured = deployment.get("reconnect") or {}
+    return {key: float(configured.get(key, default)) for key, default in RECONNECT.items()}
