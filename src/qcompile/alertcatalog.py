@@ -96,4 +96,19 @@ ALERTS: dict[str, AlertEntry] = {
         "info", "The feed passed a fresh data check after a safe state: signals resumed.", "None."
     ),
     "runner.started": AlertEntry("info", "The runner started (instance named).", "None."),
+    "runner.down": AlertEntry(
+        "critical",
+        "Sent by `qcompile watch`, outside the runner: no heartbeat for more than two heartbeat "
+        "intervals. The process died (kill -9, out of memory, host down) or is stuck.",
+        "Check the process manager (`systemctl status`); it should already be restarting it. "
+        "If the runner does not come back within a minute, start it by hand and read its log.",
+    ),
+    "runner.recovered": AlertEntry(
+        "info", "Sent by `qcompile watch`: the heartbeat is fresh again after an outage.", "None."
+    ),
+    "alert.test": AlertEntry(
+        "info",
+        "Sent by `qcompile alert test`: proves that a sink delivers.",
+        "None; confirm receipt for the checklist's alerts item.",
+    ),
 }

@@ -813,6 +813,84 @@ def refresh(only: tuple[str, ...]) -> None:
 
 
 @main.command()
+@click.option(
+    "--strategy",
+    "-s",
+    "only",
+    multiple=True,
+    metavar="ID",
+    help="Watch this strategy whatever its phase (default: every production strategy); repeatable.",
+)
+@click.option(
+    "--interval",
+    type=click.FloatRange(min=0.05),
+    help="Seconds between passes (default: half the shortest heartbeat interval, 0.2-30 s).",
+)
+@click.option("--once", is_flag=True, help="One pass (for cron): exit 1 while a runner is down.")
+@_handled
+def watch(only: tuple[str, ...], interval: float | None, once: bool) -> None:
+    """Alert through each strategy's own sinks when its runner's heartbeat is older than two
+    heartbeat intervals (runner.down, once per incident), and when it comes back
+    (runner.recovered). One per host, under systemd or cron (docs/operations.md)."""
+    import signal
+    import threading
+
+    from qcompile.operations.watch import Watchdog, default_poll
+
+    dog = Watchdog(_project(), list(only))
+    if not dog.strategies:
+        click.echo("no strategy is in production; nothing to watch.")
+        return
+
+    def announce(event: Any) -> None:
+        undelivered = "" if event.delivered else " (NOT delivered to every sink)"
+        click.echo(f"{event.strategy_id}: {event.kind}: {event.text}{undelivered}", err=False)
+
+    try:
+        if once:
+            events = dog.check()
+            for event in events:
+                if event.kind:
+                    announce(event)
+                elif event.strategy_id in dog.incidents:
+                    click.echo(f"{event.strategy_id}: still down: {event.text}")
+            if dog.incidents:
+                sys.exit(1)
+            return
+        stop = threading.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: stop.set())
+        poll = interval or default_poll(dog.intervals())
+        click.echo(
+            f"watching {', '.join(i for i, _ in dog.strategies)} every {poll:g} s (Ctrl-C stops)",
+            err=True,
+        )
+        dog.run(stop, poll, announce)
+    finally:
+        dog.close()
+
+
+@main.group()
+def alert() -> None:
+    """Alert sinks: check that they deliver."""
+
+
+@alert.command(name="test")
+@click.argument("strategy")
+@_handled
+def alert_test_command(strategy: str) -> None:
+    """Send one test alert (alert.test, info) through each sink of STRATEGY's deployment and say
+    which delivered: the evidence for the checklist's "alerts confirmed" item."""
+    from qcompile.operations.watch import alert_test
+
+    results = alert_test(_project(), strategy)
+    for sink, outcome in results:
+        click.echo(f"{sink}: {outcome}")
+    if any(outcome != "sent" for _, outcome in results):
+        sys.exit(EXIT_CONFIG)
+
+
+@main.command()
 @click.option("--port", type=click.IntRange(0, 65535), default=8780, show_default=True)
 @click.option(
     "--host",

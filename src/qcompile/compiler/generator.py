@@ -40,9 +40,13 @@ def generator_pin() -> dict[str, Any]:
 
 @cache
 def source_sha256() -> str:
-    """The Python source that renders: the compiler (with its sub-packages) and the shared Jinja
-    set-up whose filters every artefact goes through."""
-    return sources_sha256(PACKAGE_DIR.parent, (PACKAGE_DIR.name, "templating.py"))
+    """The Python source that renders: the compiler (with its sub-packages), the shared Jinja
+    set-up whose filters every artefact goes through, and the shared tables the runbook prints
+    (the alert catalogue, the runner's operating defaults)."""
+    return sources_sha256(
+        PACKAGE_DIR.parent,
+        (PACKAGE_DIR.name, "templating.py", "alertcatalog.py", "runtimedefaults.py"),
+    )
 
 
 def rendered_with_this_source(cache_dir: Path) -> bool:
