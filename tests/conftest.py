@@ -82,6 +82,9 @@ def signed_into_production(strategy_file: Path, engineer: str = "j.chen@quantfun
     text += "  checklist:\n" + "".join(
         f"    {item}:\n" + signature(" " * 6) for item in sorted(MANUAL_ITEMS)
     )
+    # production promises an alert the runner watches (the automatic alert-thresholds item)
+    text += "  monitoring:\n    max_drawdown_pct: 20\n"
+    text += "  deployment_record:\n    monitoring_alerts: [drawdown_threshold]\n"
     strategy_file.write_text(text, encoding="utf-8")
 
 

@@ -96,6 +96,37 @@ ALERTS: dict[str, AlertEntry] = {
         "info", "The feed passed a fresh data check after a safe state: signals resumed.", "None."
     ),
     "runner.started": AlertEntry("info", "The runner started (instance named).", "None."),
+    "strategy.drawdown": AlertEntry(
+        "critical",
+        "Equity fell strategy.monitoring.max_drawdown_pct below its peak (once per breach; "
+        "re-armed when equity is back above that line).",
+        "Compare with the backtest's worst drawdown in the report; if beyond it, stop the "
+        "runner and review the strategy (docs/reviews.md).",
+    ),
+    "strategy.daily_loss": AlertEntry(
+        "critical",
+        "Equity fell strategy.monitoring.max_daily_loss_pct below the day's first mark (once "
+        "per day).",
+        "Check the day's fills in `qcompile journal`; stop the runner if the loss is not what "
+        "the strategy's risk allows.",
+    ),
+    "strategy.losing_streak": AlertEntry(
+        "warning",
+        "strategy.monitoring.max_losing_streak closed trades in a row lost money, costs in "
+        "(re-armed by a winning trade).",
+        "Compare with the backtest's longest losing run; a longer one is a review trigger.",
+    ),
+    "strategy.exposure": AlertEntry(
+        "critical",
+        "Gross exposure exceeded strategy.monitoring.max_exposure_pct of equity.",
+        "Check positions with the broker; reduce them by hand if sizing went wrong.",
+    ),
+    "runner.feed_override": AlertEntry(
+        "warning",
+        "The runner was started against another feed than its data source's (`qcompile run "
+        "--ws-url/--rest-url`): a staging or recorded feed.",
+        "Confirm that it was intended; a production strategy needs `--i-know` for it.",
+    ),
     "runner.down": AlertEntry(
         "critical",
         "Sent by `qcompile watch`, outside the runner: no heartbeat for more than two heartbeat "

@@ -23,3 +23,15 @@ def reconnect_policy(deployment: Mapping[str, Any]) -> dict[str, float]:
     """The reconnect schedule a deployment runs: its own values over the defaults."""
     configured = deployment.get("reconnect") or {}
     return {key: float(configured.get(key, default)) for key, default in RECONNECT.items()}
+
+
+# The strategy alerts a passport may declare (strategy.deployment_record.monitoring_alerts): each
+# with the threshold in strategy.monitoring that the runner watches it by. data_feed_heartbeat
+# is the feed's own silence alert, always on.
+ALERT_THRESHOLDS = {
+    "drawdown_threshold": "max_drawdown_pct",
+    "daily_loss": "max_daily_loss_pct",
+    "winrate_streak": "max_losing_streak",
+    "exposure_limit": "max_exposure_pct",
+}
+ALERT_KINDS = (*ALERT_THRESHOLDS, "data_feed_heartbeat")

@@ -99,6 +99,12 @@ def test_a_complete_checklist_opens_the_production_gate(example: Path) -> None:
     with_coverage(example, 88.0)
     assert cli(example, "build").exit_code == 0
     assert cli(example, "signoff", STRATEGY, "--role", "peer_reviewer", "--by", PEER).exit_code == 0
+    path = example / "conf/strategy/zscore_reversion.yaml"
+    path.write_text(  # the alerts production promises, with their thresholds
+        path.read_text()
+        + "  monitoring:\n    max_drawdown_pct: 20\n"
+        + "  deployment_record:\n    monitoring_alerts: [drawdown_threshold]\n"
+    )
     for item in sorted(MANUAL_ITEMS):
         signed = cli(example, "signoff", STRATEGY, "--item", item, "--by", ENGINEER)
         assert signed.exit_code == 0, signed.output
@@ -244,3 +250,33 @@ def test_signing_an_item_records_what_it_attests_to(example: Path) -> None:
     assert signed.exit_code == 0, signed.output
     text = (example / "conf/strategy/zscore_reversion.yaml").read_text()
     assert "attests: On-call contact list is posted in the operations channel" in text
+
+
+def test_the_alert_thresholds_item_is_ticked_by_what_the_runner_will_act_on(
+    example: Path,
+) -> None:
+    assert cli(example, "build").exit_code == 0
+    text = row(
+        (example / "generated" / PRODUCTION / "checklist.md").read_text(),
+        "monitoring.alert_thresholds",
+    )
+    assert text.startswith("| [x] |") and "| auto |" in text
+    assert "the runner alerts on drawdown_threshold at 15 %; winrate_streak at 6" in text
+    path = example / PRODUCTION_FILE
+    edit(path, "    max_drawdown_pct: 15\n", "")
+    refused = cli(example, "build")
+    assert refused.exit_code == 2
+    line = (
+        path.read_text()
+        .splitlines()
+        .index("    monitoring_alerts: [drawdown_threshold, winrate_streak, data_feed_heartbeat]")
+        + 1
+    )
+    assert (
+        f"conf/strategy/fast_reversion.yaml:{line}: error: strategy.deployment_record."
+        "monitoring_alerts: promises drawdown_threshold, but strategy.monitoring.max_drawdown_pct "
+        "is not set" in refused.output
+    ), refused.output
+    edit(path, "[drawdown_threshold, winrate_streak", "[sharpe_drop, winrate_streak")
+    unknown = cli(example, "build")
+    assert unknown.exit_code == 2 and "was 'sharpe_drop' [schema.allowed]" in unknown.output

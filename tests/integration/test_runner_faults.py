@@ -327,3 +327,42 @@ def test_a_feed_off_the_clock_is_refused_until_it_agrees_again(
     emulator.inject("time_shift", shift_s=0)
     assert wait_until(lambda: not runner.engine.state.suspended, timeout=10)  # agrees again
     runner.stop()
+
+
+# -- the alerts the passport promises ----------------------------------------------------------
+
+
+def test_the_promised_alerts_fire_against_the_emulator(
+    project: Path, emulator: Emulator, sample_bars
+) -> None:
+    """Thresholds tight enough that the sample's replay breaches them: each alert fires with its
+    figures, and once per breach, never once per push."""
+    import yaml
+
+    from tests.integration.test_runner import PARAMS
+
+    params = yaml.safe_load(PARAMS.read_text())
+    params["monitoring"] = {
+        "max_drawdown_pct": 0.01,
+        "max_exposure_pct": 10,
+        "max_losing_streak": 1,
+        "max_daily_loss_pct": 0.01,
+    }
+    runner = start_runner(project, emulator, params)
+    assert emulator.wait_exhausted(30) and runner.wait_idle(10)
+    accepted = runner.engine.counters.accepted
+    runner.stop()
+    records = [r for r in journal(project) if str(r.get("key", "")).startswith("strategy.")]
+    by_key: dict[str, list[dict]] = {}
+    for record in records:
+        by_key.setdefault(record["key"], []).append(record)
+    assert {"strategy.drawdown", "strategy.exposure", "strategy.daily_loss"} <= set(by_key)
+    assert "from the equity peak" in by_key["strategy.drawdown"][0]["summary"]
+    assert "of equity" in by_key["strategy.exposure"][0]["summary"]
+    for key, fired in by_key.items():
+        if key != "strategy.daily_loss":
+            assert len(fired) < accepted / 10, (key, len(fired))  # per breach, not per push
+    days = {event["timestamp"] // 86_400_000 for event in replay_events(sample_bars, 40)}
+    assert len(by_key["strategy.daily_loss"]) <= len(days)  # at most once a day
+    saved = FileStateStore(project / "state", STRATEGY, "reader").load()
+    assert saved is not None and saved["monitor"]["peak_equity"] > 0

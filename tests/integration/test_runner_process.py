@@ -186,3 +186,55 @@ def test_heartbeat_check_state_and_stop_from_outside(deployed: Path) -> None:
     assert none.returncode == 2 and "no heartbeat from a connected runner" in none.stderr
     again = cli_process(deployed, "stop", STRATEGY)
     assert again.returncode == 0 and "not running" in again.stdout
+
+
+# -- the operator's feed override ---------------------------------------------------------------
+
+
+def test_a_feed_override_runs_against_another_feed_and_says_so(deployed: Path) -> None:
+    """A staging feed (here a local emulator with its own key) instead of the data source's."""
+    import yaml
+
+    from qcompile.emulator import Emulator, ticks_from_bars
+    from qcompile.emulator import load_bars as emulator_bars
+
+    params_file = deployed / "generated" / STRATEGY / "params.yaml"
+    params = yaml.safe_load(params_file.read_text())
+    params["data"]["api_key"] = "${oc.env:STAGING_KEY}"  # what a vendor source declares
+    params_file.write_text(yaml.safe_dump(params, sort_keys=False))
+    bars = emulator_bars(deployed / "data/sample_us_daily", ["GOOGL", "IXIC", "MSFT", "SPX"])
+    recent = bars.filter(bars["timestamp"] >= bars["timestamp"].max() - 20 * 86_400_000)
+    with Emulator(
+        ticks_from_bars(recent, 86_400_000),
+        api_keys=["staging-key-1"],
+        messages_per_second=400,
+        bars=bars,
+        replay_start="first_subscribe",
+    ) as staging:
+        result = cli_process(
+            deployed,
+            "run",
+            STRATEGY,
+            "--ws-url",
+            f"ws://127.0.0.1:{staging.port}",
+            "--rest-url",
+            staging.rest_url,
+            "--duration",
+            "3",
+            env={"STAGING_KEY": "staging-key-1"},
+        )
+    assert result.returncode == 0, result.stderr
+    assert f"running on ws://127.0.0.1:{staging.port}/v1/realtime" in result.stderr
+    journal = FileStateStore(deployed / "state", STRATEGY, "reader").read_journal()
+    (override,) = [r for r in journal if r.get("key") == "runner.feed_override"]
+    assert f"feed ws://127.0.0.1:{staging.port} instead of None" in override["summary"]
+    assert "staging-key-1" not in result.stderr + result.stdout  # the key is never printed
+
+
+def test_a_feed_override_on_a_production_strategy_needs_confirmation(deployed: Path) -> None:
+    refused = cli_process(deployed, "run", "STR-2026-0088", "--ws-url", "ws://127.0.0.1:9")
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr
+    assert "STR-2026-0088 is in production" in refused.stderr and "--i-know" in refused.stderr
+    assert not (deployed / "state").exists()
+    mixed = cli_process(deployed, "run", STRATEGY, "--feed", "emulator", "--ws-url", "ws://x")
+    assert mixed.returncode == 2 and "not with the emulator" in mixed.stderr

@@ -23,11 +23,10 @@ def _in_production(root: Path, last_review: str) -> None:
     signed_into_production(strategy)
     edit(
         strategy,
-        "  signoffs:\n",
+        "  deployment_record:\n",
         "  deployment_record:\n"
         '    deployment_date: "2026-09-01"\n'
-        f'    last_review_date: "{last_review}"\n'
-        "  signoffs:\n",
+        f'    last_review_date: "{last_review}"\n',
     )
 
 

@@ -41,11 +41,12 @@ def generator_pin() -> dict[str, Any]:
 @cache
 def source_sha256() -> str:
     """The Python source that renders: the compiler (with its sub-packages), the shared Jinja
-    set-up whose filters every artefact goes through, and the shared tables the runbook prints
-    (the alert catalogue, the runner's operating defaults)."""
+    set-up whose filters every artefact goes through, the shared tables the runbook prints (the
+    alert catalogue, the runner's operating defaults) and the runtime, whose source hash decides
+    whether the self-test evidence still ticks the checklist's runtime items."""
     return sources_sha256(
         PACKAGE_DIR.parent,
-        (PACKAGE_DIR.name, "templating.py", "alertcatalog.py", "runtimedefaults.py"),
+        (PACKAGE_DIR.name, "templating.py", "alertcatalog.py", "runtimedefaults.py", "runtime"),
     )
 
 

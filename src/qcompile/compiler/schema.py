@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from qcompile.runtimedefaults import ALERT_KINDS
+
 PHASES = ("ideation", "research", "validation", "production")
 STRATEGY_TYPES = ("intraday", "daily", "weekly")
 INTERVALS = ("1m", "5m", "15m", "30m", "1h", "4h", "12h", "1d", "1w", "1M")
@@ -340,6 +342,34 @@ STRATEGY_SCHEMA: dict[str, Any] = {
                     ),
                 },
             ),
+            "monitoring": _doc(
+                "Thresholds the production runner alerts on, each once per breach (docs/runner.md).",
+                type="dict",
+                required=False,
+                schema={
+                    "max_drawdown_pct": _number(
+                        "Equity this many percent below its peak (drawdown_threshold).",
+                        minimum=0,
+                        required=False,
+                    ),
+                    "max_daily_loss_pct": _number(
+                        "Equity this many percent below the day's first mark (daily_loss).",
+                        minimum=0,
+                        required=False,
+                    ),
+                    "max_losing_streak": _doc(
+                        "This many losing trades in a row, costs in (winrate_streak).",
+                        type="integer",
+                        required=False,
+                        min=1,
+                    ),
+                    "max_exposure_pct": _number(
+                        "Gross exposure above this percentage of equity (exposure_limit).",
+                        minimum=0,
+                        required=False,
+                    ),
+                },
+            ),
             "deployment_record": _doc(
                 "Production deployment record.",
                 type="dict",
@@ -347,10 +377,11 @@ STRATEGY_SCHEMA: dict[str, Any] = {
                 schema={
                     "deployment_date": _date("Date first deployed.", required=False, nullable=True),
                     "monitoring_alerts": _doc(
-                        "Alerts configured for this strategy.",
+                        "Alerts promised for this strategy in production; each but "
+                        "data_feed_heartbeat needs its threshold in strategy.monitoring.",
                         type="list",
                         required=False,
-                        schema={"type": "string", "regex": IDENTIFIER_PATTERN},
+                        schema={"type": "string", "allowed": list(ALERT_KINDS)},
                     ),
                     "last_review_date": _date(
                         "Date of the last full code review.", required=False, nullable=True

@@ -34,6 +34,7 @@ from qcompile.compiler.schema import (
 )
 from qcompile.errors import COMMAND_LINE, Diagnostic
 from qcompile.project import Project
+from qcompile.runtimedefaults import ALERT_THRESHOLDS
 
 SECRET_REFERENCE = re.compile(r"^\$\{oc\.env:([A-Za-z_][A-Za-z0-9_]*)\}$")
 _SECRET_KEY = re.compile(
@@ -442,6 +443,19 @@ def cross_field_diagnostics(composed: ComposedStrategy, data: dict[str, Any]) ->
                 f"held-out period {oos_start}..{oos_end} must lie "
                 f"inside the backtest window {start}..{end}",
                 "rule.oos_window",
+            )
+    record = strategy.get("deployment_record")
+    declared = record.get("monitoring_alerts") if isinstance(record, dict) else None
+    thresholds = strategy.get("monitoring") if isinstance(strategy.get("monitoring"), dict) else {}
+    for alert in declared if isinstance(declared, list) else []:
+        needed = ALERT_THRESHOLDS.get(alert)
+        if needed is not None and thresholds.get(needed) is None:
+            add(
+                "strategy.deployment_record.monitoring_alerts",
+                f"promises {alert}, but strategy.monitoring.{needed} is not set: the runner "
+                "would have nothing to alert on",
+                "rule.monitoring_threshold",
+                f"set strategy.monitoring.{needed}, or remove {alert} (docs/runner.md)",
             )
     sizing = backtest.get("sizing") if isinstance(backtest.get("sizing"), dict) else {}
     if sizing.get("method") == "fixed_fraction" and sizing.get("fraction") is None:

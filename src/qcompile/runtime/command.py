@@ -85,6 +85,23 @@ def run_options(function: Callable[..., Any]) -> Callable[..., Any]:
             hidden=True,
             help="Append 'seq sha256' per acknowledged state (crash-recovery tests).",
         ),
+        click.option(
+            "--ws-url",
+            metavar="URL",
+            help="Read the feed from this WebSocket base instead of the data source's (a staging "
+            "or recorded feed); logged and alerted. A production strategy also needs --i-know.",
+        ),
+        click.option(
+            "--rest-url",
+            metavar="URL",
+            help="History from this REST base instead of the data source's; as --ws-url.",
+        ),
+        click.option(
+            "--i-know",
+            "override_production",
+            is_flag=True,
+            help="Confirm a feed override on a strategy in production.",
+        ),
         click.option("--verbose", "-v", is_flag=True, help="Log every decision."),
         click.option(
             "--check-state",
@@ -112,6 +129,9 @@ def execute(
     acks: Path | None,
     verbose: bool,
     check_state: bool = False,
+    ws_url: str | None = None,
+    rest_url: str | None = None,
+    override_production: bool = False,
 ) -> None:
     """Run the strategy until stopped; prints a summary. Ctrl-C and SIGTERM stop it cleanly."""
     from qcompile.runtime.runner import Runner, Session, emulator_for, load_params
@@ -126,8 +146,10 @@ def execute(
     if not paper:
         raise click.UsageError("--live needs a real broker; only the paper broker exists yet")
     params = load_params(params_file)
-    session = Session(acks=acks)
+    session = Session(acks=acks, ws_base=ws_url, rest_base=rest_url)
     emulator = None
+    if ws_url or rest_url:
+        _check_feed_override(params_file, feed, replay, scenario, override_production)
     if feed == "emulator" or replay is not None or scenario is not None:
         emulator, session = emulator_for(params, root, session, replay, bars, speed, scenario)
     stop = threading.Event()
@@ -174,6 +196,27 @@ def execute(
         raise RunnerFailed(
             f"{runner.failure}; the safe state was entered and the alert sent "
             "(docs/runner.md: restarts resume from the durable state)"
+        )
+
+
+def _check_feed_override(
+    params_file: Path, feed: str, replay: Path | None, scenario: Path | None, confirmed: bool
+) -> None:
+    """A feed override is for operators: not with the emulator, and on a strategy in production
+    only when confirmed (the phase is the built passport's)."""
+    if feed == "emulator" or replay is not None or scenario is not None:
+        raise click.UsageError("--ws-url/--rest-url point at a real feed; not with the emulator")
+    import yaml
+
+    try:
+        passport = yaml.safe_load((params_file.parent / "passport.yaml").read_text("utf-8"))
+        phase = (passport.get("lifecycle") or {}).get("phase")
+    except (OSError, AttributeError, yaml.YAMLError):
+        phase = None  # unknown: treated as production
+    if phase in (None, "production") and not confirmed:
+        raise QcompileError(
+            f"{params_file.parent.name} is in {phase or 'an unknown phase'}: pointing its runner "
+            "at another feed needs --i-know (the override is logged and alerted either way)"
         )
 
 

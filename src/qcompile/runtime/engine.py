@@ -28,6 +28,7 @@ import polars as pl
 from qcompile.research.data import detect_unit
 from qcompile.runtime.alerts import Alert, Alerter
 from qcompile.runtime.broker import Broker, Fill, Order
+from qcompile.runtime.monitor import Monitor, MonitorState
 
 log = logging.getLogger("qcompile.live")
 
@@ -119,6 +120,7 @@ class EngineConfig:
     max_malformed_per_minute: int = 10
     backward_run: int = 3  # pushes in a row behind their symbol's cursor: the clock went back
     clock_tolerance_ms: int | None = 300_000  # |push time - wall clock| allowed; None: replay
+    monitoring: dict[str, Any] = field(default_factory=dict)  # the strategy's alert thresholds
 
 
 @dataclass
@@ -132,6 +134,10 @@ class EngineState:
     # symbol -> [price, timestamp ms] of its last accepted push: a restart marks its book at these
     # until fresh data arrives, instead of at nothing
     last_prices: dict[str, list[float]] = field(default_factory=dict)
+    # per symbol, the cash its open trade has cost so far (fills and commissions): its result
+    # when the position is flat again
+    trade_cash: dict[str, float] = field(default_factory=dict)
+    monitor: MonitorState = field(default_factory=MonitorState)
     suspended: bool = True  # nothing is decided until a connected feed proved its data fresh
     suspended_reason: str = "starting"
 
@@ -147,6 +153,8 @@ class EngineState:
             "building": {k: list(v) for k, v in sorted(self.building.items())},
             "targets": dict(sorted(self.targets.items())),
             "last_prices": {k: list(v) for k, v in sorted(self.last_prices.items())},
+            "trade_cash": dict(sorted(self.trade_cash.items())),
+            "monitor": self.monitor.to_dict(),
             "suspended": self.suspended,
             "suspended_reason": self.suspended_reason,
         }
@@ -163,6 +171,8 @@ class EngineState:
             last_prices={
                 k: [float(p), float(t)] for k, (p, t) in (data.get("last_prices") or {}).items()
             },
+            trade_cash={k: float(v) for k, v in (data.get("trade_cash") or {}).items()},
+            monitor=MonitorState.from_dict(data.get("monitor")),
             suspended=True,  # a restart re-proves the feed before deciding anything
             suspended_reason="restarted",
         )
@@ -200,6 +210,7 @@ class Engine:
         self.last_price: dict[str, float] = {k: v[0] for k, v in self.state.last_prices.items()}
         self._malformed_at: deque[float] = deque()  # clock readings of recent malformed pushes
         self._behind = 0  # pushes in a row older than their symbol's cursor
+        self.monitor = Monitor(config.monitoring, self.state.monitor)
         self.epoch = 0  # the feed connection whose data may lift a suspension
         self._condemned = -1  # a connection that broke the data contract: its pushes are dropped
         self.feed_ready = False
@@ -430,7 +441,19 @@ class Engine:
         self._bar(tick)
         for fill in self.broker.on_quote(tick.symbol, tick.price, tick.timestamp):
             self._filled(fill)
+        self._watch(tick.timestamp)
         return True
+
+    def _watch(self, timestamp: int) -> None:
+        """The strategy's own thresholds, after every price and fill."""
+        if not self.monitor.thresholds:
+            return
+        exposure = sum(
+            abs(q) * self.last_price.get(s, 0.0) for s, q in self.state.positions.items()
+        )
+        day = timestamp // 86_400_000 * 86_400_000
+        for breach in self.monitor.observe(self.equity(), exposure, day):
+            self._alert(breach.key, breach.severity, breach.summary, breach.details)
 
     def _mark_interval(self, start: int) -> None:
         """Journal the equity of each completed interval (a day for daily bars), marked at the
@@ -529,6 +552,7 @@ class Engine:
 
     def _filled(self, fill: Fill) -> None:
         self.state.pending.pop(fill.order_id, None)
+        self._account_trade(fill)
         held = self.state.positions.get(fill.symbol, 0.0) + fill.quantity
         if abs(held) > 1e-12:
             self.state.positions[fill.symbol] = held
@@ -548,6 +572,26 @@ class Engine:
             }
         )
         log.info("%s: filled %+g at %.4f", fill.symbol, fill.quantity, fill.price)
+
+    def _account_trade(self, fill: Fill) -> None:
+        """Add the fill's cash to its symbol's open trade; when the trade is flat again (or
+        flips), its result goes to the losing-streak monitor."""
+        before = self.state.positions.get(fill.symbol, 0.0)
+        after = before + fill.quantity
+        closing = before != 0 and (after == 0 or (after > 0) != (before > 0))
+        if not closing:
+            cash = -(fill.quantity * fill.price + fill.commission)
+            self.state.trade_cash[fill.symbol] = self.state.trade_cash.get(fill.symbol, 0.0) + cash
+            return
+        share = abs(before) / abs(fill.quantity)  # the part of the fill that closes the trade
+        closed = self.state.trade_cash.pop(fill.symbol, 0.0) - share * (
+            fill.quantity * fill.price + fill.commission
+        )
+        if abs(after) > 1e-12:  # flipped: the rest of the fill opens the next trade
+            rest = (1 - share) * (fill.quantity * fill.price + fill.commission)
+            self.state.trade_cash[fill.symbol] = -rest
+        for breach in self.monitor.closed_trade(closed):
+            self._alert(breach.key, breach.severity, breach.summary, breach.details)
 
     def reconcile(self) -> list[str]:
         """Adopt the broker's positions, cash and working orders where the persisted state

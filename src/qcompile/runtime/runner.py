@@ -293,6 +293,7 @@ class Runner:
             ),
             channel=str(self.deployment.get("channel", CHANNEL)),
             backward_run=int(data["timestamp"].get("backward_run", 3)),
+            monitoring=dict(params.get("monitoring") or {}),
             clock_tolerance_ms=None
             if self.session.replay
             else int(float(data["timestamp"].get("clock_tolerance_s", 300)) * 1000),
@@ -418,6 +419,17 @@ class Runner:
         self._spawn("feed", lambda: self.feed.run(self._feed_stop))
         self._spawn("decisions", self._decide_loop)
         self._alert("runner.started", "info", f"runner started ({self.session.instance_id})")
+        data = self.params["data"]
+        overridden = [
+            f"{what} {given} instead of {declared}"
+            for what, given, declared in (
+                ("feed", self.session.ws_base, data.get("ws_base")),
+                ("history", self.session.rest_base, data.get("rest_base")),
+            )
+            if given and given != declared
+        ]
+        if overridden and not self.session.replay:  # an operator's override, never silent
+            self._alert("runner.feed_override", "warning", "; ".join(overridden))
 
     def _spawn(self, name: str, target: Callable[[], None]) -> None:
         """Start a worker under supervision: if it raises, or returns while the runner is still

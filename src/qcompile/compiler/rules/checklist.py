@@ -21,6 +21,7 @@ from qcompile import __version__
 from qcompile.compiler.rules.gates import CHECKLIST_ITEMS
 from qcompile.hashing import runtime_sha256
 from qcompile.research.datalayout import epoch_time
+from qcompile.runtimedefaults import ALERT_THRESHOLDS
 
 COVERAGE_MINIMUM = 80.0
 # Items the runner's behaviour proves for every strategy it runs: `qcompile selftest` runs those
@@ -36,7 +37,6 @@ MANUAL_ITEMS = {
     "data.api_permissions",
     "data.stream_authenticated",
     "monitoring.heartbeat",
-    "monitoring.alert_thresholds",
     "monitoring.alerts_tested",
     "monitoring.dashboard",
     "docs.on_call",
@@ -169,6 +169,8 @@ def _verify(
         )
     if item == "data.lookback_covered":
         return _lookback(strategy, fingerprint, (pins.get("data") or {}).get("timestamp") or {})
+    if item == "monitoring.alert_thresholds":
+        return _alert_thresholds(strategy)
     if item == "docs.passport":
         missing = [
             k
@@ -194,6 +196,26 @@ def _verify(
             f"generated/{strategy['id']}/rollback.sh (shellcheck-clean; --dry-run prints each step)"
         )
     raise AssertionError(f"checklist item {item} has no verification")  # CHECKLIST_ITEMS grew
+
+
+def _alert_thresholds(strategy: dict[str, Any]) -> tuple[bool, str]:
+    """Ticked when the passport promises alerts and the runner will act on each: its threshold
+    is configured (validation refuses a promise without one; the schema, an unknown kind)."""
+    declared = (strategy.get("deployment_record") or {}).get("monitoring_alerts") or []
+    if not declared:
+        return False, "no alerts promised (strategy.deployment_record.monitoring_alerts)"
+    thresholds = strategy.get("monitoring") or {}
+    shown = []
+    for alert in declared:
+        key = ALERT_THRESHOLDS.get(alert)
+        if key is None:
+            shown.append(f"{alert} (the feed's silence alert, two heartbeat intervals)")
+        elif thresholds.get(key) is None:
+            return False, f"{alert} has no strategy.monitoring.{key}"
+        else:
+            unit = "" if key == "max_losing_streak" else " %"
+            shown.append(f"{alert} at {thresholds[key]:g}{unit}")
+    return True, "the runner alerts on " + "; ".join(shown)
 
 
 def selftest_path(project: dict[str, Any], root: Path) -> Path:
