@@ -52,6 +52,14 @@ ALERTS: dict[str, AlertEntry] = {
         "max_malformed_per_minute in a minute is a data-contract breach (feed.contract).",
         "Occasional: nothing. Repeated: report to the vendor.",
     ),
+    "feed.stalled": AlertEntry(
+        "critical",
+        "The feed thread made no progress for two and a half heartbeat intervals (a frame that "
+        "trickles in, or takes too long to handle): the runner's own watchdog entered the safe "
+        "state and dropped the connection.",
+        "Nothing while it reconnects. If it repeats, capture the feed's traffic and report it to "
+        "the vendor.",
+    ),
     "feed.unsubscribed": AlertEntry(
         "warning",
         "The feed pushed a channel the runner did not subscribe to; it was dropped, never traded.",

@@ -17,6 +17,7 @@ SAFE_STATE_BUDGET_MS = 100.0
 HISTORY_BARS = 400
 CHANNEL = "ticker"
 MAX_MALFORMED_PER_MINUTE = 10
+MAX_FRAME_BYTES = 1_000_000  # a push is a few hundred bytes; a larger frame is dropped unparsed
 
 
 def reconnect_policy(deployment: Mapping[str, Any]) -> dict[str, float]:

@@ -366,3 +366,43 @@ def test_the_promised_alerts_fire_against_the_emulator(
     assert len(by_key["strategy.daily_loss"]) <= len(days)  # at most once a day
     saved = FileStateStore(project / "state", STRATEGY, "reader").load()
     assert saved is not None and saved["monitor"]["peak_equity"] > 0
+
+
+# -- a frame that is too large, or a feed thread that is stuck --------------------------------
+
+
+def test_an_oversized_frame_is_dropped_unparsed(
+    project: Path, emulator: Emulator, sample_bars
+) -> None:
+    emulator.inject("oversized_frame", size_bytes=300_000, count=2)  # the first two pushes
+    runner = start_runner(project, emulator, max_frame_bytes=100_000)
+    assert emulator.wait_exhausted(30) and runner.wait_idle(10)
+    assert runner.feed.stats.oversized == 2
+    assert runner.engine.counters.accepted == len(replay_events(sample_bars, 40)) - 2
+    assert not runner.engine.state.suspended
+    runner.stop()
+
+
+def test_a_stuck_feed_thread_is_caught_by_the_runners_own_clock(
+    project: Path, emulator: Emulator
+) -> None:
+    """The feed thread blocks for 3 s inside one push (as a frame that trickles in would block
+    it): its own silence check cannot run, the runner's watchdog must act within 2.5 intervals
+    (0.625 s here) instead."""
+    runner = start_runner(project, emulator)
+    assert wait_until(lambda: not runner.engine.state.suspended)
+    deliver, stuck = runner.feed.on_push, []
+
+    def slow(epoch: int, push: dict) -> None:
+        if not stuck:
+            stuck.append(time.perf_counter())
+            time.sleep(3.0)
+        deliver(epoch, push)
+
+    runner.feed.on_push = slow
+    assert wait_until(lambda: runner.engine.counters.safe_states >= 1, timeout=5)
+    reacted = time.perf_counter() - stuck[0]
+    assert reacted < 2.5 * 0.25 + 0.5, reacted  # well before the thread came back at 3 s
+    assert "feed stalled" in runner.engine.state.suspended_reason
+    assert wait_until(lambda: "feed.stalled" in [r.get("key") for r in journal(project)])
+    runner.stop()

@@ -693,6 +693,13 @@ DEPLOYMENT_SCHEMA: dict[str, Any] = {
                 required=False,
                 allowed=["ticker", "trade"],
             ),
+            "max_frame_bytes": _doc(
+                "Largest WebSocket frame the runner parses (default 1000000); a larger one is "
+                "dropped unparsed as malformed.",
+                type="integer",
+                required=False,
+                min=1024,
+            ),
             "max_malformed_per_minute": _doc(
                 "Malformed pushes dropped within a minute before the feed counts as breaking "
                 "the data contract: safe state and reconnect (default 10).",

@@ -143,6 +143,8 @@ FAULTS: dict[str, dict[str, Option]] = {
         "count": _COUNT,
     },
     "binary_frame": {"count": _COUNT},
+    # the next pushes padded to size_bytes with a filler field: still valid JSON
+    "oversized_frame": {"size_bytes": Option(_positive_int, 10_000_000), "count": _COUNT},
     # the next WebSocket upgrades answered HTTP 429 with a Retry-After header
     "upgrade_429": {"count": _COUNT, "retry_after": _RETRY_AFTER},
     # the next connections get a 3001 error frame with retry_after, then a close

@@ -79,6 +79,7 @@ COUNTED_FAULTS = (
     "connection_limit",
     "bad_field",
     "binary_frame",
+    "oversized_frame",
     "unsubscribed_channel",
     "upgrade_429",
     "error_close",
@@ -287,6 +288,7 @@ class Emulator:
         self._retry_after = {"rate_limit": 2, "http_429": 2, "upgrade_429": 2, "error_close": 2}
         self._bad_field: tuple[str, Any] = ("quantity", "NaN")
         self._extra_channel = "trade"
+        self._oversize = 10_000_000
         self._slow_delay_s = 0.0
         self._slow_until = 0.0
         self._held: Tick | None = None  # an out_of_order event waiting for its successor
@@ -489,6 +491,8 @@ class Emulator:
                 self._bad_field = (options["field"], options["value"])
             if name == "unsubscribed_channel":
                 self._extra_channel = options["channel"]
+            if name == "oversized_frame":
+                self._oversize = options["size_bytes"]
         elif name == "timestamp_unit":
             self._style = replace(self._style, timestamp_unit=options["unit"])
         elif name == "numeric_prices":
@@ -619,6 +623,7 @@ class Emulator:
         copies = 2 if self._take("duplicate") else 1
         bad = self._take("bad_field")
         binary = self._take("binary_frame")
+        oversized = self._take("oversized_frame")
         extra = self._take("unsubscribed_channel")
         for client, texts in recipients:
             if extra and self._extra_channel not in client.subscriptions:
@@ -627,6 +632,8 @@ class Emulator:
             for text in texts:
                 if bad:
                     text = _with_field(text, *self._bad_field)
+                if oversized:
+                    text = text[:-1] + ', "padding": "' + "x" * self._oversize + '"}'
                 if truncate:
                     text = text[: len(text) // 2]  # a cut-off frame: not valid JSON
                 frame: str | bytes = text.encode() if binary else text

@@ -23,6 +23,7 @@ import json
 import logging
 import math
 import select
+import socket
 import threading
 import time
 from collections import deque
@@ -58,6 +59,7 @@ class FeedStats:
     pushes: int = 0
     malformed: int = 0
     binary: int = 0  # binary frames refused (counted in malformed too)
+    oversized: int = 0  # frames over max_frame_bytes, dropped unparsed (in malformed too)
     rate_limit_pauses: list[float] = field(default_factory=list)
     retry_after: list[float] = field(default_factory=list)  # server-given waits honoured
     delays: list[float] = field(default_factory=list)
@@ -80,6 +82,7 @@ class Feed:
         path: str = "/v1/realtime",
         clock: Callable[[], float] = time.perf_counter,
         connect_timeout_s: float = 10.0,
+        max_frame_bytes: int = 1_000_000,
     ):
         self.endpoint = ws_base.rstrip("/") + path  # loggable: no key in it
         self._url = f"{self.endpoint}?api_key={quote(api_key, safe='')}"
@@ -91,6 +94,8 @@ class Feed:
         self.rate_limit_default_s = rate_limit_default_s
         self.clock = clock
         self.connect_timeout_s = connect_timeout_s
+        self.max_frame_bytes = max_frame_bytes  # a larger frame is dropped unparsed
+        self._current: websocket.WebSocket | None = None  # the open connection, for abort()
         self.stats = FeedStats()
         self.epoch = 0
         self.connected = threading.Event()
@@ -99,6 +104,15 @@ class Feed:
         self._poll_s = min(0.05, heartbeat_s / 10)
         # the server's Retry-After (a 429 on the upgrade, a 3001 frame): no attempt before this
         self._not_before: float | None = None
+
+    def abort(self, reason: str) -> None:
+        """From another thread: drop the connection even if this thread is stuck reading a
+        frame (its read fails at once, and the loop reconnects)."""
+        self._reconnect_reason = reason
+        current = self._current
+        if current is not None and current.sock is not None:
+            with contextlib.suppress(OSError):
+                current.sock.shutdown(socket.SHUT_RDWR)
 
     def reconnect(self, reason: str) -> None:
         """Ask the connection loop to drop the connection (it alone reconnects)."""
@@ -114,6 +128,7 @@ class Feed:
             self._reconnect_reason = None
             try:
                 ws = websocket.create_connection(self._url, timeout=self.connect_timeout_s)
+                self._current = ws
             except Exception as error:  # any failure to connect is retried on the schedule
                 reason = f"connect failed: {type(error).__name__}: {self._redact(str(error))}"
                 log.warning("%s (%s)", reason, self.endpoint)
@@ -221,6 +236,17 @@ class Feed:
                 continue
             if opcode != websocket.ABNF.OPCODE_TEXT:
                 continue  # control frames only prove liveness
+            if len(payload) > self.max_frame_bytes:  # parsing it would stall this thread
+                self.stats.malformed += 1
+                self.stats.oversized += 1
+                log.warning("frame of %d bytes dropped unparsed", len(payload))
+                self.alert(
+                    "feed.malformed",
+                    "warning",
+                    f"a {len(payload):,}-byte frame, over the {self.max_frame_bytes:,}-byte limit: "
+                    "dropped unparsed",
+                )
+                continue
             if not payload:
                 return "connection lost", self.last_received
             try:

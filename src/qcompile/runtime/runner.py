@@ -60,6 +60,7 @@ from qcompile.runtime.state import StateStore, canonical_json, open_store
 from qcompile.runtimedefaults import (
     CHANNEL,
     HISTORY_BARS,
+    MAX_FRAME_BYTES,
     MAX_MALFORMED_PER_MINUTE,
     RATE_LIMIT_DEFAULT_S,
     SAFE_STATE_BUDGET_MS,
@@ -414,10 +415,12 @@ class Runner:
             rate_limit_default_s=float(
                 self.deployment.get("rate_limit_default_s", RATE_LIMIT_DEFAULT_S)
             ),
+            max_frame_bytes=int(self.deployment.get("max_frame_bytes", MAX_FRAME_BYTES)),
         )
         self.engine.request_reconnect = self.feed.reconnect
         self._spawn("feed", lambda: self.feed.run(self._feed_stop))
         self._spawn("decisions", self._decide_loop)
+        self._spawn("staleness", self._watch_staleness)
         self._alert("runner.started", "info", f"runner started ({self.session.instance_id})")
         data = self.params["data"]
         overridden = [
@@ -489,6 +492,24 @@ class Runner:
             self.store.append_journal(record)
         except (OSError, QcompileError) as error:
             log.error("journal append failed: %s", error)
+
+    def _watch_staleness(self) -> None:
+        """Judge the feed's silence by a clock of our own: the feed thread checks it too, but a
+        frame that trickles in or takes long to handle stalls that thread, and with it its
+        check. Half an interval after the feed thread should have acted, act for it: safe
+        state, alert, and the connection dropped under it."""
+        limit = 2.5 * self.heartbeat_s
+        handled = -1
+        while not self._feed_stop.wait(self.heartbeat_s / 4):
+            feed = self.feed
+            silent = time.perf_counter() - feed.last_received
+            if not feed.connected.is_set() or silent <= limit or handled == feed.epoch:
+                continue
+            handled = feed.epoch
+            reason = f"feed stalled: nothing read for {silent:.2f} s (the feed thread is stuck)"
+            self._alert("feed.stalled", "critical", reason)
+            self.engine.safe_state(reason, time.perf_counter())
+            feed.abort(reason)
 
     def _decide_loop(self) -> None:
         with single_threaded_signals():
