@@ -225,7 +225,37 @@ def check_rate_limits(bench: _Bench, scratch: Path) -> str:
     client = RestClient(bench.emulator.rest_url, KEY, sleep=waits.append)
     bars = list(client.klines(SYMBOLS[0], "1d", 0, 2**41, limit=100))
     assert waits == [1.0] and bars, f"429 not honoured: waits {waits}"
-    return "3001 paused the sender 1 s while pongs kept arriving; 429 Retry-After honoured"
+    bench.emulator.inject("upgrade_429", retry_after=1, count=1)
+    runner = bench.runner("retry_after")
+    try:
+        assert _wait(runner.feed.connected.is_set), "never connected after the refused upgrade"
+        first = runner.feed.stats.delays[0] if runner.feed.stats.delays else 0.0
+        assert 1.0 <= first <= 1.1 + 1e-9, f"upgrade 429 Retry-After 1 s, waited {first:.2f} s"
+    finally:
+        runner.stop()
+    return (
+        "3001 paused the sender 1 s while pongs kept arriving; 429 Retry-After honoured on REST "
+        "and on the WebSocket upgrade"
+    )
+
+
+def check_fail_stop(bench: _Bench) -> str:
+    runner = bench.runner("fail_stop")
+    try:
+        assert _wait(lambda: not runner.engine.state.suspended), "never resumed after start"
+
+        def broken(*args: object, **kwargs: object) -> int:
+            raise RuntimeError("selftest: a failing decision")
+
+        runner.engine._signal_target = broken  # the next bar close raises in the decision thread
+        assert _wait(runner.failed.is_set), "a failing decision thread went unnoticed"
+        assert runner.engine.state.suspended and not runner.engine.state.pending
+        assert runner.failure and runner.failure.startswith("decisions thread failed")
+        keys = [r.get("key") for r in runner.store.read_journal()] if runner.store else []
+        assert "runner.failed" in keys, "no runner.failed alert"
+    finally:
+        runner.stop()
+    return "a failing worker thread: safe state, runner.failed alert, the process told to exit"
 
 
 CRASH_CHILD = """
@@ -274,7 +304,7 @@ def check_state_recovery(bench: _Bench, scratch: Path) -> str:
     return f"restart resumed seq {summary.seq}; {kills} kill -9 lost no acknowledged save"
 
 
-CHECKS = ("heartbeat", "safe_state", "reconnect", "rate_limits", "state_recovery")
+CHECKS = ("heartbeat", "safe_state", "fail_stop", "reconnect", "rate_limits", "state_recovery")
 
 
 def run(report: Callable[[str, bool, str], None] = lambda *_: None) -> dict[str, Any]:

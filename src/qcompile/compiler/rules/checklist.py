@@ -28,7 +28,7 @@ COVERAGE_MINIMUM = 80.0
 # checks against the emulator and records them for the qcompile version and runtime source.
 RUNTIME_ITEMS = {
     "code.state_persistence": ("state_recovery",),
-    "code.safe_state": ("safe_state",),
+    "code.safe_state": ("safe_state", "fail_stop"),
     "code.integration_tests": ("heartbeat", "reconnect"),
     "data.rate_limits_tested": ("rate_limits",),
     "data.state_recovery_verified": ("state_recovery",),
