@@ -1,4 +1,5 @@
-"""The strategy's own alerts: each once per breach, re-armed only when its condition clears."""
+"""The strategy's own alerts, and the engine bookkeeping they rely on: each alert once per breach,
+re-armed only when its condition clears; closed-trade results; marks and sizes after a restart."""
 
 from __future__ import annotations
 
@@ -75,7 +76,7 @@ def test_without_thresholds_nothing_is_watched() -> None:
     assert monitor.observe(1, 10**9, 0) == [] and monitor.closed_trade(-1) == []
 
 
-def _engine(thresholds: dict) -> tuple:
+def _engine(thresholds: dict, symbols: tuple = ("AAA",), state: object = None) -> tuple:
     from qcompile.runtime.alerts import Alerter
     from qcompile.runtime.broker import PaperBroker
     from qcompile.runtime.engine import Engine, EngineConfig
@@ -86,17 +87,18 @@ def _engine(thresholds: dict) -> tuple:
         strategy_version="1",
         signal_pin={"name": "s", "version": "1", "source_sha256": "0"},
         signal_params={},
-        symbols=["AAA"],
+        symbols=list(symbols),
         symbol_suffix="",
         interval_ms=DAY,
         timestamp_unit="ms",
-        sizing={},
+        sizing={"method": "equal_weight"},
         initial_capital=10_000.0,
         monitoring=thresholds,
+        clock_tolerance_ms=None,  # pushes from 2024, not now
     )
     broker = PaperBroker({"commission_bps": 0, "slippage_bps": 0}, 10_000.0, None, lambda _: None)
     engine = Engine(
-        config, lambda *a, **k: None, broker, Alerter([]), lambda *a: None, lambda *a: []
+        config, lambda *a, **k: None, broker, Alerter([]), lambda *a: None, lambda *a: [], state
     )
     engine._alert = lambda key, severity, summary, details=None: alerts.append((key, summary))
     return engine, alerts
@@ -117,3 +119,30 @@ def test_the_engine_hands_each_closed_trade_its_result_costs_in() -> None:
     assert "2 losing trades in a row (the last -11.00" in alerts[0][1]  # -10 - a third of 3
     assert engine.state.trade_cash["AAA"] == pytest.approx(980.0 - 2.0)  # the short: 20 x 49 in
     assert engine.state.positions["AAA"] == -20
+
+
+def test_a_restarted_engine_marks_and_sizes_as_an_uninterrupted_one() -> None:
+    """Positions held, prices seen, then a restart from the saved state with no fresh price:
+    the same equity, and the same size for the next order, as the engine that never stopped."""
+    from qcompile.runtime.broker import Fill
+    from qcompile.runtime.engine import EngineState
+
+    running, _ = _engine({}, ("AAA", "BBB"))
+    start = 1_704_153_600_000  # 2024-01-02, inside the plausible range of epoch milliseconds
+    pushes = [
+        (1, {"cmd": "ticker", "data": {"symbol": s, "last_price": p, "timestamp": start + i}})
+        for i, (s, p) in enumerate([("AAA", "101.25"), ("BBB", "48.5"), ("AAA", "103.75")])
+    ]
+    running.cycle(pushes)
+    running._filled(Fill("o1", "AAA", 30, 102.0, 1.5, start))
+    running._filled(Fill("o2", "BBB", -40, 48.5, 1.0, start))
+    assert running.counters.accepted == 3
+    equity = running.equity()
+    assert equity != running.state.cash  # the positions are worth something at their prices
+    restarted, _ = _engine({}, ("AAA", "BBB"), EngineState.from_dict(running.snapshot()))
+    assert restarted.equity() == pytest.approx(equity, rel=1e-15)
+    for symbol in ("AAA", "BBB"):
+        for target in (1, -1):
+            assert restarted._target_quantity(symbol, target) == running._target_quantity(
+                symbol, target
+            )
