@@ -844,7 +844,7 @@ def watch(only: tuple[str, ...], interval: float | None, once: bool) -> None:
 
     def announce(event: Any) -> None:
         undelivered = "" if event.delivered else " (NOT delivered to every sink)"
-        click.echo(f"{event.strategy_id}: {event.kind}: {event.text}{undelivered}", err=False)
+        click.echo(f"{event.strategy_id}: {event.kind}: {event.text}{undelivered}")
 
     try:
         if once:

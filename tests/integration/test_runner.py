@@ -75,15 +75,20 @@ def settings(root: Path, **extra: Any) -> dict[str, Any]:
     }
 
 
-@pytest.fixture
-def emulator(sample_bars: pl.DataFrame) -> Iterator[Emulator]:
-    with Emulator(
+def sample_emulator(sample_bars: pl.DataFrame, **options: Any) -> Emulator:
+    """The emulator replaying the sample's last 40 bars from the first subscription."""
+    return Emulator(
         replay_events(sample_bars, 40),
         api_keys=[KEY],
-        messages_per_second=800,
         bars=sample_bars,
         replay_start="first_subscribe",
-    ) as server:
+        **{"messages_per_second": 800, **options},
+    )
+
+
+@pytest.fixture
+def emulator(sample_bars: pl.DataFrame) -> Iterator[Emulator]:
+    with sample_emulator(sample_bars) as server:
         yield server
 
 

@@ -22,9 +22,9 @@ from qcompile.emulator import Emulator
 from qcompile.runtime.state import FileStateStore
 from tests.conftest import REPO
 from tests.integration.test_runner import (  # the same emulator, settings and helpers
-    KEY,
     STARTED,
     replay_events,
+    sample_emulator,
     start_runner,
     wait_until,
 )
@@ -296,14 +296,7 @@ def test_time_going_the_wrong_way_breaks_the_contract(
 @pytest.fixture
 def live_emulator(sample_bars) -> Iterator[Emulator]:
     """A feed that never runs out, stamping pushes with the time they are sent."""
-    with Emulator(
-        replay_events(sample_bars, 40),
-        api_keys=[KEY],
-        messages_per_second=200,
-        bars=sample_bars,
-        replay_start="first_subscribe",
-        loop_replay=True,
-    ) as server:
+    with sample_emulator(sample_bars, messages_per_second=200, loop_replay=True) as server:
         server.inject("live_clock")
         yield server
 

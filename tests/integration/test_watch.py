@@ -61,14 +61,19 @@ def test_a_killed_runner_is_alerted_within_two_intervals_and_its_return(
     deployed: Path, http_receiver: HttpReceiver
 ) -> None:
     env = {**os.environ, "QCOMPILE_PROJECT": str(deployed), "WATCH_WEBHOOK_URL": http_receiver.url}
-    run = [sys.executable, "-m", "qcompile.cli", "run", STRATEGY, "--feed", "emulator"]
-    runner = subprocess.Popen(
-        [*run, "--bars", "3000", "--speed", "40"],
-        cwd=deployed,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+
+    def start_runner() -> subprocess.Popen:
+        """The runner replaying the sample, slowly enough to outlive the test."""
+        replay = ("--feed", "emulator", "--bars", "3000", "--speed", "40")
+        return subprocess.Popen(
+            [sys.executable, "-m", "qcompile.cli", "run", STRATEGY, *replay],
+            cwd=deployed,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+
+    runner = start_runner()
     watch = None
     restarted = None
     try:
@@ -95,13 +100,7 @@ def test_a_killed_runner_is_alerted_within_two_intervals_and_its_return(
         time.sleep(3 * INTERVAL_S)
         downs = [a for a in alerts(http_receiver) if "runner.down" in a]
         assert len(downs) == 1, downs  # once per incident
-        restarted = subprocess.Popen(
-            [*run, "--bars", "3000", "--speed", "40"],
-            cwd=deployed,
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        restarted = start_runner()
         assert wait_until(
             lambda: any("runner.recovered" in a for a in alerts(http_receiver)), timeout=60
         )

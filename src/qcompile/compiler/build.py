@@ -84,8 +84,9 @@ def built_params_file(
     project: Project, strategy_id: str, compiled: dict[str, Any], data_may_differ: bool = False
 ) -> Path:
     """generated/<id>/params.yaml, when it is exactly what conf/ compiles to now (``compiled``:
-    the strategy's runtime parameters as just compiled). Otherwise a backtest, sweep, refresh or
-    runner would run, or cite, a file that says something else (or nothing): stop and say so.
+    the strategy's runtime parameters as just compiled). Otherwise the pinned backtest or the
+    refresh would run, and cite, a file that says something else (or nothing): stop and say so.
+    (The runner runs the committed file regardless: a rollback depends on it.)
     ``data_may_differ``: the local data's fingerprint is not compared (the refresh exists to run
     the pinned configuration on data that changed, and reports that itself)."""
     built = project.generated_dir / strategy_id / "params.yaml"

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from functools import cache
+from functools import cache, partial
 from pathlib import Path
 from typing import Any
 
@@ -185,25 +186,15 @@ def contract_violations(
     files = symbol_files(directory, file_format) if directory.is_dir() else {}
     key = "/".join((*convention, _contract_sha256()))
     found: list[tuple[Path, dict[str, Any]]] = []
-    for symbol, file in sorted(files.items()):
-        sha = file_sha256(file, cache)
-        entry = cache.entries[str(file.resolve())]
-        checked = entry.get("contract")
-        if not (
-            isinstance(checked, dict)
-            and checked.get("sha256") == sha
-            and checked.get("convention") == key
-        ):
-            from qcompile.research.data import Convention, file_violations
 
-            violations = file_violations(file, file_format, symbol, Convention(*convention))
-            checked = {
-                "sha256": sha,
-                "convention": key,
-                "violations": [asdict(v) for v in violations],
-            }
-            entry["contract"] = checked
-            cache.dirty = True
+    def check(file: Path, symbol: str) -> dict[str, Any]:
+        from qcompile.research.data import Convention, file_violations
+
+        violations = file_violations(file, file_format, symbol, Convention(*convention))
+        return {"violations": [asdict(v) for v in violations]}
+
+    for symbol, file in sorted(files.items()):
+        checked = _verdict(cache, file, "contract", key, partial(check, file, symbol))
         found += [(file, violation) for violation in checked["violations"]]
     for symbol in sorted(set(symbols) - set(files)):
         missing = {"symbol": symbol, "what": "no data file for this member of the universe"}
@@ -211,6 +202,23 @@ def contract_violations(
     return found
 
 
+def _verdict(
+    cache: FingerprintCache, file: Path, name: str, key: str, compute: Callable[[], dict[str, Any]]
+) -> dict[str, Any]:
+    """A file's cached verdict ``name``, valid for its content hash and ``key`` (what it was
+    judged against); computed and cached afresh otherwise."""
+    sha = file_sha256(file, cache)
+    entry = cache.entries[str(file.resolve())]
+    checked = entry.get(name)
+    if isinstance(checked, dict) and checked.get("sha256") == sha and checked.get("key") == key:
+        return checked
+    checked = {"sha256": sha, "key": key, **compute()}
+    entry[name] = checked
+    cache.dirty = True
+    return checked
+
+
+@cache
 def _calendar_sha256() -> str:
     return sha256_file(Path(datalayout.__file__).with_name("calendar.py"))
 
@@ -230,30 +238,22 @@ def calendar_gaps(
 
     files = symbol_files(directory, file_format) if directory.is_dir() else {}
     key = "/".join((*convention, calendar_name, calendar.library_version(), _calendar_sha256()))
-    sessions = None
+    sessions: list[Any] = []  # loaded once, and only when a file needs judging
+
+    def judge(file: Path) -> dict[str, Any]:
+        if not sessions:
+            sessions.append(calendar.sessions(calendar_name, today_day))
+        gaps, closed = calendar.gaps(
+            calendar.bar_days(file, file_format, convention, sessions[0].timezone), sessions[0]
+        )
+        return {"gaps": [[g.first, g.last, g.sessions] for g in gaps], "closed": closed}
+
     found = []
     for symbol, file in sorted(files.items()):
-        sha = file_sha256(file, cache)
-        entry = cache.entries[str(file.resolve())]
-        contract = entry.get("contract") or {}
-        if contract.get("sha256") != sha or contract.get("violations"):
+        contract = cache.entries.get(str(file.resolve()), {}).get("contract") or {}
+        if contract.get("sha256") != file_sha256(file, cache) or contract.get("violations"):
             continue  # a file the contract refuses is not read for its dates
-        checked = entry.get("calendar")
-        if not (
-            isinstance(checked, dict) and checked.get("sha256") == sha and checked.get("key") == key
-        ):
-            sessions = sessions or calendar.sessions(calendar_name, today_day)
-            gaps, closed = calendar.gaps(
-                calendar.bar_days(file, file_format, convention, sessions.timezone), sessions
-            )
-            checked = {
-                "sha256": sha,
-                "key": key,
-                "gaps": [[g.first, g.last, g.sessions] for g in gaps],
-                "closed": closed,
-            }
-            entry["calendar"] = checked
-            cache.dirty = True
+        checked = _verdict(cache, file, "calendar", key, partial(judge, file))
         if checked["gaps"] or checked["closed"]:
             found.append((file, symbol, checked["gaps"], checked["closed"]))
     return found

@@ -11,6 +11,7 @@ so only the first check on a machine imports exchange_calendars and pandas.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 from dataclasses import dataclass
@@ -132,32 +133,26 @@ def bar_days(
     date; a bar stamped at its open or close is dated in the exchange's timezone."""
     import polars as pl
 
-    frame = pl.read_parquet(path) if file_format == "parquet" else pl.read_csv(path)
+    if file_format == "parquet":
+        stamps = pl.read_parquet(path, columns=["timestamp"])["timestamp"]
+    else:
+        stamps = pl.read_csv(path, columns=["timestamp"], schema_overrides={"timestamp": pl.Int64})[
+            "timestamp"
+        ]
     unit, _, stamping = convention
-    scale = {"s": 1_000_000, "ms": 1_000, "us": 1, "ns": 1}[unit]
-    stamps = frame["timestamp"].cast(pl.Int64)
-    moments = (
-        (stamps // 1_000).cast(pl.Datetime("us"))
-        if unit == "ns"
-        else (stamps * scale).cast(pl.Datetime("us"))
-    ).dt.replace_time_zone("UTC")
+    moments = pl.from_epoch(stamps, time_unit=unit).dt.replace_time_zone("UTC")  # type: ignore[arg-type]
     if stamping != "session_date":
         moments = moments.dt.convert_time_zone(timezone)
-    days = moments.dt.date().cast(pl.Int32)
-    return days.unique().sort().to_list()
+    return moments.dt.date().cast(pl.Int32).unique().sort().to_list()
 
 
 def _day(moment: object) -> int:
     """A pandas Timestamp (or date) as a day number."""
-    import datetime as dt
-
     date = moment.date() if hasattr(moment, "date") else moment  # type: ignore[union-attr]
     return (date - dt.date(1970, 1, 1)).days  # type: ignore[operator]
 
 
 def _date(day: int) -> str:
-    import datetime as dt
-
     return (dt.date(1970, 1, 1) + dt.timedelta(days=day)).isoformat()
 
 

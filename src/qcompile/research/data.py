@@ -82,14 +82,15 @@ class Violation:
         """What is wrong, for a reader who knows which file (``unit``: the declared one)."""
         if self.row is None:
             return f"{self.symbol}: {self.what}"
-        return f"{self.symbol}: row {self.row} ({_when(self.timestamp, unit)}): {self.what} ({self.values})"
+        when = stamp_text(self.timestamp, unit)
+        return f"{self.symbol}: row {self.row} ({when}): {self.what} ({self.values})"
 
     def describe(self, where: str, unit: str) -> str:
         return f"{where}: {self.message(unit)}"
 
 
-def _when(timestamp: int | None, unit: str) -> str:
-    """A stored timestamp as an ISO time, when it is one."""
+def stamp_text(timestamp: int | None, unit: str) -> str:
+    """A stored timestamp as an ISO time, when it is one (for messages)."""
     if timestamp is None:
         return "no timestamp"
     moment = epoch_time(timestamp, unit)
@@ -199,7 +200,7 @@ def load_bars(
     frames: list[pl.DataFrame] = []
     for symbol in symbols:
         path = files.get(symbol)
-        where = _display(path or directory / f"{symbol}.{file_format}", display_root)
+        where = display_path(path or directory / f"{symbol}.{file_format}", display_root)
         if path is None:
             problems.append(f"{where}: {symbol}: no data file")
             continue
@@ -230,7 +231,8 @@ def load_bars(
     return pl.concat([f.select(columns) for f in frames]).sort("symbol", "timestamp")
 
 
-def _display(path: Path, root: Path | None) -> str:
+def display_path(path: Path, root: Path | None) -> str:
+    """``path`` relative to ``root`` when it lies inside it, else as given (for messages)."""
     if root is None:
         return path.as_posix()
     try:

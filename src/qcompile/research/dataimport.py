@@ -30,9 +30,11 @@ from qcompile.research.data import (
     UNIT_NAMES,
     Convention,
     detect_unit,
+    display_path,
     frame_violations,
+    stamp_text,
 )
-from qcompile.research.datalayout import SUFFIXES, epoch_time, symbol_files
+from qcompile.research.datalayout import SUFFIXES, symbol_files
 
 # Names vendors give the canonical columns, compared case-insensitively with spaces as "_".
 ALIASES: dict[str, tuple[str, ...]] = {
@@ -132,7 +134,11 @@ def import_files(
     inputs = [
         read
         for path in paths
-        if (read := _read_input(path, _shown(path, display_root), target, options, zone, problems))
+        if (
+            read := _read_input(
+                path, display_path(path, display_root), target, options, zone, problems
+            )
+        )
     ]
     by_symbol: dict[str, list[_Input]] = {}
     for item in inputs:
@@ -146,7 +152,7 @@ def import_files(
             plans.append((symbol, frame, sources))
         if symbol in existing and not options.replace:
             problems.append(
-                f"{_shown(existing[symbol], display_root)}: {symbol}: already exists; "
+                f"{display_path(existing[symbol], display_root)}: {symbol}: already exists; "
                 "pass --replace to overwrite it"
             )
     if not by_symbol and not problems:
@@ -162,7 +168,7 @@ def import_files(
         else:
             _write(frame, path, target.file_format)
         unit = target.convention.unit
-        first, last = (_iso(frame["timestamp"][i], unit) for i in (0, -1))
+        first, last = (stamp_text(frame["timestamp"][i], unit) for i in (0, -1))
         listed = not target.symbols or symbol in target.symbols
         written.append(
             Imported(
@@ -185,13 +191,6 @@ def _zone(name: str, problems: list[str]) -> ZoneInfo | None:
     except (ZoneInfoNotFoundError, ValueError):
         problems.append(f"--timezone {name!r} is not an IANA timezone (e.g. America/New_York)")
         return None
-
-
-def _shown(path: Path, root: Path) -> str:
-    try:
-        return path.resolve().relative_to(root.resolve()).as_posix()
-    except ValueError:
-        return path.as_posix()
 
 
 def _read_input(
@@ -456,17 +455,11 @@ def _symbol_frame(
         what = violation.what
         if what.startswith("timestamp is not after"):
             what = "timestamp repeats an earlier row's (a duplicate bar)"
-        stamp = at["timestamp"]
-        when = "no timestamp" if stamp is None else _iso(stamp, target.convention.unit)
+        when = stamp_text(at["timestamp"], target.convention.unit)
         problems.append(
             f"{source.display}: {symbol}: {where} ({when}): {what} ({violation.values})"
         )
     return None if violations else frame.select(keep)
-
-
-def _iso(stamp: int, unit: str) -> str:
-    moment = epoch_time(stamp, unit)
-    return moment.strftime("%Y-%m-%dT%H:%M:%SZ") if moment else str(stamp)
 
 
 def _write(frame: pl.DataFrame, path: Path, file_format: str) -> None:

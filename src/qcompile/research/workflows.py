@@ -9,12 +9,16 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import yaml
 
 from qcompile.errors import QcompileError
 from qcompile.hashing import sha256_json
 from qcompile.project import Project
+
+if TYPE_CHECKING:  # the import's own types; the module loads only when data is imported
+    from qcompile.research.dataimport import Imported, ImportOptions
 
 
 def backtest(project: Project, strategy: str, overrides: list[str]) -> tuple[object, str]:
@@ -103,17 +107,16 @@ def download(project: Project, strategy: str, start: str | None, end: str | None
 
 
 def import_data(
-    project: Project, source: str, paths: list[Path], options: object
-) -> tuple[list[object], str]:
+    project: Project, source: str, paths: list[Path], options: ImportOptions
+) -> tuple[list[Imported], str]:
     """Import bar files into data source ``source``'s local layout (conf/data/<source>.yaml);
     returns what was written and the source's config file. See research/dataimport.py."""
     from qcompile.compiler.compose import did_you_mean, read_conf_tree
     from qcompile.compiler.read import load_data
     from qcompile.errors import DiagnosticsError
     from qcompile.research.data import Convention
-    from qcompile.research.dataimport import DataImportError, ImportOptions, Target, import_files
+    from qcompile.research.dataimport import DataImportError, Target, import_files
 
-    assert isinstance(options, ImportOptions)
     tree = read_conf_tree(project)
     config = tree.get("data", source)
     if config is None:

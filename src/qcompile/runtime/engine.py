@@ -25,7 +25,7 @@ from typing import Any
 
 import polars as pl
 
-from qcompile.research.data import detect_unit
+from qcompile.research.data import detect_unit, stamp_text
 from qcompile.runtime.alerts import Alert, Alerter
 from qcompile.runtime.broker import Broker, Fill, Order
 from qcompile.runtime.monitor import Monitor, MonitorState
@@ -36,10 +36,6 @@ BAR_COLUMNS = ("timestamp", "open", "high", "low", "close", "volume")
 PRICE_FIELDS = {"ticker": "last_price", "trade": "price"}
 STATE_FORMAT = 1  # bump when the meaning of a persisted state changes
 UNIT_PER_MS = {"s": 1e-3, "ms": 1.0, "us": 1e3, "ns": 1e6}
-
-
-def _iso(millis: int) -> str:
-    return datetime.fromtimestamp(millis / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _quantity(command: str, value: Any) -> float:
@@ -410,8 +406,9 @@ class Engine:
             skew = tick.timestamp - self.wall_clock_ms()
             if abs(skew) > tolerance:  # checked before anything, the fresh-data check included
                 raise ContractViolation(
-                    f"{tick.symbol} stamped {_iso(tick.timestamp)}, {skew / 1000:+.0f} s from "
-                    f"this host's clock (tolerance {tolerance / 1000:.0f} s)"
+                    f"{tick.symbol} stamped {stamp_text(tick.timestamp, 'ms')}, "
+                    f"{skew / 1000:+.0f} s from this host's clock (tolerance "
+                    f"{tolerance / 1000:.0f} s)"
                 )
         last = self.state.cursor.get(tick.symbol)
         if last is not None and tick.timestamp <= last:
@@ -424,8 +421,9 @@ class Engine:
                 self._behind = 0
                 raise ContractViolation(
                     f"{self.config.backward_run} pushes in a row older than their symbol's last "
-                    f"({tick.symbol} {_iso(tick.timestamp)} after {_iso(last)}): the feed's "
-                    "clock went back (a timezone or date shift)"
+                    f"({tick.symbol} {stamp_text(tick.timestamp, 'ms')} after "
+                    f"{stamp_text(last, 'ms')}): the feed's clock went back (a timezone or date "
+                    "shift)"
                 )
             return False
         self._behind = 0

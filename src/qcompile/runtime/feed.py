@@ -159,10 +159,14 @@ class Feed:
             stable = self.clock() - opened >= self.backoff.stable_s
             self._wait(stop, reason, stable=stable)
 
-    def _server_said_wait(self, seconds: float, why: str) -> None:
-        """Remember the server's Retry-After: the next attempt waits for it (plus jitter)."""
+    def _remember_retry_after(self, seconds: float) -> None:
+        """The server's Retry-After: the next connection attempt waits for it (plus jitter)."""
         self._not_before = self.clock() + self.backoff.after_retry_after(seconds)
         self.stats.retry_after.append(seconds)
+
+    def _server_said_wait(self, seconds: float, why: str) -> None:
+        """A refused connection with a Retry-After: remembered, logged and alerted."""
+        self._remember_retry_after(seconds)
         log.warning("%s: Retry-After %.1f s", why, seconds)
         self.alert("feed.rate_limited", "warning", f"{why}: told to wait {seconds:.0f} s")
 
@@ -278,9 +282,7 @@ class Feed:
             if code == RATE_LIMITED:
                 seconds = self._retry_after(message)
                 paused_until = self.clock() + seconds
-                # if the server closes now, reconnecting must wait as long too
-                self._not_before = self.clock() + self.backoff.after_retry_after(seconds)
-                self.stats.retry_after.append(seconds)
+                self._remember_retry_after(seconds)  # if it closes now, reconnecting waits too
                 self.stats.rate_limit_pauses.append(seconds)
                 if command != "ping" and in_flight:
                     outbox.appendleft(in_flight.popleft())  # resend the refused command later
