@@ -14,11 +14,12 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
-from qcompile.emulator import Emulator
+from qcompile.emulator import Emulator, Fault, Scenario
 from qcompile.runtime.state import FileStateStore
 from tests.conftest import REPO
 from tests.integration.test_runner import (  # the same emulator, settings and helpers
@@ -273,6 +274,23 @@ def test_the_runner_feeds_its_backoff_from_the_deployment(
 # -- time is part of the data contract --------------------------------------------------------
 
 
+def _midweek_bar(events: list[dict]) -> int:
+    """Index of the first push of a Tuesday-to-Friday bar, past half-way, once all symbols ran."""
+    seen: set[str] = set()
+    for index, event in enumerate(events):
+        day = datetime.fromtimestamp(event["timestamp"] / 1000, UTC)
+        midnight = (day.hour, day.minute) == (0, 0)
+        if (
+            index > len(events) // 2
+            and event["symbol"] in seen
+            and midnight
+            and day.weekday() in (1, 2, 3, 4)
+        ):
+            return index
+        seen.add(event["symbol"])
+    raise AssertionError("no mid-week bar in the replay")
+
+
 @pytest.mark.parametrize(
     ("shift_s", "reason"),
     [
@@ -280,17 +298,23 @@ def test_the_runner_feeds_its_backoff_from_the_deployment(
     ],
 )
 def test_time_going_the_wrong_way_breaks_the_contract(
-    project: Path, emulator: Emulator, shift_s: int, reason: str
+    project: Path, sample_bars, shift_s: int, reason: str
 ) -> None:
-    runner = start_runner(project, emulator)
-    assert wait_until(lambda: runner.engine.counters.decisions > 0, timeout=30)
-    emulator.inject("time_shift", shift_s=shift_s)
-    assert wait_until(lambda: runner.engine.counters.violations >= 1, timeout=10)
-    state = runner.engine.state
-    assert state.suspended and reason in state.suspended_reason
-    assert state.pending == {}
-    assert wait_until(lambda: "feed.contract" in [r.get("key") for r in journal(project)])
-    runner.stop()
+    # The shift is part of the scenario: injected from the test once decisions began, it could
+    # land after the (finite) replay had ended. It starts at a bar whose day before was a
+    # session, every symbol already seen: a day back after a weekend lands on the Sunday, still
+    # in order, which only the wall clock (live runs, tested below) can tell.
+    events = replay_events(sample_bars, 40)
+    shift = Fault("time_shift", after_messages=_midweek_bar(events), options={"shift_s": shift_s})
+    with sample_emulator(sample_bars, scenario=Scenario(faults=[shift])) as emulator:
+        runner = start_runner(project, emulator)
+        assert wait_until(lambda: runner.engine.counters.violations >= 1, timeout=30)
+        assert runner.engine.counters.decisions > 0  # it was trading before the shift
+        state = runner.engine.state
+        assert state.suspended and reason in state.suspended_reason
+        assert state.pending == {}
+        assert wait_until(lambda: "feed.contract" in [r.get("key") for r in journal(project)])
+        runner.stop()
 
 
 @pytest.fixture
