@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -43,6 +44,15 @@ def journal(root: Path) -> list[dict]:
     return FileStateStore(root / "state", STRATEGY, "reader").read_journal()
 
 
+@contextmanager
+def faulty_emulator(sample_bars, fault: str, **options: object) -> Iterator[Emulator]:
+    """The sample replay with one fault from its 100th push on: part of the scenario, so that
+    it can never land after a short replay has already ended."""
+    scenario = Scenario(faults=[Fault(fault, after_messages=100, options=options)])
+    with sample_emulator(sample_bars, scenario=scenario) as server:
+        yield server
+
+
 @pytest.mark.parametrize(
     ("field", "value"),
     [
@@ -56,17 +66,16 @@ def journal(root: Path) -> list[dict]:
     ],
 )
 def test_a_bad_field_is_dropped_before_it_reaches_a_bar(
-    project: Path, emulator: Emulator, sample_bars, field: str, value: object
+    project: Path, sample_bars, field: str, value: object
 ) -> None:
-    runner = start_runner(project, emulator)
-    assert wait_until(lambda: not runner.engine.state.suspended)
-    emulator.inject("bad_field", field=field, value=value, count=3)
-    assert emulator.wait_exhausted(30) and runner.wait_idle(10)
-    counters = runner.engine.counters
-    assert counters.malformed == 3
-    assert counters.accepted == len(replay_events(sample_bars, 40)) - 3
-    assert not runner.engine.state.suspended  # three in a minute: dropped, still trading
-    summary = runner.stop()  # the state still serialises: nothing NaN reached it
+    with faulty_emulator(sample_bars, "bad_field", field=field, value=value, count=3) as emulator:
+        runner = start_runner(project, emulator)
+        assert emulator.wait_exhausted(30) and runner.wait_idle(10)
+        counters = runner.engine.counters
+        assert counters.malformed == 3
+        assert counters.accepted == len(replay_events(sample_bars, 40)) - 3
+        assert not runner.engine.state.suspended  # three in a minute: dropped, still trading
+        summary = runner.stop()  # the state still serialises: nothing NaN reached it
     assert runner.failure is None
     saved = FileStateStore(project / "state", STRATEGY, "reader").load()
     assert saved is not None and saved["seq"] == summary.seq
@@ -76,53 +85,44 @@ def test_a_bad_field_is_dropped_before_it_reaches_a_bar(
     assert "feed.malformed" in keys
 
 
-def test_too_many_bad_pushes_in_a_minute_breach_the_contract(
-    project: Path, emulator: Emulator
-) -> None:
-    runner = start_runner(project, emulator, max_malformed_per_minute=4)
-    assert wait_until(lambda: not runner.engine.state.suspended)
-    orders = runner.engine.counters.orders
-    emulator.inject("bad_field", field="quantity", value="NaN", count=5)
-    assert wait_until(lambda: runner.engine.counters.violations >= 1, timeout=10)
-    assert runner.engine.state.suspended
-    assert "5 malformed pushes within a minute" in runner.engine.state.suspended_reason
-    assert runner.engine.counters.orders == orders or runner.engine.state.pending == {}
-    assert wait_until(lambda: "feed.contract" in [r.get("key") for r in journal(project)])
-    runner.stop()
+def test_too_many_bad_pushes_in_a_minute_breach_the_contract(project: Path, sample_bars) -> None:
+    fault = {"field": "quantity", "value": "NaN", "count": 5}
+    with faulty_emulator(sample_bars, "bad_field", **fault) as emulator:
+        runner = start_runner(project, emulator, max_malformed_per_minute=4)
+        assert wait_until(lambda: runner.engine.counters.violations >= 1, timeout=10)
+        assert runner.engine.state.suspended
+        assert "5 malformed pushes within a minute" in runner.engine.state.suspended_reason
+        assert runner.engine.state.pending == {}
+        assert wait_until(lambda: "feed.contract" in [r.get("key") for r in journal(project)])
+        runner.stop()
 
 
-def test_a_non_positive_price_is_a_contract_breach_at_once(
-    project: Path, emulator: Emulator
-) -> None:
-    runner = start_runner(project, emulator)
-    assert wait_until(lambda: not runner.engine.state.suspended)
-    emulator.inject("bad_field", field="last_price", value="NaN", count=1)
-    assert wait_until(lambda: runner.engine.counters.violations == 1, timeout=10)
-    assert "is not a positive price" in runner.engine.state.suspended_reason
-    runner.stop()
+def test_a_non_positive_price_is_a_contract_breach_at_once(project: Path, sample_bars) -> None:
+    fault = {"field": "last_price", "value": "NaN", "count": 1}
+    with faulty_emulator(sample_bars, "bad_field", **fault) as emulator:
+        runner = start_runner(project, emulator)
+        assert wait_until(lambda: runner.engine.counters.violations == 1, timeout=10)
+        assert "is not a positive price" in runner.engine.state.suspended_reason
+        runner.stop()
 
 
-def test_binary_frames_are_refused(project: Path, emulator: Emulator, sample_bars) -> None:
-    runner = start_runner(project, emulator)
-    assert wait_until(lambda: not runner.engine.state.suspended)
-    emulator.inject("binary_frame", count=4)
-    assert emulator.wait_exhausted(30) and runner.wait_idle(10)
-    assert runner.feed.stats.binary == 4
-    assert runner.engine.counters.accepted == len(replay_events(sample_bars, 40)) - 4
-    runner.stop()
+def test_binary_frames_are_refused(project: Path, sample_bars) -> None:
+    with faulty_emulator(sample_bars, "binary_frame", count=4) as emulator:
+        runner = start_runner(project, emulator)
+        assert emulator.wait_exhausted(30) and runner.wait_idle(10)
+        assert runner.feed.stats.binary == 4
+        assert runner.engine.counters.accepted == len(replay_events(sample_bars, 40)) - 4
+        runner.stop()
 
 
-def test_an_unsubscribed_channel_is_never_traded(
-    project: Path, emulator: Emulator, sample_bars
-) -> None:
-    runner = start_runner(project, emulator)
-    assert wait_until(lambda: not runner.engine.state.suspended)
-    emulator.inject("unsubscribed_channel", channel="trade", count=6)
-    assert emulator.wait_exhausted(30) and runner.wait_idle(10)
-    counters = runner.engine.counters
-    assert counters.unsubscribed == 6
-    assert counters.accepted == len(replay_events(sample_bars, 40))  # each ticker once, only
-    runner.stop()
+def test_an_unsubscribed_channel_is_never_traded(project: Path, sample_bars) -> None:
+    with faulty_emulator(sample_bars, "unsubscribed_channel", channel="trade", count=6) as emulator:
+        runner = start_runner(project, emulator)
+        assert emulator.wait_exhausted(30) and runner.wait_idle(10)
+        counters = runner.engine.counters
+        assert counters.unsubscribed == 6
+        assert counters.accepted == len(replay_events(sample_bars, 40))  # each ticker once
+        runner.stop()
     assert "feed.unsubscribed" in [r.get("key") for r in journal(project)]
 
 
