@@ -49,7 +49,9 @@ ALERTS: dict[str, AlertEntry] = {
         "warning",
         "The feed sent a message that is not valid JSON, a binary frame, or a push with a field "
         "of the wrong type or value (NaN, a list, a negative quantity); it was dropped. More than "
-        "max_malformed_per_minute in a minute is a data-contract breach (feed.contract).",
+        "max_malformed_per_minute in a minute is a data-contract breach (feed.contract). A frame "
+        "announcing more than max_frame_bytes is critical: the connection is closed unread "
+        "(1009), the safe state entered, and the runner reconnects.",
         "Occasional: nothing. Repeated: report to the vendor.",
     ),
     "feed.stalled": AlertEntry(
@@ -123,6 +125,15 @@ ALERTS: dict[str, AlertEntry] = {
         "strategy.monitoring.max_losing_streak closed trades in a row lost money, costs in "
         "(re-armed by a winning trade).",
         "Compare with the backtest's longest losing run; a longer one is a review trigger.",
+    ),
+    "strategy.backtest_deviation": AlertEntry(
+        "warning",
+        "At a day's close, a statistic of the last 20 trading days (up-day share, mean daily "
+        "return, volatility, 20-day drawdown) is off the backtest's by more than "
+        "strategy.monitoring.max_backtest_deviation_pct (the weekly review's test, daily; "
+        "re-armed when every statistic is back within it).",
+        "Run `qcompile review weekly` for the full comparison; a deviation that persists is a "
+        "review trigger (docs/reviews.md), not a reason to change parameters live.",
     ),
     "strategy.exposure": AlertEntry(
         "critical",

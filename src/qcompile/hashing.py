@@ -41,7 +41,17 @@ def files_sha256(
     return sha256_json([(f.relative_to(directory).as_posix(), file_hash(f)) for f in sorted(files)])
 
 
-RUNTIME_PACKAGES = ("runtime", "emulator", "marketdata")
+# The runtime's own packages and the shared modules whose code it runs (its defaults, its data
+# contract, the daily statistics of its deviation alert): a change to any of them is a change
+# to what the self-test vouched for.
+RUNTIME_PACKAGES = (
+    "runtime",
+    "emulator",
+    "marketdata",
+    "runtimedefaults.py",
+    "dailystats.py",
+    "research/data.py",
+)
 
 
 def sources_sha256(root: Path, packages: tuple[str, ...]) -> str:

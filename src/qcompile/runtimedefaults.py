@@ -17,7 +17,7 @@ SAFE_STATE_BUDGET_MS = 100.0
 HISTORY_BARS = 400
 CHANNEL = "ticker"
 MAX_MALFORMED_PER_MINUTE = 10
-MAX_FRAME_BYTES = 1_000_000  # a push is a few hundred bytes; a larger frame is dropped unparsed
+MAX_FRAME_BYTES = 1_000_000  # a push is a few hundred bytes; a larger frame closes the link
 
 
 def reconnect_policy(deployment: Mapping[str, Any]) -> dict[str, float]:
@@ -34,5 +34,6 @@ ALERT_THRESHOLDS = {
     "daily_loss": "max_daily_loss_pct",
     "winrate_streak": "max_losing_streak",
     "exposure_limit": "max_exposure_pct",
+    "backtest_deviation": "max_backtest_deviation_pct",
 }
 ALERT_KINDS = (*ALERT_THRESHOLDS, "data_feed_heartbeat")

@@ -261,7 +261,10 @@ def test_the_alert_thresholds_item_is_ticked_by_what_the_runner_will_act_on(
         "monitoring.alert_thresholds",
     )
     assert text.startswith("| [x] |") and "| auto |" in text
-    assert "the runner alerts on drawdown_threshold at 15 %; winrate_streak at 6" in text
+    assert (
+        "the runner alerts on drawdown_threshold at 15 %; winrate_streak at 6; "
+        "backtest_deviation at 20 %" in text
+    )
     path = example / PRODUCTION_FILE
     edit(path, "    max_drawdown_pct: 15\n", "")
     refused = cli(example, "build")
@@ -269,7 +272,10 @@ def test_the_alert_thresholds_item_is_ticked_by_what_the_runner_will_act_on(
     line = (
         path.read_text()
         .splitlines()
-        .index("    monitoring_alerts: [drawdown_threshold, winrate_streak, data_feed_heartbeat]")
+        .index(
+            "    monitoring_alerts: [drawdown_threshold, winrate_streak, backtest_deviation, "
+            "data_feed_heartbeat]"
+        )
         + 1
     )
     assert (
@@ -280,3 +286,22 @@ def test_the_alert_thresholds_item_is_ticked_by_what_the_runner_will_act_on(
     edit(path, "[drawdown_threshold, winrate_streak", "[sharpe_drop, winrate_streak")
     unknown = cli(example, "build")
     assert unknown.exit_code == 2 and "was 'sharpe_drop' [schema.allowed]" in unknown.output
+
+
+def test_the_deviation_alert_is_not_ticked_without_the_backtests_daily_statistics() -> None:
+    """The runner compares the live days with the evidence's daily statistics: evidence without
+    them (from before they existed) leaves it nothing to act on, and the item says so."""
+    from qcompile.compiler.rules.checklist import _alert_thresholds
+
+    strategy = {
+        "monitoring": {"max_backtest_deviation_pct": 20},
+        "deployment_record": {"monitoring_alerts": ["backtest_deviation"]},
+    }
+    daily = {"win_rate": 0.5, "mean_return": 0.001, "volatility": 0.01, "max_drawdown": -0.02}
+    assert _alert_thresholds(strategy, {"daily": daily}) == (
+        True,
+        "the runner alerts on backtest_deviation at 20 %",
+    )
+    for evidence in (None, {}, {"daily": {**daily, "volatility": None}}):
+        ticked, detail = _alert_thresholds(strategy, evidence)
+        assert not ticked and "carries no daily statistics" in detail

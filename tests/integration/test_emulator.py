@@ -624,7 +624,7 @@ def test_broken_scenario_lists_every_problem_with_its_line(tmp_path: Path) -> No
         "drop, silence, rate_limit, http_429, error_4002, malformed_json, duplicate, "
         "out_of_order, timestamp_unit, numeric_prices, time_shift, live_clock, slow, "
         "connection_limit, "
-        "protocol_variant, bad_field, binary_frame, oversized_frame, upgrade_429, "
+        "protocol_variant, bad_field, binary_frame, oversized_frame, slow_frame, upgrade_429, "
         "error_close, "
         "unsubscribed_channel, clear)",
         f"{path}:5: faults[1]: use either after_messages or at_s, not both",

@@ -24,6 +24,7 @@ from qcompile.emulator import Emulator, Fault, Scenario
 from qcompile.runtime.state import FileStateStore
 from tests.conftest import REPO
 from tests.integration.test_runner import (  # the same emulator, settings and helpers
+    KEY,
     STARTED,
     replay_events,
     sample_emulator,
@@ -349,6 +350,27 @@ def test_a_feed_off_the_clock_is_refused_until_it_agrees_again(
 # -- the alerts the passport promises ----------------------------------------------------------
 
 
+def test_the_runner_reads_the_thresholds_the_passport_promises() -> None:
+    """The checklist ticks "alert thresholds configured" from conf/; the runner reads params.yaml.
+    The build must carry each threshold across, or the promise is hollow."""
+    import yaml
+
+    from qcompile.runtime.broker import PaperBroker
+    from qcompile.runtime.runner import Runner, Session
+
+    conf = yaml.safe_load((REPO / "conf/strategy/fast_reversion.yaml").read_text())
+    promised = conf["strategy"]["monitoring"]
+    params = yaml.safe_load((REPO / "generated/STR-2026-0088/params.yaml").read_text())
+    assert params["monitoring"]["thresholds"] == promised
+    assert set(params["monitoring"]["backtest_daily"]) >= {"win_rate", "mean_return"}
+    session = Session(ws_base="ws://127.0.0.1:9", api_key=KEY, replay=True)
+    runner = Runner(params, REPO, session)
+    capital = float(params["backtest"]["initial_capital"])
+    engine = runner._engine(None, PaperBroker(params["costs"], capital, None, lambda _: None))
+    assert engine.monitor.thresholds == {k: float(v) for k, v in promised.items()}
+    assert engine.monitor.expected == params["monitoring"]["backtest_daily"]
+
+
 def test_the_promised_alerts_fire_against_the_emulator(
     project: Path, emulator: Emulator, sample_bars
 ) -> None:
@@ -359,11 +381,15 @@ def test_the_promised_alerts_fire_against_the_emulator(
     from tests.integration.test_runner import PARAMS
 
     params = yaml.safe_load(PARAMS.read_text())
-    params["monitoring"] = {
+    # the build hands the runner the backtest's daily statistics from the committed evidence
+    evidence = json.loads((REPO / params["monitoring"]["backtest_evidence"]).read_text())
+    assert params["monitoring"]["backtest_daily"]["mean_return"] == evidence["daily"]["mean_return"]
+    params["monitoring"]["thresholds"] = {
         "max_drawdown_pct": 0.01,
         "max_exposure_pct": 10,
         "max_losing_streak": 1,
         "max_daily_loss_pct": 0.01,
+        "max_backtest_deviation_pct": 1,
     }
     runner = start_runner(project, emulator, params)
     assert emulator.wait_exhausted(30) and runner.wait_idle(10)
@@ -373,7 +399,17 @@ def test_the_promised_alerts_fire_against_the_emulator(
     by_key: dict[str, list[dict]] = {}
     for record in records:
         by_key.setdefault(record["key"], []).append(record)
-    assert {"strategy.drawdown", "strategy.exposure", "strategy.daily_loss"} <= set(by_key)
+    assert {
+        "strategy.drawdown",
+        "strategy.exposure",
+        "strategy.daily_loss",
+        "strategy.backtest_deviation",
+    } <= set(by_key)
+    # judged only once 20 daily returns were journaled, and against the backtest's figures
+    records = journal(project)
+    first = next(i for i, r in enumerate(records) if r.get("key") == "strategy.backtest_deviation")
+    assert sum(r.get("type") == "daily" for r in records[:first]) >= 21
+    assert "live vs backtest over the last 20 days" in records[first]["summary"]
     assert "from the equity peak" in by_key["strategy.drawdown"][0]["summary"]
     assert "of equity" in by_key["strategy.exposure"][0]["summary"]
     for key, fired in by_key.items():
@@ -388,16 +424,46 @@ def test_the_promised_alerts_fire_against_the_emulator(
 # -- a frame that is too large, or a feed thread that is stuck --------------------------------
 
 
-def test_an_oversized_frame_is_dropped_unparsed(
-    project: Path, emulator: Emulator, sample_bars
+def test_an_oversized_frame_is_refused_from_its_header_unread(project: Path, sample_bars) -> None:
+    """A 300 kB push that trickles in at 100 kB/s: read, it would hold the feed thread 3 s (the
+    watchdog would call it stalled at 0.625 s). Refused from its header, the connection closes
+    with 1009 at once: safe state, a critical alert, a reconnect, then trading resumes."""
+    scenario = Scenario(
+        faults=[
+            Fault("oversized_frame", after_messages=100, options={"size_bytes": 300_000}),
+            Fault("slow_frame", after_messages=100, options={"bytes_per_s": 100_000}),
+        ]
+    )
+    with sample_emulator(sample_bars, scenario=scenario) as server:
+        runner = start_runner(project, server, max_frame_bytes=100_000)
+        assert server.wait_exhausted(30) and runner.wait_idle(10)
+        stats = runner.feed.stats
+        assert stats.oversized == 1
+        refused = [r for r in stats.disconnects if r.startswith("frame too big")]
+        assert len(refused) == 1 and "100,000-byte limit (closed 1009 unread)" in refused[0]
+        assert int(refused[0].split()[3].replace(",", "")) > 300_000  # the announced length
+        assert runner.engine.counters.safe_states >= 1 and stats.ready >= 2
+        keys = [record.get("key") for record in journal(project)]
+        assert "feed.malformed" in keys and "feed.stalled" not in keys
+        assert runner.engine.counters.accepted > 100  # before the refusal and after reconnect
+        assert not runner.engine.state.suspended
+        runner.stop()
+
+
+def test_a_frame_that_trickles_in_is_caught_by_the_runners_own_clock(
+    project: Path, sample_bars
 ) -> None:
-    emulator.inject("oversized_frame", size_bytes=300_000, count=2)  # the first two pushes
-    runner = start_runner(project, emulator, max_frame_bytes=100_000)
-    assert emulator.wait_exhausted(30) and runner.wait_idle(10)
-    assert runner.feed.stats.oversized == 2
-    assert runner.engine.counters.accepted == len(replay_events(sample_bars, 40)) - 2
-    assert not runner.engine.state.suspended
-    runner.stop()
+    """A push written 20 bytes a second holds the feed thread inside one read, where its own
+    silence check cannot run: the runner's watchdog ends it within 2.5 intervals (0.625 s)."""
+    with faulty_emulator(sample_bars, "slow_frame", bytes_per_s=20) as server:
+        runner = start_runner(project, server)
+        assert wait_until(lambda: runner.engine.counters.safe_states >= 1, timeout=10)
+        assert runner.broker.working_orders() == []
+        assert wait_until(lambda: runner.feed.stats.ready >= 2, timeout=10)  # reconnected
+        assert runner.feed.stats.disconnects[0].startswith("feed stalled: nothing read for")
+        keys = [record.get("key") for record in journal(project)]
+        assert "feed.stalled" in keys
+        runner.stop()
 
 
 def test_a_stuck_feed_thread_is_caught_by_the_runners_own_clock(

@@ -26,6 +26,7 @@ SHARED = (
     "qcompile.templating",
     "qcompile.alertcatalog",
     "qcompile.runtimedefaults",
+    "qcompile.dailystats",
 )
 RESEARCH_LIBRARY = (
     "qcompile.research.data",

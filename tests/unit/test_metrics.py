@@ -6,14 +6,8 @@ import math
 
 import pytest
 
-from qcompile.research.backtest.metrics import (
-    FORMULAS,
-    bar_returns,
-    compute,
-    max_drawdown,
-    sharpe,
-    sortino,
-)
+from qcompile.dailystats import bar_returns, max_drawdown
+from qcompile.research.backtest.metrics import FORMULAS, compute, sharpe, sortino
 
 
 def test_returns_total_and_annualised() -> None:

@@ -146,3 +146,74 @@ def test_a_restarted_engine_marks_and_sizes_as_an_uninterrupted_one() -> None:
             assert restarted._target_quantity(symbol, target) == running._target_quantity(
                 symbol, target
             )
+
+
+# -- live against the backtest, as the day goes ------------------------------------------------
+
+
+def _days(count: int) -> list[str]:
+    import datetime as dt
+
+    first = dt.date(2024, 1, 1)
+    return [(first + dt.timedelta(days=i)).isoformat() for i in range(count)]
+
+
+def _equity(returns: list[float]) -> list[float]:
+    values = [100_000.0]
+    for value in returns:
+        values.append(values[-1] * (1 + value))
+    return values
+
+
+# 21 daily closes whose statistics are the expectation: two up days for each down day
+PATTERN = [0.004, 0.002, -0.003] * 7
+
+
+def test_the_deviation_is_the_weekly_reviews_statistics_over_the_last_20_days() -> None:
+    from qcompile.dailystats import daily_statistics
+
+    closes = _equity(PATTERN[:20])
+    expected = daily_statistics(_days(21), closes)
+    monitor = Monitor({"max_backtest_deviation_pct": 20}, expected=expected)
+    for day, equity in zip(_days(21), closes, strict=True):
+        assert monitor.day_closed(day, equity) == []  # the same days: nothing off
+    assert len(monitor.state.closes) == 21
+    # a run of losing days: the first already pulls the mean and the drawdown 33 % off
+    fired = []
+    for day in _days(40)[21:]:
+        fired.append(monitor.day_closed(day, monitor.state.closes[-1][1] * (1 - 0.004)))
+        assert len(monitor.state.closes) == 21  # only the window is kept
+    assert keys(fired[0]) == ["strategy.backtest_deviation"] and fired[1:] == [[]] * 18
+    breaches = fired[0]
+    summary = breaches[0].summary
+    assert summary.startswith("live vs backtest over the last 20 days (to 2024-01-22): mean daily")
+    assert "(33 % off)" in summary and summary.endswith("threshold 20 %")
+    assert breaches[0].details["backtest_mean_return"] == pytest.approx(
+        expected["mean_return"], abs=1e-6
+    )
+
+
+def test_no_deviation_is_judged_on_fewer_than_20_live_days() -> None:
+    expected = {"win_rate": 0.9, "mean_return": 0.01, "volatility": 0.001, "max_drawdown": -0.001}
+    monitor = Monitor({"max_backtest_deviation_pct": 1}, expected=expected)
+    closes = _equity([-0.01] * 20)
+    fired = [monitor.day_closed(day, equity) for day, equity in zip(_days(21), closes, strict=True)]
+    assert fired[:20] == [[]] * 20 and keys(fired[20]) == ["strategy.backtest_deviation"]
+
+
+def test_a_day_marked_twice_counts_once_and_the_window_survives_a_restart() -> None:
+    expected = {"win_rate": 0.5, "mean_return": 0.0, "volatility": 0.01, "max_drawdown": -0.02}
+    monitor = Monitor({"max_backtest_deviation_pct": 20}, expected=expected)
+    monitor.day_closed("2024-01-02", 100.0)
+    monitor.day_closed("2024-01-02", 101.0)  # an intraday mark, or a restart's
+    assert monitor.state.closes == [["2024-01-02", 101.0]]
+    restored = MonitorState.from_dict(monitor.state.to_dict())
+    assert restored.closes == [["2024-01-02", 101.0]]
+
+
+def test_without_the_backtests_statistics_the_deviation_is_not_judged() -> None:
+    monitor = Monitor({"max_backtest_deviation_pct": 1})
+    closes = _equity([-0.01] * 25)
+    assert all(
+        monitor.day_closed(day, equity) == [] for day, equity in zip(_days(26), closes, strict=True)
+    )

@@ -266,6 +266,7 @@ def compile_project(
         effective_gates,
         evaluate,
         evidence_path,
+        expected_daily,
         floor_gaps,
         load_evidence,
         next_phase,
@@ -444,6 +445,7 @@ def compile_project(
                 items,
                 gates,
                 waived,
+                expected_daily(evidence),
             )
         )
     checked = data_diagnostics(

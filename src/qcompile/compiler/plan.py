@@ -52,6 +52,8 @@ class CompiledStrategy:
     checklist: list[ItemStatus] = field(default_factory=list)
     gates: dict[str, list[str]] = field(default_factory=dict)  # effective, the floor applied
     waived: list[Unmet] = field(default_factory=list)  # unmet for its phase, passed by a waiver
+    # the backtest evidence's daily statistics: what the runner's deviation alert compares with
+    expected_daily: dict[str, Any] | None = None
 
     @property
     def id(self) -> str:
@@ -224,6 +226,11 @@ def runtime_parameters(compiled: CompiledStrategy) -> dict[str, Any]:
         "pins": pins,
         # what a report's evidence must record as its inputs for the gates to accept it
         "evidence_inputs": compiled.lock.backtest_inputs,
+        "monitoring": {
+            "thresholds": dict(strategy.get("monitoring") or {}),
+            "backtest_daily": compiled.expected_daily,
+            "backtest_evidence": compiled.evidence_file if compiled.expected_daily else None,
+        },
     }
 
 

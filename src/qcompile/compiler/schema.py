@@ -368,6 +368,13 @@ STRATEGY_SCHEMA: dict[str, Any] = {
                         minimum=0,
                         required=False,
                     ),
+                    "max_backtest_deviation_pct": _number(
+                        "A trailing 20-day daily statistic (win rate, mean return, volatility, "
+                        "drawdown) off the backtest's by more than this percentage of its "
+                        "magnitude, checked at each day's close (backtest_deviation).",
+                        minimum=0,
+                        required=False,
+                    ),
                 },
             ),
             "deployment_record": _doc(
@@ -694,8 +701,8 @@ DEPLOYMENT_SCHEMA: dict[str, Any] = {
                 allowed=["ticker", "trade"],
             ),
             "max_frame_bytes": _doc(
-                "Largest WebSocket frame the runner parses (default 1000000); a larger one is "
-                "dropped unparsed as malformed.",
+                "Largest WebSocket frame the runner reads (default 1000000); one announcing "
+                "more closes the connection unread (1009): safe state, alert, reconnect.",
                 type="integer",
                 required=False,
                 min=1024,

@@ -145,6 +145,8 @@ FAULTS: dict[str, dict[str, Option]] = {
     "binary_frame": {"count": _COUNT},
     # the next pushes padded to size_bytes with a filler field: still valid JSON
     "oversized_frame": {"size_bytes": Option(_positive_int, 10_000_000), "count": _COUNT},
+    # the next pushes written a few bytes at a time (a frame that trickles in)
+    "slow_frame": {"bytes_per_s": Option(_positive_int, 20), "count": _COUNT},
     # the next WebSocket upgrades answered HTTP 429 with a Retry-After header
     "upgrade_429": {"count": _COUNT, "retry_after": _RETRY_AFTER},
     # the next connections get a 3001 error frame with retry_after, then a close

@@ -38,6 +38,7 @@ import polars as pl
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
+from websockets.frames import Frame, Opcode
 from websockets.http11 import Request, Response
 
 from qcompile.emulator.replay import (
@@ -80,6 +81,7 @@ COUNTED_FAULTS = (
     "bad_field",
     "binary_frame",
     "oversized_frame",
+    "slow_frame",
     "unsubscribed_channel",
     "upgrade_429",
     "error_close",
@@ -95,6 +97,14 @@ def _with_field(text: str, name: str, value: Any) -> str:
     elif isinstance(message.get("data"), dict):
         message["data"][name] = value
     return json.dumps(message)
+
+
+@dataclass(frozen=True)
+class _Trickle:
+    """A push to be written a few bytes at a time (the ``slow_frame`` fault)."""
+
+    text: str
+    bytes_per_s: int
 
 
 def now_ms() -> int:
@@ -152,15 +162,34 @@ class _Connection(ServerConnection):
                     self.transport.close()
 
 
+async def _trickle(connection: ServerConnection, trickle: _Trickle) -> None:
+    """Write one text frame a few bytes at a time, as a congested link delivers it.
+
+    The frame is serialised whole and written under the protocol object: it is complete and
+    unfragmented, so the connection's state is as if ``send`` had written it. Nothing else goes
+    to this client meanwhile (its writer task is here), as on a real stalled link.
+    """
+    data = Frame(Opcode.TEXT, trickle.text.encode()).serialize(mask=False)
+    step = max(1, trickle.bytes_per_s // 10)  # ten writes a second
+    transport = connection.transport
+    for start in range(0, len(data), step):
+        if transport.is_closing():
+            raise ConnectionClosed(None, None)
+        transport.write(data[start : start + step])
+        await asyncio.sleep(step / trickle.bytes_per_s)
+
+
 @dataclass(eq=False)
 class _Client:
     connection: _Connection
     # channel -> subscribed symbols; None: every symbol (the article variant's subscriptions)
     subscriptions: dict[str, set[str] | None] = field(default_factory=dict)
-    outbox: asyncio.Queue[tuple[str | bytes, bool]] = field(default_factory=asyncio.Queue)
+    outbox: asyncio.Queue[tuple[str | bytes | _Trickle, bool]] = field(
+        default_factory=asyncio.Queue
+    )
     writer: asyncio.Task[None] | None = None
 
-    def enqueue(self, text: str | bytes, push: bool) -> None:
+    def enqueue(self, text: str | bytes | _Trickle, push: bool) -> None:
         if self.outbox.qsize() >= MAX_OUTBOX:
             log.warning("a client fell %d messages behind; disconnecting it", MAX_OUTBOX)
             self.connection.transport.abort()
@@ -289,6 +318,7 @@ class Emulator:
         self._bad_field: tuple[str, Any] = ("quantity", "NaN")
         self._extra_channel = "trade"
         self._oversize = 10_000_000
+        self._trickle_rate = 20
         self._slow_delay_s = 0.0
         self._slow_until = 0.0
         self._held: Tick | None = None  # an out_of_order event waiting for its successor
@@ -493,6 +523,8 @@ class Emulator:
                 self._extra_channel = options["channel"]
             if name == "oversized_frame":
                 self._oversize = options["size_bytes"]
+            if name == "slow_frame":
+                self._trickle_rate = options["bytes_per_s"]
         elif name == "timestamp_unit":
             self._style = replace(self._style, timestamp_unit=options["unit"])
         elif name == "numeric_prices":
@@ -624,6 +656,7 @@ class Emulator:
         bad = self._take("bad_field")
         binary = self._take("binary_frame")
         oversized = self._take("oversized_frame")
+        trickle = self._take("slow_frame")
         extra = self._take("unsubscribed_channel")
         for client, texts in recipients:
             if extra and self._extra_channel not in client.subscriptions:
@@ -636,7 +669,9 @@ class Emulator:
                     text = text[:-1] + ', "padding": "' + "x" * self._oversize + '"}'
                 if truncate:
                     text = text[: len(text) // 2]  # a cut-off frame: not valid JSON
-                frame: str | bytes = text.encode() if binary else text
+                frame: str | bytes | _Trickle = text.encode() if binary else text
+                if trickle:
+                    frame = _Trickle(text, self._trickle_rate)
                 for _ in range(copies):
                     client.enqueue(frame, push=True)
         return True
@@ -694,7 +729,10 @@ class Emulator:
                     continue
                 if push:  # counted first: a client that has it may look at stats at once
                     self._count(messages_pushed=1)
-                await connection.send(text)
+                if isinstance(text, _Trickle):
+                    await _trickle(connection, text)
+                else:
+                    await connection.send(text)
             except ConnectionClosed:
                 return
             finally:

@@ -5,7 +5,7 @@ runtime parameters, the review threshold) and hands the rest to the runtime (the
 journal, the backtest's daily statistics, the alert sinks).
 
 Both sides are the same four statistics computed by the same function
-(``backtest.runner.daily_statistics``) over daily equity closes, so they compare like for like:
+(``qcompile.dailystats.daily_statistics``) over daily equity closes, so they compare like for like:
 win rate (share of days with a positive return, not of trades: the journal's daily equity is the
 one series both sides have for every day), mean daily return, daily volatility (sample stdev)
 and the max drawdown over the 20-day window (on the backtest side: the mean over every 20-day
@@ -28,17 +28,18 @@ from typing import Any
 
 import yaml
 
+from qcompile.dailystats import (
+    DAILY_STATISTICS,
+    REVIEW_WINDOW,
+    daily_statistics,
+    relative_deviation,
+)
 from qcompile.errors import QcompileError
 from qcompile.project import Project
 
 DEFAULT_THRESHOLD = 0.2
-WINDOW = 20  # trading days, source document §6
-STATISTICS = {  # key -> label, in page order
-    "win_rate": "win rate (share of up days)",
-    "mean_return": "mean daily return",
-    "volatility": "daily volatility",
-    "max_drawdown": f"max drawdown over {WINDOW} days",
-}
+WINDOW = REVIEW_WINDOW  # trading days, source document §6
+STATISTICS = DAILY_STATISTICS  # key -> label, in page order
 _WEEK = re.compile(r"(\d{4})-W(\d{2})")
 
 
@@ -86,15 +87,6 @@ def parse_week(week: str) -> tuple[str, dt.date]:
 def current_week(today: dt.date) -> str:
     year, number, _ = today.isocalendar()
     return f"{year}-W{number:02d}"
-
-
-def relative_deviation(live: float | None, expected: float | None) -> float | None:
-    """How far ``live`` is from ``expected``, relative to the expectation's magnitude."""
-    if live is None or expected is None:
-        return None
-    if expected == 0:
-        return 0.0 if live == 0 else math.inf
-    return abs(live - expected) / abs(expected)
 
 
 def compare(
@@ -171,7 +163,6 @@ def _review(
     env: Mapping[str, str],
 ) -> StrategyReview:
     from qcompile.compiler.plan import state_directory
-    from qcompile.research.backtest.runner import daily_statistics
     from qcompile.runtime.control import read_store
 
     strategy = params["strategy"]

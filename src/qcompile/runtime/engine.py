@@ -117,6 +117,7 @@ class EngineConfig:
     backward_run: int = 3  # pushes in a row behind their symbol's cursor: the clock went back
     clock_tolerance_ms: int | None = 300_000  # |push time - wall clock| allowed; None: replay
     monitoring: dict[str, Any] = field(default_factory=dict)  # the strategy's alert thresholds
+    expected_daily: dict[str, Any] | None = None  # the backtest's daily statistics
 
 
 @dataclass
@@ -206,7 +207,7 @@ class Engine:
         self.last_price: dict[str, float] = {k: v[0] for k, v in self.state.last_prices.items()}
         self._malformed_at: deque[float] = deque()  # clock readings of recent malformed pushes
         self._behind = 0  # pushes in a row older than their symbol's cursor
-        self.monitor = Monitor(config.monitoring, self.state.monitor)
+        self.monitor = Monitor(config.monitoring, self.state.monitor, config.expected_daily)
         self.epoch = 0  # the feed connection whose data may lift a suspension
         self._condemned = -1  # a connection that broke the data contract: its pushes are dropped
         self.feed_ready = False
@@ -457,16 +458,20 @@ class Engine:
         """Journal the equity of each completed interval (a day for daily bars), marked at the
         last prices when the next one begins: the live side of the weekly review."""
         if self._day is not None and start > self._day:
+            day = datetime.fromtimestamp(self._day / 1000, UTC).date().isoformat()
+            equity = round(self.equity(), 6)
             self.journal(
                 {
                     "type": "daily",
                     "bar_ms": self._day,
-                    "date": datetime.fromtimestamp(self._day / 1000, UTC).date().isoformat(),
-                    "equity": round(self.equity(), 6),
+                    "date": day,
+                    "equity": equity,
                     "cash": round(self.state.cash, 6),
                     "positions": dict(sorted(self.state.positions.items())),
                 }
             )
+            for breach in self.monitor.day_closed(day, equity):  # the weekly review, daily
+                self._alert(breach.key, breach.severity, breach.summary, breach.details)
         if self._day is None or start > self._day:
             self._day = start
 

@@ -59,7 +59,7 @@ class FeedStats:
     pushes: int = 0
     malformed: int = 0
     binary: int = 0  # binary frames refused (counted in malformed too)
-    oversized: int = 0  # frames over max_frame_bytes, dropped unparsed (in malformed too)
+    oversized: int = 0  # frames over max_frame_bytes: never read, connection closed (1009)
     rate_limit_pauses: list[float] = field(default_factory=list)
     retry_after: list[float] = field(default_factory=list)  # server-given waits honoured
     delays: list[float] = field(default_factory=list)
@@ -94,7 +94,7 @@ class Feed:
         self.rate_limit_default_s = rate_limit_default_s
         self.clock = clock
         self.connect_timeout_s = connect_timeout_s
-        self.max_frame_bytes = max_frame_bytes  # a larger frame is dropped unparsed
+        self.max_frame_bytes = max_frame_bytes  # a larger frame closes the connection unread
         self._current: websocket.WebSocket | None = None  # the open connection, for abort()
         self.stats = FeedStats()
         self.epoch = 0
@@ -147,7 +147,9 @@ class Feed:
             try:
                 reason, detected_at = self._session(ws, stop)
             except Exception as error:  # a broken socket mid-read is a disconnection like any
-                reason = f"connection lost: {type(error).__name__}: {self._redact(str(error))}"
+                reason = self._reconnect_reason or (  # abort() names why it broke the socket
+                    f"connection lost: {type(error).__name__}: {self._redact(str(error))}"
+                )
                 detected_at = self.clock()
             self.connected.clear()
             if stop.is_set() and reason == "stopping":
@@ -228,6 +230,9 @@ class Feed:
                 readable, _, _ = select.select([sock], [], [], self._poll_s)
                 if not readable:
                     continue
+            announced = self._announced_length(ws)
+            if announced > self.max_frame_bytes:  # never read: reading alone would stall us
+                return self._refuse_oversized(ws, announced), self.clock()
             opcode, payload = ws.recv_data(control_frame=True)
             self.last_received = self.clock()
             if opcode == websocket.ABNF.OPCODE_CLOSE:
@@ -240,15 +245,15 @@ class Feed:
                 continue
             if opcode != websocket.ABNF.OPCODE_TEXT:
                 continue  # control frames only prove liveness
-            if len(payload) > self.max_frame_bytes:  # parsing it would stall this thread
+            if len(payload) > self.max_frame_bytes:  # a message in many small fragments
                 self.stats.malformed += 1
                 self.stats.oversized += 1
-                log.warning("frame of %d bytes dropped unparsed", len(payload))
+                log.warning("message of %d bytes dropped unparsed", len(payload))
                 self.alert(
                     "feed.malformed",
                     "warning",
-                    f"a {len(payload):,}-byte frame, over the {self.max_frame_bytes:,}-byte limit: "
-                    "dropped unparsed",
+                    f"a {len(payload):,}-byte message, over the {self.max_frame_bytes:,}-byte "
+                    "limit: dropped unparsed",
                 )
                 continue
             if not payload:
@@ -298,6 +303,36 @@ class Feed:
                 in_flight.popleft()
             log.error("the feed answered %s with error %s", command, text)
             self.alert("feed.error", "warning", f"feed error on {command}: {text}")
+
+    @staticmethod
+    def _announced_length(ws: websocket.WebSocket) -> int:
+        """The next frame's payload length from its header, read ahead of the payload.
+
+        websocket-client keeps a partly read header in its frame buffer, so the following
+        ``recv_data`` continues from here instead of reading the header again.
+        """
+        frames = ws.frame_buffer
+        if frames.needs_header():
+            frames.recv_header()
+        if frames.needs_length():
+            frames.recv_length()
+        return frames.length or 0
+
+    def _refuse_oversized(self, ws: websocket.WebSocket, announced: int) -> str:
+        """A frame over the limit is never read: as RFC 6455 has it (and the websockets server
+        does), the connection is closed with 1009, which the loop treats as any disconnection:
+        safe state, then reconnect on the schedule."""
+        self.stats.malformed += 1
+        self.stats.oversized += 1
+        reason = (
+            f"frame too big: {announced:,} bytes announced, over the "
+            f"{self.max_frame_bytes:,}-byte limit (closed 1009 unread)"
+        )
+        log.warning("%s", reason)
+        self.alert("feed.malformed", "critical", reason)
+        with contextlib.suppress(Exception):
+            ws.send_close(websocket.STATUS_MESSAGE_TOO_BIG, b"message too big")
+        return reason
 
     def _retry_after(self, message: dict[str, Any]) -> float:
         data = message.get("data") if isinstance(message.get("data"), dict) else {}

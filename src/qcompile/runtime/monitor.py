@@ -1,11 +1,17 @@
 """The strategy's own alerts: the thresholds its passport promises, watched as it trades.
 
-Consumes the strategy's ``monitoring`` thresholds and, as the engine trades, its equity, the
-equity at the start of the day, its gross exposure and each closed trade's result; produces
-alerts, each once per breach: a breach re-arms only when its condition has cleared (equity back
-within half the drawdown threshold of its peak, a new day, a winning trade, exposure back under
-its limit). What a
-breach has already said is part of the durable state, so a restart does not say it again.
+Consumes the strategy's ``monitoring`` thresholds, the backtest's daily statistics and, as the
+engine trades, its equity, the equity at the start of the day, its gross exposure, each closed
+trade's result and each day's closing equity; produces alerts, each once per breach: a breach
+re-arms only when its condition has cleared (equity back within half the drawdown threshold of
+its peak, a new day, a winning trade, exposure back under its limit, every statistic back within
+its deviation). What a breach has already said is part of the durable state, so a restart does
+not say it again.
+
+The deviation check is the weekly review's test run at every day's close: the same statistics
+(``qcompile.dailystats.daily_statistics``, the function the backtest's evidence and the
+review use) over the trailing 20 trading days, each against the backtest's. It starts once 20
+daily returns exist: fewer days would flag noise.
 """
 
 from __future__ import annotations
@@ -13,6 +19,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+from qcompile.dailystats import (
+    DAILY_STATISTICS,
+    REVIEW_WINDOW,
+    daily_statistics,
+    relative_deviation,
+)
 
 
 @dataclass
@@ -22,6 +35,8 @@ class MonitorState:
     day_start_equity: float | None = None
     losing_streak: int = 0
     breached: list[str] = field(default_factory=list)  # alert keys said and not yet cleared
+    # the last REVIEW_WINDOW + 1 daily closing equities, [date, equity]: the deviation's window
+    closes: list[list[Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -30,6 +45,7 @@ class MonitorState:
             "day_start_equity": self.day_start_equity,
             "losing_streak": self.losing_streak,
             "breached": sorted(self.breached),
+            "closes": [list(close) for close in self.closes],
         }
 
     @classmethod
@@ -41,6 +57,7 @@ class MonitorState:
             day_start_equity=data.get("day_start_equity"),
             losing_streak=int(data.get("losing_streak", 0)),
             breached=list(data.get("breached") or []),
+            closes=[[str(day), float(equity)] for day, equity in data.get("closes") or []],
         )
 
 
@@ -53,9 +70,15 @@ class Breach:
 
 
 class Monitor:
-    def __init__(self, thresholds: Mapping[str, Any], state: MonitorState | None = None):
+    def __init__(
+        self,
+        thresholds: Mapping[str, Any],
+        state: MonitorState | None = None,
+        expected: Mapping[str, Any] | None = None,
+    ):
         self.thresholds = {k: float(v) for k, v in thresholds.items() if v is not None}
         self.state = state or MonitorState()
+        self.expected = dict(expected or {})  # the backtest's daily statistics
 
     def _once(
         self, key: str, breached: bool, make: Any, cleared: bool | None = None
@@ -145,3 +168,49 @@ class Monitor:
                 {"streak": streak, "last_pnl": round(pnl, 2)},
             ),
         )
+
+    def day_closed(self, day: str, equity: float) -> list[Breach]:
+        """At a day's close (ISO date, closing equity): the trailing window's statistics against
+        the backtest's; a breach names every statistic off by more than the threshold."""
+        closes = self.state.closes
+        if closes and closes[-1][0] == day:
+            closes[-1][1] = equity  # a day marked twice (a restart): the last mark counts
+        else:
+            closes.append([day, equity])
+        del closes[: -(REVIEW_WINDOW + 1)]
+        limit = self.thresholds.get("max_backtest_deviation_pct")
+        if limit is None or not self.expected or len(closes) < REVIEW_WINDOW + 1:
+            return []
+        live = daily_statistics([c[0] for c in closes], [c[1] for c in closes], REVIEW_WINDOW)
+        off = {}
+        for key in DAILY_STATISTICS:
+            deviation = relative_deviation(live.get(key), self.expected.get(key))
+            if deviation is not None and deviation * 100 > limit:
+                off[key] = deviation
+        return self._once(
+            "strategy.backtest_deviation",
+            bool(off),
+            lambda: Breach(
+                "strategy.backtest_deviation",
+                "warning",
+                f"live vs backtest over the last {REVIEW_WINDOW} days (to {day}): "
+                + "; ".join(
+                    f"{DAILY_STATISTICS[key]} {_shown(key, live[key])} vs "
+                    f"{_shown(key, self.expected[key])} ({_percent(off[key])} off)"
+                    for key in off
+                )
+                + f"; threshold {limit:g} %",
+                {
+                    **{f"live_{key}": round(float(live[key] or 0.0), 6) for key in off},
+                    **{f"backtest_{key}": round(float(self.expected[key]), 6) for key in off},
+                },
+            ),
+        )
+
+
+def _shown(key: str, value: float | None) -> str:
+    return "n/a" if value is None else f"{value * 100:.{3 if key == 'mean_return' else 2}f} %"
+
+
+def _percent(value: float) -> str:
+    return "inf" if value == float("inf") else f"{value * 100:.0f} %"

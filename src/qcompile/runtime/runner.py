@@ -275,6 +275,7 @@ class Runner:
     def _engine(self, state: EngineState | None, broker: PaperBroker) -> Engine:
         params, data = self.params, self.params["data"]
         backtest = params["backtest"]
+        monitoring = params.get("monitoring") or {}
         config = EngineConfig(
             strategy_id=self.strategy_id,
             strategy_version=str(params["strategy"]["version"]),
@@ -294,7 +295,8 @@ class Runner:
             ),
             channel=str(self.deployment.get("channel", CHANNEL)),
             backward_run=int(data["timestamp"].get("backward_run", 3)),
-            monitoring=dict(params.get("monitoring") or {}),
+            monitoring=dict(monitoring.get("thresholds") or {}),
+            expected_daily=monitoring.get("backtest_daily"),
             clock_tolerance_ms=None
             if self.session.replay
             else int(float(data["timestamp"].get("clock_tolerance_s", 300)) * 1000),

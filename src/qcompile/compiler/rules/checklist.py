@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from qcompile import __version__
-from qcompile.compiler.rules.gates import CHECKLIST_ITEMS
+from qcompile.compiler.rules.gates import CHECKLIST_ITEMS, expected_daily
 from qcompile.hashing import runtime_sha256
 from qcompile.research.datalayout import epoch_time
 from qcompile.runtimedefaults import ALERT_THRESHOLDS
@@ -170,7 +170,7 @@ def _verify(
     if item == "data.lookback_covered":
         return _lookback(strategy, fingerprint, (pins.get("data") or {}).get("timestamp") or {})
     if item == "monitoring.alert_thresholds":
-        return _alert_thresholds(strategy)
+        return _alert_thresholds(strategy, evidence)
     if item == "docs.passport":
         missing = [
             k
@@ -198,9 +198,12 @@ def _verify(
     raise AssertionError(f"checklist item {item} has no verification")  # CHECKLIST_ITEMS grew
 
 
-def _alert_thresholds(strategy: dict[str, Any]) -> tuple[bool, str]:
+def _alert_thresholds(
+    strategy: dict[str, Any], evidence: dict[str, Any] | None
+) -> tuple[bool, str]:
     """Ticked when the passport promises alerts and the runner will act on each: its threshold
-    is configured (validation refuses a promise without one; the schema, an unknown kind)."""
+    is configured (validation refuses a promise without one; the schema, an unknown kind), and
+    the deviation alert has the backtest's daily statistics to compare with."""
     declared = (strategy.get("deployment_record") or {}).get("monitoring_alerts") or []
     if not declared:
         return False, "no alerts promised (strategy.deployment_record.monitoring_alerts)"
@@ -212,6 +215,11 @@ def _alert_thresholds(strategy: dict[str, Any]) -> tuple[bool, str]:
             shown.append(f"{alert} (the feed's silence alert, two heartbeat intervals)")
         elif thresholds.get(key) is None:
             return False, f"{alert} has no strategy.monitoring.{key}"
+        elif alert == "backtest_deviation" and expected_daily(evidence) is None:
+            return False, (
+                f"{alert} has nothing to compare with: the backtest evidence carries no daily "
+                "statistics (run `qcompile backtest` again)"
+            )
         else:
             unit = "" if key == "max_losing_streak" else " %"
             shown.append(f"{alert} at {thresholds[key]:g}{unit}")

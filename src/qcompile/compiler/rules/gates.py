@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from qcompile.dailystats import DAILY_STATISTICS
+
 PHASES = ("ideation", "research", "validation", "production")
 
 # requirement -> (what it means, the config key a problem points at)
@@ -153,6 +155,17 @@ def load_evidence(path: Path) -> tuple[dict[str, Any] | None, str]:
     if not isinstance(document, dict):
         return None, "evidence file is not a JSON object"
     return document, ""
+
+
+def expected_daily(evidence: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The backtest's daily statistics (``daily`` in evidence.json), what the runner's deviation
+    alert compares the live days with; None when the evidence has none (or predates them)."""
+    daily = evidence.get("daily") if isinstance(evidence, dict) else None
+    if not isinstance(daily, dict):
+        return None
+    if not all(isinstance(daily.get(key), int | float) for key in DAILY_STATISTICS):
+        return None
+    return {key: daily[key] for key in ("days", "window", *DAILY_STATISTICS) if key in daily}
 
 
 def stale_inputs(evidence: dict[str, Any], expected_inputs: dict[str, Any]) -> list[str]:

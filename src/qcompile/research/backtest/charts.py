@@ -94,7 +94,7 @@ def monte_carlo_fan(equity: Sequence[float], monte_carlo: dict[str, Any]) -> str
     bootstrap the evidence summarises) around the realised path; None without returns."""
     import numpy as np
 
-    from qcompile.research.backtest.metrics import bar_returns
+    from qcompile.dailystats import bar_returns
     from qcompile.research.backtest.robustness import bootstrap_paths
 
     returns = np.asarray(bar_returns(equity), dtype=float)

@@ -199,7 +199,7 @@ def _portfolio_metrics(
     m = equity.shape[0]
     growth = equity[m - 1] / equity[0]
     out[0] = growth - 1.0
-    # bar returns exist only where the previous equity is positive (metrics.bar_returns)
+    # bar returns exist only where the previous equity is positive (dailystats.bar_returns)
     count = 0
     total = 0.0
     for i in range(1, m):

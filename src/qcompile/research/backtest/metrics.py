@@ -10,6 +10,8 @@ import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
+from qcompile.dailystats import bar_returns, max_drawdown
+
 FORMULAS = {
     "total_return": "E_T / E_0 - 1, equity net of slippage and commission",
     "annualised_return": "(E_T / E_0) ^ (P / n) - 1, geometric; n bar returns, P bars per year",
@@ -25,13 +27,6 @@ FORMULAS = {
     "trade_count": "closed round trips (entry and exit fills)",
     "exposure": "mean over bars of gross position value / equity",
 }
-
-
-@dataclass(frozen=True)
-class Drawdown:
-    depth: float  # <= 0
-    peak_index: int
-    trough_index: int
 
 
 @dataclass(frozen=True)
@@ -52,23 +47,6 @@ class Metrics:
 
     def as_dict(self) -> dict[str, float | int | None]:
         return asdict(self)
-
-
-def bar_returns(equity: Sequence[float]) -> list[float]:
-    """Per-bar returns; a bar after the account reached zero (or less) has none."""
-    return [equity[i] / equity[i - 1] - 1.0 for i in range(1, len(equity)) if equity[i - 1] > 0]
-
-
-def max_drawdown(equity: Sequence[float]) -> Drawdown:
-    peak_value, peak_index = equity[0], 0
-    worst = Drawdown(0.0, 0, 0)
-    for index, value in enumerate(equity):
-        if value > peak_value:
-            peak_value, peak_index = value, index
-        depth = value / peak_value - 1.0
-        if depth < worst.depth:
-            worst = Drawdown(depth, peak_index, index)
-    return worst
 
 
 def sharpe(returns: Sequence[float], periods_per_year: float) -> float | None:

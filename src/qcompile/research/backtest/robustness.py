@@ -65,7 +65,7 @@ def bootstrap_paths(
 
 
 def _drawdowns(paths: np.ndarray) -> np.ndarray:
-    """Each path's maximum drawdown, as metrics.max_drawdown gives it (a fraction, <= 0)."""
+    """Each path's maximum drawdown, as dailystats.max_drawdown gives it (a fraction, <= 0)."""
     peaks = np.maximum.accumulate(paths, axis=-1)
     return np.min(paths / peaks - 1.0, axis=-1)
 

@@ -22,6 +22,7 @@ import polars as pl
 import yaml
 
 from qcompile import __version__
+from qcompile.dailystats import bar_returns, daily_statistics
 from qcompile.errors import QcompileError
 from qcompile.hashing import files_sha256
 from qcompile.research.backtest import robustness
@@ -29,7 +30,7 @@ from qcompile.research.backtest.engine import Costs, Result, Settings
 from qcompile.research.backtest.fast import run
 from qcompile.research.backtest.grid import GridResult, run_grid
 from qcompile.research.backtest.kernel import GRID_COLUMNS
-from qcompile.research.backtest.metrics import FORMULAS, Metrics, bar_returns, compute, max_drawdown
+from qcompile.research.backtest.metrics import FORMULAS, Metrics, compute
 from qcompile.research.backtest.overfitting import summarise
 from qcompile.research.data import Convention, load_bars
 from qcompile.research.datalayout import symbol_files
@@ -360,53 +361,6 @@ def backtest(
         title = f"Backtest report: {strategy['name']} ({strategy['id']} v{strategy['version']})"
         _write(target / "report.html", html(text, title, result, evidence))
     return Report(target, report_path, evidence_path, metrics, evidence["eligible_for_production"])
-
-
-REVIEW_WINDOW = 20  # trading days: the weekly review's trailing window (source document §6)
-
-
-def daily_returns(dates: list[str], equity: list[float]) -> list[float]:
-    """Close-to-close returns of the last equity value of each date: the same daily series
-    whatever the bar interval, so a backtest and a live journal compare like for like."""
-    closes: dict[str, float] = {}
-    for day, value in zip(dates, equity, strict=True):
-        closes[day] = value
-    values = [closes[day] for day in sorted(closes)]
-    return bar_returns(values)
-
-
-def daily_statistics(
-    dates: list[str], equity: list[float], window: int = REVIEW_WINDOW
-) -> dict[str, float | int | None]:
-    """Win rate (share of days with a positive return), mean daily return, daily volatility
-    (sample stdev) and the max drawdown expected over ``window`` days: the mean, over every
-    trailing ``window``-day stretch, of that stretch's max drawdown. A drawdown over years is
-    not comparable with one over 20 days; this is."""
-    returns = daily_returns(dates, equity)
-    if len(returns) < 2:
-        return {
-            "days": len(returns),
-            "window": window,
-            "win_rate": None,
-            "mean_return": None,
-            "volatility": None,
-            "max_drawdown": None,
-        }
-    mean = sum(returns) / len(returns)
-    volatility = float(np.std(returns, ddof=1))
-    growth = np.cumprod(np.concatenate([[1.0], 1.0 + np.asarray(returns)]))
-    depths = [
-        max_drawdown(growth[start : start + window + 1].tolist()).depth
-        for start in range(max(1, len(growth) - window))
-    ]
-    return {
-        "days": len(returns),
-        "window": window,
-        "win_rate": sum(1 for r in returns if r > 0) / len(returns),
-        "mean_return": mean,
-        "volatility": volatility,
-        "max_drawdown": sum(depths) / len(depths),
-    }
 
 
 def _write(path: Path, text: str) -> None:
