@@ -69,8 +69,9 @@ ALERTS: dict[str, AlertEntry] = {
     ),
     "runner.failed": AlertEntry(
         "critical",
-        "A worker thread of the runner (feed, decisions, saver) failed unexpectedly: the runner "
-        "entered its safe state, saved what it could and exited non-zero.",
+        "A worker thread of the runner (feed, decisions, saver, an alert sink's delivery) failed "
+        "unexpectedly: the runner entered its safe state, saved what it could and exited "
+        "non-zero.",
         "The process manager restarts it from the durable state (docs/runner.md, systemd unit). "
         "Read the error in the alert and the log; if it repeats at every start, roll back.",
     ),

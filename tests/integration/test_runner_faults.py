@@ -172,6 +172,28 @@ def test_a_failing_save_stops_the_runner_instead_of_a_dead_saver(
     STARTED.clear()
 
 
+def test_a_dead_alert_thread_stops_the_runner_instead_of_queueing_alerts_unseen(
+    project: Path, emulator: Emulator
+) -> None:
+    """A sink's delivery errors are retried and recorded; a bug that kills its thread would
+    leave every later alert queued where nobody reads it. It fails the runner instead."""
+    runner = start_runner(project, emulator)
+    assert wait_until(lambda: runner.engine.counters.accepted > 10, timeout=30)
+
+    def broken(sink: object, alert: object) -> None:
+        raise RuntimeError("a bug in delivery")
+
+    runner.alerter._deliver = broken  # type: ignore[method-assign]
+    emulator.inject("drop")  # the safe state's alert is the next one delivered
+    assert wait_until(runner.failed.is_set, timeout=10)
+    assert runner.failure is not None
+    assert runner.failure.startswith("alerts (log) thread failed: RuntimeError: a bug in delivery")
+    assert runner.engine.state.suspended and runner.stop_requested.is_set()
+    runner.stop()
+    failed = [r for r in journal(project) if r.get("key") == "runner.failed"]
+    assert len(failed) == 1 and "alerts (log)" in failed[0]["summary"]
+
+
 def test_a_runner_process_whose_state_store_breaks_exits_non_zero(tmp_path: Path) -> None:
     """The whole command, as systemd runs it: the state directory disappears under it."""
     root = tmp_path / "deployed"

@@ -206,6 +206,10 @@ class EmailSink:
 # --------------------------------------------------------------------------------------------
 
 
+def _log_worker_failure(worker: str, error: BaseException) -> None:
+    log.critical("%s thread failed: %s: %s", worker, type(error).__name__, error)
+
+
 class _SinkWorker:
     """One sink's queue and delivery thread, so sinks never wait for one another."""
 
@@ -214,19 +218,26 @@ class _SinkWorker:
         self.sink = sink
         self.queue: queue.Queue[Alert | None] = queue.Queue(maxsize=max_queued)
         self.pending = 0  # queued or being delivered; guarded by alerter._idle
+        self.dead = False  # its thread died: nothing queued for it will go out
         self.thread = threading.Thread(
             target=self._run, name=f"qcompile-alerts-{sink.name}", daemon=True
         )
         self.thread.start()
 
     def _run(self) -> None:
-        while (alert := self.queue.get()) is not None:
-            try:
-                self.alerter._deliver(self.sink, alert)
-            finally:
-                with self.alerter._idle:
-                    self.pending -= 1
-                    self.alerter._idle.notify_all()
+        try:
+            while (alert := self.queue.get()) is not None:
+                try:
+                    self.alerter._deliver(self.sink, alert)
+                finally:
+                    with self.alerter._idle:
+                        self.pending -= 1
+                        self.alerter._idle.notify_all()
+        except BaseException as error:  # a delivery error is caught inside; this is a bug
+            with self.alerter._idle:
+                self.dead = True  # flush() waits for it no more
+                self.alerter._idle.notify_all()
+            self.alerter.worker_failed(self.sink.name, error)
 
 
 class Alerter:
@@ -269,7 +280,13 @@ class Alerter:
         self._last: dict[str, tuple[float, int]] = {}  # key -> (clock, severity rank) delivered
         self._recent: deque[float] = deque()  # clock readings of deliveries in the rate window
         self._closed = False
+        # told when a sink's delivery thread dies (the runner fails stop); until then, logged
+        self.on_worker_failure: Callable[[str, BaseException], None] = _log_worker_failure
         self._workers = [_SinkWorker(self, sink, max_queued) for sink in sinks]
+
+    def worker_failed(self, sink_name: str, error: BaseException) -> None:
+        """A sink's delivery thread died: its alerts would queue unseen from now on."""
+        self.on_worker_failure(f"alerts ({sink_name})", error)
 
     def send(self, alert: Alert) -> bool:
         """Queue ``alert`` for every sink; False if suppressed. Never blocks on a sink."""
@@ -343,7 +360,7 @@ class Alerter:
         """Wait until every queued alert was delivered or given up; False on timeout."""
         with self._idle:
             return self._idle.wait_for(
-                lambda: all(w.pending == 0 for w in self._workers), timeout=timeout
+                lambda: all(w.pending == 0 or w.dead for w in self._workers), timeout=timeout
             )
 
     def close(self, timeout: float = 5.0) -> None:

@@ -209,6 +209,7 @@ class Runner:
         self._acks = None
         self.store: StateStore | None = None
         self.alerter = Alerter(build_sinks(deployment.get("alerts", [{"kind": "log"}]), env))
+        self.alerter.on_worker_failure = self._fail  # a dead sink thread fails the runner too
         self.idle = threading.Event()  # set whenever the decision thread has nothing queued
         self.stopped = False
         self.started = False  # start() completed: there is something to stop
