@@ -173,6 +173,37 @@ def backtest(strategy: str, overrides: tuple[str, ...]) -> None:
 
 @main.command()
 @click.argument("strategy")
+@click.option(
+    "--speed",
+    type=click.FloatRange(min=1),
+    default=2000.0,
+    show_default=True,
+    help="Pushes per second through the emulator.",
+)
+@_handled
+def parity(strategy: str, speed: float) -> None:
+    """Replay STRATEGY's backtest window through the protocol emulator into its production
+    runner (a separate process, paper broker, scratch state) and compare every fill and daily
+    equity mark with the backtest's; writes reports/<id>/<version>/parity.md and parity.json.
+    Exits 1 when they diverge."""
+    from qcompile.operations.parity import run_parity
+
+    result = run_parity(
+        _project(), strategy, speed=speed, progress=lambda s: click.echo(s, err=True)
+    )
+    click.echo(
+        f"{result.strategy_id} v{result.version}: "
+        f"{'parity holds' if result.passed else 'DIVERGED'} over {result.window[0]}..{result.window[1]}: "
+        f"{len(result.backtest_legs)} backtest fills, {len(result.runner_legs)} runner fills, "
+        f"{result.marks_compared} equity marks (max deviation {result.max_equity_deviation:.1e})"
+    )
+    if not result.passed:
+        click.echo(f"first divergence: {result.first_divergence}")
+        sys.exit(1)
+
+
+@main.command()
+@click.argument("strategy")
 @_OVERRIDES
 @click.option("--name", metavar="NAME", help="Sweep folder name (default: a hash of the sweep).")
 @click.option("--dry-run", is_flag=True, help="List the jobs and their batches; run nothing.")

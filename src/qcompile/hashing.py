@@ -50,6 +50,7 @@ RUNTIME_PACKAGES = (
     "marketdata",
     "runtimedefaults.py",
     "dailystats.py",
+    "execution.py",
     "research/data.py",
 )
 

@@ -47,7 +47,9 @@ def test_items_are_verified_from_evidence_or_left_open(example: Path) -> None:
     assert cli(example, "build").exit_code == 0
     text = checklist(example)
     assert row(text, "code.signal_matches_backtest").startswith("| [x] |")
-    assert "source 0f5a982dfe7a" in row(text, "code.signal_matches_backtest")
+    assert "the runner (zscore_reversion@1.0.0) reproduced the backtest's" in row(
+        text, "code.signal_matches_backtest"
+    )
     assert row(text, "data.lookback_covered").startswith("| [x] |")
     assert row(text, "monitoring.dashboard").startswith("| [ ] |")
     assert "not signed" in row(text, "monitoring.dashboard")

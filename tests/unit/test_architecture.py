@@ -27,6 +27,7 @@ SHARED = (
     "qcompile.alertcatalog",
     "qcompile.runtimedefaults",
     "qcompile.dailystats",
+    "qcompile.execution",
 )
 RESEARCH_LIBRARY = (
     "qcompile.research.data",

@@ -143,9 +143,8 @@ def test_a_restarted_engine_marks_and_sizes_as_an_uninterrupted_one() -> None:
     assert restarted.equity() == pytest.approx(equity, rel=1e-15)
     for symbol in ("AAA", "BBB"):
         for target in (1, -1):
-            assert restarted._target_quantity(symbol, target) == running._target_quantity(
-                symbol, target
-            )
+            assert restarted._legs(symbol, target) == running._legs(symbol, target)
+    assert restarted._legs("AAA", -1).exit == -30 and restarted._legs("AAA", -1).entry < 0
 
 
 # -- live against the backtest, as the day goes ------------------------------------------------

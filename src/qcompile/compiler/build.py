@@ -171,7 +171,13 @@ def inputs_digest(project: Project, overrides: list[str], only: list[str] | None
     parts["evidence"] = (
         {
             project.rel(p): sha256_file(p)
-            for p in sorted([*reports.rglob("evidence.json"), *reports.rglob("report.md")])
+            for p in sorted(
+                [
+                    *reports.rglob("evidence.json"),
+                    *reports.rglob("report.md"),
+                    *reports.rglob("parity.json"),  # ticks or opens a checklist item
+                ]
+            )
         }
         if reports.is_dir()
         else {}
@@ -256,8 +262,11 @@ def compile_project(
     from qcompile.compiler.lock import drift_diagnostics, lock_strategy
     from qcompile.compiler.plan import CompiledStrategy, checklist_bytes
     from qcompile.compiler.rules.checklist import (
+        PARITY_FILE,
         WAIVER_PREFIX,
+        ParityCheck,
         evaluate_checklist,
+        parity_inputs,
         waived_items,
     )
     from qcompile.compiler.rules.gates import (
@@ -345,7 +354,9 @@ def compile_project(
         evidence, why = load_evidence(path)
         artefacts = signed_artefacts(project.root, data)
         waivers, expired = active_waivers(strategy, on)
-        items = evaluate_checklist(data, lock.pins, evidence, project.root, waivers)
+        parity_record, _ = load_evidence(path.with_name(PARITY_FILE))
+        parity = ParityCheck(parity_record, parity_inputs(lock.backtest_inputs, data["deployment"]))
+        items = evaluate_checklist(data, lock.pins, evidence, project.root, waivers, parity)
         unticked = [item.id for item in items if not item.ticked]
         warnings += _ignored_signatures(composed, strategy)
         if "checklist" in artefacts:  # signed: compare with the checklist this build writes

@@ -86,6 +86,13 @@ def run_options(function: Callable[..., Any]) -> Callable[..., Any]:
             help="Append 'seq sha256' per acknowledged state (crash-recovery tests).",
         ),
         click.option(
+            "--history-replay",
+            is_flag=True,
+            hidden=True,
+            help="The feed replays history (qcompile parity): push times are not compared with "
+            "this host's clock.",
+        ),
+        click.option(
             "--ws-url",
             metavar="URL",
             help="Read the feed from this WebSocket base instead of the data source's (a staging "
@@ -132,6 +139,7 @@ def execute(
     ws_url: str | None = None,
     rest_url: str | None = None,
     override_production: bool = False,
+    history_replay: bool = False,
 ) -> None:
     """Run the strategy until stopped; prints a summary. Ctrl-C and SIGTERM stop it cleanly."""
     from qcompile.runtime.runner import Runner, Session, emulator_for, load_params
@@ -146,7 +154,7 @@ def execute(
     if not paper:
         raise click.UsageError("--live needs a real broker; only the paper broker exists yet")
     params = load_params(params_file)
-    session = Session(acks=acks, ws_base=ws_url, rest_base=rest_url)
+    session = Session(acks=acks, ws_base=ws_url, rest_base=rest_url, replay=history_replay)
     emulator = None
     if ws_url or rest_url:
         _check_feed_override(params_file, feed, replay, scenario, override_production)

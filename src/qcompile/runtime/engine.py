@@ -25,6 +25,7 @@ from typing import Any
 
 import polars as pl
 
+from qcompile.execution import Costs, Rebalance, rebalance, sleeve_capital
 from qcompile.research.data import detect_unit, stamp_text
 from qcompile.runtime.alerts import Alert, Alerter
 from qcompile.runtime.broker import Broker, Fill, Order
@@ -116,6 +117,7 @@ class EngineConfig:
     max_malformed_per_minute: int = 10
     backward_run: int = 3  # pushes in a row behind their symbol's cursor: the clock went back
     clock_tolerance_ms: int | None = 300_000  # |push time - wall clock| allowed; None: replay
+    costs: dict[str, Any] = field(default_factory=dict)  # slippage_bps, commission_per_share, ...
     monitoring: dict[str, Any] = field(default_factory=dict)  # the strategy's alert thresholds
     expected_daily: dict[str, Any] | None = None  # the backtest's daily statistics
 
@@ -134,6 +136,8 @@ class EngineState:
     # per symbol, the cash its open trade has cost so far (fills and commissions): its result
     # when the position is flat again
     trade_cash: dict[str, float] = field(default_factory=dict)
+    # per symbol, its sleeve's cash (qcompile.execution): what its next entry may invest
+    sleeves: dict[str, float] = field(default_factory=dict)
     monitor: MonitorState = field(default_factory=MonitorState)
     suspended: bool = True  # nothing is decided until a connected feed proved its data fresh
     suspended_reason: str = "starting"
@@ -151,6 +155,7 @@ class EngineState:
             "targets": dict(sorted(self.targets.items())),
             "last_prices": {k: list(v) for k, v in sorted(self.last_prices.items())},
             "trade_cash": dict(sorted(self.trade_cash.items())),
+            "sleeves": dict(sorted(self.sleeves.items())),
             "monitor": self.monitor.to_dict(),
             "suspended": self.suspended,
             "suspended_reason": self.suspended_reason,
@@ -169,6 +174,7 @@ class EngineState:
                 k: [float(p), float(t)] for k, (p, t) in (data.get("last_prices") or {}).items()
             },
             trade_cash={k: float(v) for k, v in (data.get("trade_cash") or {}).items()},
+            sleeves={k: float(v) for k, v in (data.get("sleeves") or {}).items()},
             monitor=MonitorState.from_dict(data.get("monitor")),
             suspended=True,  # a restart re-proves the feed before deciding anything
             suspended_reason="restarted",
@@ -216,6 +222,28 @@ class Engine:
         self.request_reconnect: Callable[[str], None] = lambda reason: None
         self._suffix = config.symbol_suffix
         self._universe = set(config.symbols)
+        self.costs = Costs.from_config(config.costs)
+        self._open_sleeves(restored=state is not None)
+
+    def _open_sleeves(self, restored: bool) -> None:
+        """Each symbol's sleeve, as the backtest starts them (qcompile.execution)."""
+        sizing = self.config.sizing
+        capital = sleeve_capital(
+            self.config.initial_capital,
+            str(sizing.get("method", "equal_weight")),
+            sizing.get("fraction"),
+            len(self.config.symbols),
+        )
+        missing = [s for s in self.config.symbols if s not in self.state.sleeves]
+        if restored and missing and self.state.positions:
+            log.warning(
+                "the saved state has no sleeve for %s (written before sleeves existed): each "
+                "restarts at its starting capital, %.2f",
+                ", ".join(missing),
+                capital,
+            )
+        for symbol in missing:
+            self.state.sleeves[symbol] = capital
 
     # -- persistence -------------------------------------------------------------------------
 
@@ -513,16 +541,27 @@ class Engine:
         target = self._signal_target(symbol, self.bars[symbol])
         self.counters.decisions += 1
         self.state.targets[symbol] = target
+        for leg, quantity in self._legs(symbol, target).orders():
+            order_id = f"{self.config.strategy_id}-{bar_ms}-{symbol}-{leg}"
+            self.submit(Order(order_id, symbol, quantity, bar_ms))
+            log.info("%s: target %+d, %s order %+g submitted", symbol, target, leg, quantity)
+
+    def _legs(self, symbol: str, target: int) -> Rebalance:
+        """The orders that take ``symbol``'s sleeve to ``target`` at its last price: the
+        backtest's rules (qcompile.execution), so both size and charge a trade alike. Already in
+        the trade: nothing (sized at entry and held)."""
         pending = sum(o["quantity"] for o in self.state.pending.values() if o["symbol"] == symbol)
         held = self.state.positions.get(symbol, 0.0) + pending
-        if target != 0 and held * target > 0:
-            return  # already in the trade: sized at entry and held, as in the backtest
-        wanted = self._target_quantity(symbol, target)
-        delta = wanted - held
-        if abs(delta) < 1e-9:
-            return
-        self.submit(Order(f"{self.config.strategy_id}-{bar_ms}-{symbol}", symbol, delta, bar_ms))
-        log.info("%s: target %+d, order %+g submitted", symbol, target, delta)
+        side = (held > 1e-12) - (held < -1e-12)
+        return rebalance(
+            self.state.sleeves.get(symbol, 0.0),
+            side,
+            abs(held),
+            target,
+            self.last_price[symbol],
+            self.costs,
+            bool(self.config.sizing.get("fractional_shares", False)),
+        )
 
     def submit(self, order: Order) -> None:
         """Send ``order`` to the broker and record it as pending (call with the lock held)."""
@@ -540,19 +579,6 @@ class Engine:
         held = sum(q * self.last_price.get(s, 0.0) for s, q in self.state.positions.items())
         return self.state.cash + held
 
-    def _target_quantity(self, symbol: str, target: int) -> float:
-        if target == 0:
-            return 0.0
-        sizing, price = self.config.sizing, self.last_price[symbol]
-        if sizing.get("method") == "equal_weight":
-            budget = self.equity() / len(self.config.symbols)
-        else:
-            budget = self.equity() * float(sizing.get("fraction", 1.0))
-        quantity = budget / price
-        if not sizing.get("fractional_shares", False):
-            quantity = math.floor(quantity)
-        return float(target) * quantity
-
     def _filled(self, fill: Fill) -> None:
         self.state.pending.pop(fill.order_id, None)
         self._account_trade(fill)
@@ -561,7 +587,9 @@ class Engine:
             self.state.positions[fill.symbol] = held
         else:
             self.state.positions.pop(fill.symbol, None)
-        self.state.cash -= fill.quantity * fill.price + fill.commission
+        spent = fill.quantity * fill.price + fill.commission
+        self.state.cash -= spent
+        self.state.sleeves[fill.symbol] = self.state.sleeves.get(fill.symbol, 0.0) - spent
         self.counters.fills += 1
         self.journal(
             {

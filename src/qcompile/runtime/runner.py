@@ -296,6 +296,7 @@ class Runner:
             ),
             channel=str(self.deployment.get("channel", CHANNEL)),
             backward_run=int(data["timestamp"].get("backward_run", 3)),
+            costs=dict(params["costs"]),
             monitoring=dict(monitoring.get("thresholds") or {}),
             expected_daily=monitoring.get("backtest_daily"),
             clock_tolerance_ms=None

@@ -19,7 +19,7 @@ from typing import Any
 
 from qcompile import __version__
 from qcompile.compiler.rules.gates import CHECKLIST_ITEMS, expected_daily
-from qcompile.hashing import runtime_sha256
+from qcompile.hashing import runtime_sha256, sha256_json
 from qcompile.research.datalayout import epoch_time
 from qcompile.runtimedefaults import ALERT_THRESHOLDS
 
@@ -80,12 +80,39 @@ def coverage_percent(report: Path, source: str) -> float | None:
     return None
 
 
+PARITY_FILE = "parity.json"
+# The deployment settings that change what the runner trades (not where it saves or alerts).
+TRADING_SETTINGS = ("broker", "channel", "history_bars")
+
+
+def parity_inputs(backtest_inputs: dict[str, Any], deployment: dict[str, Any]) -> dict[str, Any]:
+    """What a parity run vouches for: the backtest's inputs (config, data, signal source), the
+    runtime's source and the deployment settings that change what the runner trades. A change
+    to any of them makes the run stale. ``qcompile parity`` records exactly this."""
+    settings = {k: deployment.get(k) for k in TRADING_SETTINGS}
+    return {
+        **backtest_inputs,
+        "runtime_sha256": runtime_sha256(),
+        "trading_settings_sha256": sha256_json(settings),
+    }
+
+
+@dataclass(frozen=True)
+class ParityCheck:
+    """A strategy's parity record (reports/<id>/<version>/parity.json, None if absent) and the
+    inputs it must have been run with to count now."""
+
+    record: dict[str, Any] | None
+    expected: dict[str, Any]
+
+
 def evaluate_checklist(
     config: dict[str, Any],
     pins: dict[str, Any],
     evidence: dict[str, Any] | None,
     root: Path,
     waivers: dict[str, str] | None = None,
+    parity: ParityCheck | None = None,
 ) -> list[ItemStatus]:
     """Each item's status. ``waivers`` (requirement -> description, those in force) may pass a
     failing automatic item; nothing else can."""
@@ -108,7 +135,7 @@ def evaluate_checklist(
                 )
             )
             continue
-        verified, detail = _verify(item, strategy, source, project, pins, evidence, root)
+        verified, detail = _verify(item, strategy, source, project, pins, evidence, root, parity)
         mode = "runtime tests" if item in RUNTIME_ITEMS else "auto"
         waiver = (waivers or {}).get(WAIVER_PREFIX + item)
         if not verified and waiver:
@@ -133,6 +160,7 @@ def _verify(
     pins: dict[str, Any],
     evidence: dict[str, Any] | None,
     root: Path,
+    parity: ParityCheck | None = None,
 ) -> tuple[bool, str]:
     signal = pins.get("signal") or {}
     label = f"{signal.get('name')}@{signal.get('version')}"
@@ -143,10 +171,7 @@ def _verify(
         ran = (evidence.get("inputs") or {}).get("signal_source_sha256")
         if ran != sha:
             return False, f"the backtest ran signal source {str(ran)[:12]}, the pin is {sha[:12]}"
-        return True, (
-            f"backtest and runner load {label} through the same pin (source {sha[:12]}), "
-            "checked against the code at every start"
-        )
+        return _parity(strategy, label, parity)
     if item == "code.parameters_externalised":
         return (
             True,
@@ -196,6 +221,29 @@ def _verify(
             f"generated/{strategy['id']}/rollback.sh (shellcheck-clean; --dry-run prints each step)"
         )
     raise AssertionError(f"checklist item {item} has no verification")  # CHECKLIST_ITEMS grew
+
+
+def _parity(strategy: dict[str, Any], label: str, parity: ParityCheck | None) -> tuple[bool, str]:
+    """Ticked by a passing `qcompile parity` run for exactly these inputs: the runner, fed the
+    backtest's window, made the backtest's fills and equity marks."""
+    where = f"reports/{strategy['id']}/{strategy['version']}/{PARITY_FILE}"
+    run = f"run `qcompile parity {strategy['id']}`"
+    record = parity.record if parity else None
+    if not isinstance(record, dict):
+        return False, f"no parity run of the runner against the backtest ({where}): {run}"
+    recorded = record.get("inputs") if isinstance(record.get("inputs"), dict) else {}
+    expected = parity.expected if parity else {}
+    changed = sorted(k for k in expected if recorded.get(k) != expected[k])
+    if changed:
+        return False, f"{where} is stale ({', '.join(changed)} changed since): {run} again"
+    if record.get("passed") is not True:
+        return False, f"the runner diverged from the backtest: {record.get('first_divergence')}"
+    fills = (record.get("fills") or {}).get("runner")
+    window = "..".join(str(day) for day in record.get("window") or [])
+    return True, (
+        f"{where}: the runner ({label}) reproduced the backtest's {fills} fills and "
+        f"{record.get('equity_marks_compared')} daily equity marks over {window}"
+    )
 
 
 def _alert_thresholds(

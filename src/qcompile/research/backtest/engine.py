@@ -4,12 +4,11 @@ Conventions (stated in every report):
 
 * A signal computed from bar t's close is executed at bar t+1's open (``next_open``), or at bar
   t's close where the strategy declares ``same_close``. Targets are -1 short, 0 flat, 1 long.
-* Each symbol trades in its own sleeve: ``equal_weight`` gives every symbol initial_capital / N;
-  ``fixed_fraction`` gives each symbol ``fraction`` of the initial capital, the rest stays cash.
-  A trade invests the whole sleeve equity at entry: shares = sleeve equity / entry fill, rounded
-  down to whole shares unless fractional shares are allowed. Shares stay fixed for the trade.
-* Costs on both legs: fills are worse than the reference price by ``slippage_bps`` (buys higher,
-  sells lower), and each fill pays max(min_commission, commission_per_share x shares).
+* Sleeves, sizing and costs are the shared execution rules (``qcompile.execution``, which the
+  production runner applies too): each symbol trades in its own sleeve; a trade invests the whole
+  sleeve at entry (the most whole shares, or fractional ones, whose cost and commission fit);
+  shares stay fixed for the trade; fills pay ``slippage_bps`` against their side and each fill
+  pays max(min_commission, commission_per_share x shares).
 * A position still open at a symbol's last bar (the end of the window, or a delisting) is closed
   at that bar's close, with costs.
 * Equity is marked at every bar's close; the portfolio holds the sleeves plus unallocated cash.
@@ -19,27 +18,15 @@ This module is the reference implementation: one explicit loop per symbol, writt
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import numpy as np
 import polars as pl
 
+from qcompile import execution
+from qcompile.execution import Costs, rebalance
 
-@dataclass(frozen=True)
-class Costs:
-    slippage_bps: float = 0.0
-    commission_per_share: float = 0.0
-    min_commission: float = 0.0
-
-    def commission(self, shares: float) -> float:
-        if shares == 0:
-            return 0.0
-        return max(self.min_commission, self.commission_per_share * abs(shares))
-
-    def fill(self, price: float, buying: bool) -> float:
-        slip = self.slippage_bps / 10_000.0
-        return price * (1.0 + slip) if buying else price * (1.0 - slip)
+__all__ = ["Costs", "Result", "Settings", "Trade", "run", "sleeve_capital"]
 
 
 @dataclass(frozen=True)
@@ -78,23 +65,9 @@ class Result:
 
 
 def sleeve_capital(settings: Settings, symbols: int) -> float:
-    if settings.sizing == "fixed_fraction":
-        if settings.fraction is None:
-            raise ValueError("fixed_fraction sizing needs a fraction")
-        return settings.initial_capital * settings.fraction
-    return settings.initial_capital / symbols
-
-
-def _affordable(budget: float, fill: float, costs: Costs, fractional: bool) -> float:
-    """The most shares whose cost plus commission fits in ``budget``."""
-    count = budget / (fill + costs.commission_per_share)
-    if costs.commission(count) > costs.commission_per_share * count:  # the minimum applies
-        count = (budget - costs.min_commission) / fill
-    if not fractional:
-        count = math.floor(count)
-        while count > 0 and count * fill + costs.commission(count) > budget:
-            count -= 1
-    return max(count, 0.0)
+    return execution.sleeve_capital(
+        settings.initial_capital, settings.sizing, settings.fraction, symbols
+    )
 
 
 def _run_symbol(
@@ -140,17 +113,17 @@ def _run_symbol(
         else:
             wanted, price = targets[index], closes[index]
         if wanted != side:
+            opening = wanted if index < len(times) - 1 else 0  # never open on the last bar
+            legs = rebalance(cash, side, shares, opening, price, costs, settings.fractional_shares)
             if side != 0:
-                close_position(time, price)
-            if wanted != 0 and index < len(times) - 1:  # never open on the last bar
-                fill = costs.fill(price, buying=wanted > 0)
-                budget = cash  # the whole sleeve
-                count = _affordable(budget, fill, costs, settings.fractional_shares)
-                if count > 0:
-                    commission = costs.commission(count)
-                    side, shares, entry_price, entry_time = wanted, float(count), fill, time
-                    entry_reference, entry_equity, paid = price, budget, commission
-                    cash -= wanted * count * fill + commission
+                close_position(time, price)  # the exit leg: the position, whole
+            if legs.entry:  # then the new side, with the whole sleeve
+                count = abs(legs.entry)
+                fill = costs.fill(price, buying=opening > 0)
+                commission = costs.commission(count)
+                side, shares, entry_price, entry_time = opening, count, fill, time
+                entry_reference, entry_equity, paid = price, cash, commission
+                cash -= opening * count * fill + commission
         mark = side * shares * closes[index]
         if index == len(times) - 1 and side != 0:  # end of data: close at the last close
             close_position(time, closes[index])

@@ -152,6 +152,15 @@ def _run(
     return with_signal, run(window, settings)
 
 
+def simulate(params: dict[str, Any], root: Path) -> tuple[pl.DataFrame, Result]:
+    """The pinned backtest's bars (all of them, the window's and the history before it) and its
+    result over the window, without a report: what ``qcompile parity`` compares the runner with."""
+    bars, spec, _ = _inputs(params, root)
+    start, end = _window(params["backtest"])
+    _, result = _run(bars, spec.function, params["signal"]["params"], _settings(params), start, end)
+    return bars, result
+
+
 def _metrics(result: Result, ppy: float) -> Metrics:
     return compute(
         result.equity["equity"].to_list(),

@@ -1,0 +1,422 @@
+"""`qcompile parity`: the production runner replays the backtest's window and must reproduce it.
+
+Glue, like the weekly review: it compiles the project (the built parameters of one strategy),
+runs the pinned backtest in memory (``research.backtest.runner.simulate``), serves the same
+window through the protocol emulator, and runs the real runner as a separate process against
+it, with the paper broker, in a scratch directory. Then it compares, leg by leg, every fill the
+backtest made with every fill the runner journaled (symbol, bar, quantity, price) and the daily
+equity marks.
+
+What is compared, and how exactly (docs/parity.md):
+
+- The emulator pushes each bar as the vendor would: four ticks (open, the nearer extreme, the
+  farther one, close) with prices as decimal strings, and serves the bars before the window over
+  its REST endpoint, so the runner's signal sees the same history as the backtest's.
+- Quantities must be equal; prices equal to within half a unit of the wire's eighth decimal
+  (scaled by the slippage), equity marks to a relative 1e-9 (the order of summation differs).
+- A symbol's last bar in the window is left out on both sides: the backtest never opens there
+  and closes what is open at its close (the end of the data), which no live runner can know.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import yaml
+
+from qcompile.compiler.rules.checklist import PARITY_FILE, parity_inputs
+from qcompile.errors import QcompileError
+from qcompile.project import Project
+
+PRICE_DECIMALS = 8  # the vendor's decimal strings (emulator.replay.format_decimal)
+EQUITY_TOLERANCE = 1e-9  # relative
+FRACTION_TOLERANCE = 1e-9  # relative, for fractional share counts
+DEFAULT_SPEED = 2_000.0  # messages per second: well inside what the runner keeps up with
+RUNNER_TIMEOUT_S = 600.0
+PARITY_KEY = "QCOMPILE_PARITY_API_KEY"  # the scratch run's key, in its environment only
+
+
+class ParityError(QcompileError):
+    """The parity run could not be carried out (as opposed to: it ran and diverged)."""
+
+
+@dataclass(frozen=True)
+class Leg:
+    """One fill: the unit both sides are compared by."""
+
+    symbol: str
+    bar_ms: int
+    quantity: float  # signed: positive buys
+    price: float
+
+    def describe(self) -> str:
+        side = "buys" if self.quantity > 0 else "sells"
+        return f"{side} {abs(self.quantity):g} {self.symbol} at {self.price:.6f}"
+
+
+@dataclass
+class Parity:
+    strategy_id: str
+    version: str
+    window: tuple[str, str]
+    backtest_legs: list[Leg]
+    runner_legs: list[Leg]
+    marks_compared: int
+    max_equity_deviation: float  # relative
+    first_divergence: str | None
+    messages: int
+    runner_summary: str
+    inputs: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def passed(self) -> bool:
+        return self.first_divergence is None
+
+
+def _day(ms: int) -> str:
+    return time.strftime("%Y-%m-%d", time.gmtime(ms / 1000))
+
+
+def backtest_legs(trades: list[Any], last_bar: dict[str, int]) -> list[Leg]:
+    """Each trade's entry and exit as fills, without the legs of a symbol's last bar."""
+    legs = []
+    for trade in trades:
+        legs.append(
+            Leg(trade.symbol, trade.entry_time, trade.side * trade.shares, trade.entry_price)
+        )
+        legs.append(
+            Leg(trade.symbol, trade.exit_time, -trade.side * trade.shares, trade.exit_price)
+        )
+    return sorted(
+        (leg for leg in legs if leg.bar_ms < last_bar[leg.symbol]),
+        key=lambda leg: (leg.bar_ms, leg.symbol),
+    )
+
+
+def runner_legs(
+    journal: list[dict[str, Any]], last_bar: dict[str, int], interval_ms: int
+) -> list[Leg]:
+    legs = []
+    for record in journal:
+        if record.get("type") != "fill":
+            continue
+        bar = int(record["bar_ms"]) // interval_ms * interval_ms
+        symbol = str(record["symbol"])
+        if bar < last_bar.get(symbol, 0):
+            legs.append(Leg(symbol, bar, float(record["quantity"]), float(record["price"])))
+    return sorted(legs, key=lambda leg: (leg.bar_ms, leg.symbol))
+
+
+def _price_tolerance(slippage_bps: float) -> float:
+    return 0.5 * 10.0**-PRICE_DECIMALS * (1.0 + slippage_bps / 10_000.0) + 1e-12
+
+
+def same_quantity(expected: float, actual: float) -> bool:
+    """Whole shares exactly; fractional ones to a relative 1e-9 (a fractional count is the
+    budget divided by the fill, and the wire's prices carry at most eight decimals)."""
+    if float(expected).is_integer() and float(actual).is_integer():
+        return expected == actual
+    return abs(expected - actual) <= FRACTION_TOLERANCE * max(abs(expected), 1e-12)
+
+
+def first_leg_divergence(
+    expected: list[Leg], actual: list[Leg], price_tolerance: float
+) -> str | None:
+    """The first fill where the runner did not do what the backtest did, explained."""
+    for index in range(max(len(expected), len(actual))):
+        want = expected[index] if index < len(expected) else None
+        got = actual[index] if index < len(actual) else None
+        if want is None:
+            assert got is not None
+            return (
+                f"fill {index + 1}: on {_day(got.bar_ms)} the runner {got.describe()}; "
+                "the backtest made no further fill"
+            )
+        if got is None:
+            return (
+                f"fill {index + 1}: on {_day(want.bar_ms)} the backtest {want.describe()}; "
+                "the runner made no further fill"
+            )
+        what = [
+            name
+            for name, differs in (
+                ("symbol", want.symbol != got.symbol),
+                ("bar", want.bar_ms != got.bar_ms),
+                ("quantity", not same_quantity(want.quantity, got.quantity)),
+                ("price", abs(want.price - got.price) > price_tolerance),
+            )
+            if differs
+        ]
+        if what:
+            return (
+                f"fill {index + 1} differs in {', '.join(what)}: on {_day(want.bar_ms)} the "
+                f"backtest {want.describe()}; on {_day(got.bar_ms)} the runner {got.describe()}"
+            )
+    return None
+
+
+def compare_marks(
+    equity: pl.DataFrame, journal: list[dict[str, Any]]
+) -> tuple[int, float, str | None]:
+    """The runner's daily marks against the backtest's equity at the same day's close."""
+    expected = {
+        _day(int(stamp)): float(value)
+        for stamp, value in zip(equity["timestamp"], equity["equity"], strict=True)
+    }
+    compared, worst, divergence = 0, 0.0, None
+    for record in journal:
+        if record.get("type") != "daily":
+            continue
+        day = str(record["date"])
+        if day not in expected:
+            continue
+        live, want = float(record["equity"]), expected[day]
+        deviation = abs(live - want) / max(abs(want), 1e-12)
+        compared += 1
+        worst = max(worst, deviation)
+        if deviation > EQUITY_TOLERANCE and divergence is None:
+            divergence = (
+                f"equity on {day}: backtest {want:,.6f}, runner {live:,.6f} "
+                f"({deviation:.2e} relative, tolerance {EQUITY_TOLERANCE:.0e})"
+            )
+    return compared, worst, divergence
+
+
+def run_parity(
+    project: Project,
+    strategy: str,
+    *,
+    speed: float = DEFAULT_SPEED,
+    progress: Callable[[str], None] = lambda line: None,
+) -> Parity:
+    """Replay ``strategy``'s backtest window into its runner and compare; writes parity.md and
+    parity.json beside its backtest report."""
+    from qcompile.compiler.build import built_params_file, compile_project
+    from qcompile.compiler.plan import runtime_parameters
+    from qcompile.emulator import Emulator, ticks_from_bars
+    from qcompile.marketdata.intervals import INTERVAL_MS
+    from qcompile.research.backtest.runner import simulate
+    from qcompile.runtime.runner import local_api_key
+    from qcompile.runtime.state import FileStateStore
+
+    # a gate that waits for this very evidence must not stop it from being produced
+    compilation = compile_project(project, [], [strategy], enforce_gates=False)
+    if not compilation.strategies:
+        raise ParityError(f"no strategy {strategy!r}")
+    (compiled,) = compilation.strategies
+    params = runtime_parameters(compiled)
+    params_file = built_params_file(project, compiled.id, params)
+    data = params["data"]
+    interval_ms = INTERVAL_MS[data["interval"]]
+    progress(f"{compiled.id}: backtest of the window, in memory")
+    bars, result = simulate(params, project.root)
+    start, end = result.equity["timestamp"].min(), result.equity["timestamp"].max()
+    window = bars.filter(pl.col("timestamp").is_between(start, end))
+    history = bars.filter(pl.col("timestamp") <= end)
+    last_bar = dict(window.group_by("symbol").agg(pl.col("timestamp").max()).iter_rows())
+    suffix = data.get("symbol_suffix", "") or ""
+    events = ticks_from_bars(window, interval_ms, suffix)
+    key = local_api_key()  # a throwaway key the emulator accepts; no vendor key is read
+
+    with tempfile.TemporaryDirectory(prefix="qcompile-parity-") as scratch:
+        root = Path(scratch)
+        live_params = json.loads(json.dumps(params))  # a copy: the scratch run's own state store
+        live_params["deployment"]["state_store"] = {"kind": "file", "path": "state"}
+        live_params["deployment"]["alerts"] = [{"kind": "log"}]
+        live_params["data"]["api_key"] = "${oc.env:" + PARITY_KEY + "}"
+        scratch_params = root / "params.yaml"
+        scratch_params.write_text(yaml.safe_dump(live_params, sort_keys=False), encoding="utf-8")
+        emulator = Emulator(
+            events,
+            api_keys=[key],
+            messages_per_second=speed,
+            bars=history,
+            interval=data["interval"],
+            replay_start="first_subscribe",
+            symbol_suffix=suffix,
+        ).start()
+        try:
+            progress(
+                f"{compiled.id}: {len(events):,} pushes of {window.height:,} bars through the "
+                f"emulator into the runner process, {speed:,.0f}/s"
+            )
+            summary = _run_runner(
+                scratch_params,
+                root,
+                emulator,
+                {PARITY_KEY: key},
+                lambda: _caught_up(root, compiled.id, events, suffix, interval_ms),
+            )
+        finally:
+            emulator.stop()
+        journal = FileStateStore(root / "state", compiled.id, "parity").read_journal()
+
+    expected = backtest_legs(result.trades, last_bar)
+    actual = runner_legs(journal, last_bar, interval_ms)
+    tolerance = _price_tolerance(float(params["costs"].get("slippage_bps") or 0.0))
+    divergence = first_leg_divergence(expected, actual, tolerance)
+    marks, worst, mark_divergence = compare_marks(result.equity, journal)
+    parity = Parity(
+        strategy_id=compiled.id,
+        version=str(params["strategy"]["version"]),
+        window=(_day(start), _day(end)),
+        backtest_legs=expected,
+        runner_legs=actual,
+        marks_compared=marks,
+        max_equity_deviation=worst,
+        first_divergence=divergence or mark_divergence,
+        messages=len(events),
+        runner_summary=summary,
+        inputs=parity_inputs(compiled.lock.backtest_inputs, compiled.data["deployment"]),
+    )
+    _write_report(project, params, params_file, parity)
+    return parity
+
+
+def _caught_up(
+    root: Path, strategy_id: str, events: list[dict[str, Any]], suffix: str, interval_ms: int
+) -> bool:
+    """The runner's saved cursor reached every symbol's last push."""
+    path = root / "state" / strategy_id / "state.json"
+    try:
+        cursor = json.loads(path.read_text(encoding="utf-8")).get("cursor") or {}
+    except (OSError, ValueError):
+        return False
+    last: dict[str, int] = {}
+    for event in events:
+        last[event["symbol"].removesuffix(suffix) if suffix else event["symbol"]] = event[
+            "timestamp"
+        ]
+    return all(cursor.get(symbol) == stamp for symbol, stamp in last.items())
+
+
+def _run_runner(
+    params_file: Path,
+    root: Path,
+    emulator: Any,
+    env: dict[str, str],
+    caught_up: Callable[[], bool],
+) -> str:
+    """The runner as its own process, as production runs it, until it has decided the last
+    push; then SIGTERM (its orderly stop). Returns its one-line summary."""
+    code = (
+        "import sys; from pathlib import Path; from qcompile.runtime.command import main; "
+        "sys.exit(main(Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3:]))"
+    )
+    command = [
+        sys.executable,
+        "-c",
+        code,
+        str(params_file),
+        str(root),
+        "--ws-url",
+        f"ws://127.0.0.1:{emulator.port}",
+        "--rest-url",
+        emulator.rest_url,
+        "--i-know",
+        "--history-replay",
+    ]
+    log_path = root / "runner.log"
+    with log_path.open("w", encoding="utf-8") as log_file:
+        process = subprocess.Popen(
+            command,
+            cwd=root,
+            env={**os.environ, **env, "QCOMPILE_PROJECT": str(root)},
+            stdout=subprocess.PIPE,
+            stderr=log_file,
+            text=True,
+        )
+        deadline = time.monotonic() + RUNNER_TIMEOUT_S
+        while process.poll() is None and not (emulator.stats.exhausted and caught_up()):
+            if time.monotonic() > deadline:
+                process.kill()
+                raise ParityError(
+                    f"the runner did not finish the replay in {RUNNER_TIMEOUT_S:.0f} s"
+                )
+            time.sleep(0.2)
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+        try:
+            output, _ = process.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            raise ParityError("the runner did not stop within 60 s of SIGTERM") from None
+    if process.returncode != 0:
+        tail = log_path.read_text(encoding="utf-8").splitlines()[-15:]
+        raise ParityError(
+            f"the runner exited {process.returncode} during the replay:\n" + "\n".join(tail)
+        )
+    line = output.strip().splitlines()[0] if output.strip() else ""
+    return line.partition("; state seq")[0]  # the rest names the scratch directory
+
+
+def _write_report(
+    project: Project, params: dict[str, Any], params_file: Path, parity: Parity
+) -> None:
+    directory = (
+        project.root / params["backtest"]["reports_dir"] / parity.strategy_id / parity.version
+    )
+    directory.mkdir(parents=True, exist_ok=True)
+    record = {
+        "strategy": {"id": parity.strategy_id, "version": parity.version},
+        "passed": parity.passed,
+        "window": list(parity.window),
+        "messages": parity.messages,
+        "fills": {"backtest": len(parity.backtest_legs), "runner": len(parity.runner_legs)},
+        "equity_marks_compared": parity.marks_compared,
+        "max_equity_deviation": parity.max_equity_deviation,
+        "first_divergence": parity.first_divergence,
+        "tolerances": {
+            "quantity": "exact (fractional shares: relative 1e-9)",
+            "price_decimals": PRICE_DECIMALS,
+            "equity_relative": EQUITY_TOLERANCE,
+        },
+        "inputs": parity.inputs,
+        "params_file": project.rel(params_file),
+    }
+    (directory / PARITY_FILE).write_text(
+        json.dumps(record, indent=2, sort_keys=True) + "\n", encoding="utf-8"
+    )
+    (directory / "parity.md").write_text(_markdown(parity, project.rel(params_file)), "utf-8")
+
+
+def _markdown(parity: Parity, params_file: str) -> str:
+    verdict = "PASSED" if parity.passed else "DIVERGED"
+    lines = [
+        f"# Backtest–live parity: {parity.strategy_id} v{parity.version}: {verdict}",
+        "",
+        f"- Window: {parity.window[0]} to {parity.window[1]}; {parity.messages:,} pushes "
+        "through the protocol emulator (four ticks per bar: open, the nearer extreme, the "
+        "farther one, close; prices as the vendor's decimal strings), history before each "
+        "close from its REST endpoint.",
+        f"- Runner: the production runner as its own process, from {params_file}, with the "
+        "paper broker, in a scratch directory: " + (parity.runner_summary or "(no summary)"),
+        f"- Fills compared: {len(parity.backtest_legs)} in the backtest, "
+        f"{len(parity.runner_legs)} by the runner (symbol, bar and whole-share quantity exact, "
+        f"fractional shares to a relative {FRACTION_TOLERANCE:.0e}; price within half a unit of "
+        f"the {PRICE_DECIMALS}th decimal). A symbol's last bar is left out on "
+        "both sides: the backtest closes there at the end of its data, which a runner cannot "
+        "know.",
+        f"- Daily equity marks compared: {parity.marks_compared} (largest relative deviation "
+        f"{parity.max_equity_deviation:.2e}; tolerance {EQUITY_TOLERANCE:.0e}, the order of "
+        "summation differs).",
+        "",
+    ]
+    if parity.first_divergence:
+        lines += ["## First divergence", "", parity.first_divergence, ""]
+    else:
+        lines += ["Every fill and every mark agrees.", ""]
+    lines += ["## Inputs", ""]
+    lines += [f"- {name}: `{value}`" for name, value in sorted(parity.inputs.items())]
+    return "\n".join(lines) + "\n"
