@@ -98,6 +98,12 @@ ALERTS: dict[str, AlertEntry] = {
         "adopted.",
         "Read the listed differences and confirm the positions with the broker.",
     ),
+    "runner.recovered_fills": AlertEntry(
+        "warning",
+        "At start-up the broker reported fills made after the runner's last save (it was killed "
+        "between the two): they were applied as if received, and the orders are not sent again.",
+        "None if the runner was killed or crashed; otherwise find out why it stopped.",
+    ),
     "runner.lagging": AlertEntry(
         "warning",
         "Decisions fall behind the feed by more than a heartbeat interval.",

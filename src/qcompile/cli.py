@@ -180,8 +180,16 @@ def backtest(strategy: str, overrides: tuple[str, ...]) -> None:
     show_default=True,
     help="Pushes per second through the emulator.",
 )
+@click.option(
+    "--kills",
+    type=click.IntRange(min=0),
+    default=3,
+    show_default=True,
+    help="SIGKILL the runner this many times at seeded moments, restarting it each time.",
+)
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the kill moments.")
 @_handled
-def parity(strategy: str, speed: float) -> None:
+def parity(strategy: str, speed: float, kills: int, seed: int) -> None:
     """Replay STRATEGY's backtest window through the protocol emulator into its production
     runner (a separate process, paper broker, scratch state) and compare every fill and daily
     equity mark with the backtest's; writes reports/<id>/<version>/parity.md and parity.json.
@@ -189,13 +197,19 @@ def parity(strategy: str, speed: float) -> None:
     from qcompile.operations.parity import run_parity
 
     result = run_parity(
-        _project(), strategy, speed=speed, progress=lambda s: click.echo(s, err=True)
+        _project(),
+        strategy,
+        speed=speed,
+        kills=kills,
+        seed=seed,
+        progress=lambda line: click.echo(line, err=True),
     )
     click.echo(
         f"{result.strategy_id} v{result.version}: "
         f"{'parity holds' if result.passed else 'DIVERGED'} over {result.window[0]}..{result.window[1]}: "
         f"{len(result.backtest_legs)} backtest fills, {len(result.runner_legs)} runner fills, "
-        f"{result.marks_compared} equity marks (max deviation {result.max_equity_deviation:.1e})"
+        f"{result.marks_compared} equity marks (max deviation {result.max_equity_deviation:.1e}), "
+        f"{len(result.restarts)} SIGKILL restart(s)"
     )
     if not result.passed:
         click.echo(f"first divergence: {result.first_divergence}")

@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from qcompile.operations.parity import Leg, first_leg_divergence, same_quantity
 from tests.conftest import cli, cli_process, edit, without_production_example
 
@@ -32,6 +34,10 @@ def test_the_runner_reproduces_the_backtest_and_the_checklist_says_so(example: P
     assert "parity holds over 2009-06-01..2017-10-31" in run.stdout
     record = json.loads((example / VERSION_DIR / "parity.json").read_text())
     assert record["passed"] is True and record["first_divergence"] is None
+    # restarts are part of it: three SIGKILLs, each resumed from the durable state
+    assert len(record["restarts"]) == 3
+    for restart in record["restarts"]:
+        assert 0 < restart["resumed_at_push"] <= restart["killed_after_pushes"]
     evidence = json.loads((example / VERSION_DIR / "evidence.json").read_text())
     # every closed trade but those at a symbol's last bar, both legs: far from a token sample
     assert (
@@ -92,6 +98,16 @@ def test_a_runner_that_trades_differently_fails_and_names_the_first_fill(example
     assert cli(example, "build").exit_code == 0
     row = checklist_row(example, "code.signal_matches_backtest")
     assert row.startswith("| [ ] |") and "the runner diverged from the backtest: fill 1" in row
+
+
+@pytest.mark.parametrize("strategy", ["STR-2026-0051", "STR-2026-0063", "STR-2026-0088"])
+def test_parity_holds_for_every_example_strategy(example: Path, strategy: str) -> None:
+    """The other examples with data (breakout, z-score reversion, the production example with
+    fractional shares), one SIGKILL restart each; the default three are in the test above."""
+    assert cli(example, "build").exit_code == 0  # parity runs what was built
+    run = cli_process(example, "parity", strategy, "--speed", "4000", "--kills", "1", "--seed", "5")
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "parity holds over" in run.stdout and "1 SIGKILL restart(s)" in run.stdout
 
 
 def test_the_first_divergence_names_the_fill_and_the_value() -> None:

@@ -59,6 +59,19 @@ def test_file_round_trip_in_canonical_json(file_store: FileStateStore, tmp_path:
     assert sorted(os.listdir(tmp_path / "STR-2026-0051")) == ["lease", "state.json"]
 
 
+def test_a_state_directory_moved_away_is_an_error_not_a_save_nobody_reads(
+    file_store: FileStateStore, tmp_path: Path
+) -> None:
+    file_store.save(STATE)
+    (tmp_path / "STR-2026-0051").rename(tmp_path / "moved")
+    with pytest.raises(StateError, match="the state directory is gone"):
+        file_store.save({**STATE, "seq": 8})  # through the old descriptor it would "succeed"
+    (tmp_path / "STR-2026-0051").mkdir()  # a new directory in its place: not the one we hold
+    with pytest.raises(StateError, match="moved or replaced while running"):
+        file_store.save({**STATE, "seq": 9})
+    assert json.loads((tmp_path / "moved" / "state.json").read_text())["seq"] == 7
+
+
 def test_a_truncated_state_file_is_an_error_naming_the_path(
     file_store: FileStateStore, tmp_path: Path
 ) -> None:

@@ -216,3 +216,30 @@ def test_without_the_backtests_statistics_the_deviation_is_not_judged() -> None:
     assert all(
         monitor.day_closed(day, equity) == [] for day, equity in zip(_days(26), closes, strict=True)
     )
+
+
+def test_a_restart_applies_the_fills_it_missed_and_cancels_what_was_left_working() -> None:
+    """The broker filled an order after the runner's last save (a kill between the two), and
+    another order was still working: the restarted engine books the fill as if received (its
+    sleeve too) and cancels the orphan, to be decided again on fresh data."""
+    from qcompile.runtime.broker import Order, PaperBroker
+
+    engine, _ = _engine({}, ("AAA", "BBB"))
+    saved = engine.snapshot()
+    broker = PaperBroker({"slippage_bps": 0}, 10_000.0, saved["paper_ledger"])
+    broker.submit(Order("STR-T-1-AAA-entry", "AAA", 20, 1))
+    broker.on_quote("AAA", 100.0, 2)
+    broker.submit(Order("STR-T-2-BBB-entry", "BBB", 5, 2))  # working when the process died
+    from qcompile.runtime.engine import EngineState
+
+    restarted, alerts = _engine({}, ("AAA", "BBB"), EngineState.from_dict(saved))
+    restarted.broker = broker
+    differences = restarted.reconcile()
+    assert restarted.state.positions == {"AAA": 20.0} and restarted.state.fill_seq == 1
+    assert restarted.state.sleeves["AAA"] == pytest.approx(5_000.0 - 20 * 100.0)
+    assert differences == ["order STR-T-2-BBB-entry: left working by the last process, cancelled"]
+    assert broker.working_orders() == []
+    assert [key for key, _ in alerts] == ["runner.recovered_fills", "runner.reconciled"]
+    # the same entry decided again is not sent twice
+    restarted.submit(Order("STR-T-1-AAA-entry", "AAA", 20, 1))
+    assert restarted.state.positions == {"AAA": 20.0} and restarted.state.pending == {}

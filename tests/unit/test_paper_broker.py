@@ -40,3 +40,20 @@ def test_cancel_all_cancels_every_working_order_and_a_ledger_round_trips() -> No
     assert [o.id for o in restored.working_orders()] == ["a", "b"]
     assert [o.id for o in broker.cancel_all()] == ["a", "b"]
     assert broker.working_orders() == [] and broker.on_quote("MSFT", 10.0, 1) == []
+
+
+def test_an_order_id_is_sent_once_and_its_fill_is_known_by_sequence() -> None:
+    broker = PaperBroker(COSTS, 10_000.0)
+    assert broker.submit(Order("o1", "MSFT", 10, 0)) == []
+    assert broker.submit(Order("o1", "MSFT", 10, 0)) == []  # still working: not queued twice
+    (fill,) = broker.on_quote("MSFT", 100.0, 1)
+    assert fill.seq == 1 and broker.positions() == {"MSFT": 10}
+    # decided again after a restart: nothing is sent, the fill is what comes back
+    assert broker.submit(Order("o1", "MSFT", 10, 0)) == [fill]
+    assert broker.on_quote("MSFT", 101.0, 2) == [] and broker.positions() == {"MSFT": 10}
+    broker.submit(Order("o2", "MSFT", -10, 2))
+    (second,) = broker.on_quote("MSFT", 102.0, 3)
+    assert broker.fills_after(0) == [fill, second] and broker.fills_after(1) == [second]
+    restored = PaperBroker(COSTS, 0.0, ledger=broker.ledger())  # the sequence survives a restart
+    assert restored.fills_after(1) == [second]
+    assert restored.submit(Order("o2", "MSFT", -10, 2)) == [second]

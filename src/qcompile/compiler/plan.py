@@ -262,7 +262,7 @@ def runbook(compiled: CompiledStrategy) -> dict[str, Any]:
             "where": directory,
             "state": f"{directory}/state.json",
             "heartbeat": f"{directory}/heartbeat.json",
-            "ledger": f"{directory}/paper-broker.json",
+            "ledger": f"{directory}/state.json (paper_ledger)",
             "lease": f"{directory}/lease",
         }
     else:
@@ -272,7 +272,7 @@ def runbook(compiled: CompiledStrategy) -> dict[str, Any]:
             "where": f"Redis ({store.get('url', '')}), keys {prefix}:*",
             "state": f"{prefix}:state",
             "heartbeat": f"{prefix}:heartbeat",
-            "ledger": f"{prefix}:paper-broker",
+            "ledger": f"{prefix}:state (paper_ledger)",
             "lease": f"{prefix}:lease",
         }
     reconnect = {k: _plain(v) for k, v in reconnect_policy(deployment).items()}

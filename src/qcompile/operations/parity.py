@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -29,6 +30,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +45,7 @@ PRICE_DECIMALS = 8  # the vendor's decimal strings (emulator.replay.format_decim
 EQUITY_TOLERANCE = 1e-9  # relative
 FRACTION_TOLERANCE = 1e-9  # relative, for fractional share counts
 DEFAULT_SPEED = 2_000.0  # messages per second: well inside what the runner keeps up with
+DEFAULT_KILLS = 3  # restarts are part of parity: SIGKILLs at seeded moments of the replay
 RUNNER_TIMEOUT_S = 600.0
 PARITY_KEY = "QCOMPILE_PARITY_API_KEY"  # the scratch run's key, in its environment only
 
@@ -77,6 +80,7 @@ class Parity:
     first_divergence: str | None
     messages: int
     runner_summary: str
+    restarts: list[dict[str, int]] = field(default_factory=list)  # each SIGKILL and resumption
     inputs: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -107,15 +111,18 @@ def backtest_legs(trades: list[Any], last_bar: dict[str, int]) -> list[Leg]:
 def runner_legs(
     journal: list[dict[str, Any]], last_bar: dict[str, int], interval_ms: int
 ) -> list[Leg]:
-    legs = []
+    """The journal's fills as legs, each order once: a fill journaled just before a SIGKILL is
+    journaled again when the restart recovers it from the broker."""
+    legs: dict[str, Leg] = {}
     for record in journal:
         if record.get("type") != "fill":
             continue
         bar = int(record["bar_ms"]) // interval_ms * interval_ms
         symbol = str(record["symbol"])
         if bar < last_bar.get(symbol, 0):
-            legs.append(Leg(symbol, bar, float(record["quantity"]), float(record["price"])))
-    return sorted(legs, key=lambda leg: (leg.bar_ms, leg.symbol))
+            leg = Leg(symbol, bar, float(record["quantity"]), float(record["price"]))
+            legs.setdefault(str(record["order_id"]), leg)
+    return sorted(legs.values(), key=lambda leg: (leg.bar_ms, leg.symbol))
 
 
 def _price_tolerance(slippage_bps: float) -> float:
@@ -174,14 +181,13 @@ def compare_marks(
         _day(int(stamp)): float(value)
         for stamp, value in zip(equity["timestamp"], equity["equity"], strict=True)
     }
-    compared, worst, divergence = 0, 0.0, None
+    marks: dict[str, float] = {}  # a day marked again after a restart counts once: the last
     for record in journal:
-        if record.get("type") != "daily":
-            continue
-        day = str(record["date"])
-        if day not in expected:
-            continue
-        live, want = float(record["equity"]), expected[day]
+        if record.get("type") == "daily" and str(record["date"]) in expected:
+            marks[str(record["date"])] = float(record["equity"])
+    compared, worst, divergence = 0, 0.0, None
+    for day in sorted(marks):
+        live, want = marks[day], expected[day]
         deviation = abs(live - want) / max(abs(want), 1e-12)
         compared += 1
         worst = max(worst, deviation)
@@ -198,6 +204,8 @@ def run_parity(
     strategy: str,
     *,
     speed: float = DEFAULT_SPEED,
+    kills: int = DEFAULT_KILLS,
+    seed: int = 0,
     progress: Callable[[str], None] = lambda line: None,
 ) -> Parity:
     """Replay ``strategy``'s backtest window into its runner and compare; writes parity.md and
@@ -229,6 +237,9 @@ def run_parity(
     events = ticks_from_bars(window, interval_ms, suffix)
     key = local_api_key()  # a throwaway key the emulator accepts; no vendor key is read
 
+    # the seeded moments (shares of the replay) at which the runner is killed with SIGKILL
+    rng = random.Random(seed)
+    moments = sorted(rng.uniform(0.05, 0.95) for _ in range(kills))
     with tempfile.TemporaryDirectory(prefix="qcompile-parity-") as scratch:
         root = Path(scratch)
         live_params = json.loads(json.dumps(params))  # a copy: the scratch run's own state store
@@ -237,29 +248,25 @@ def run_parity(
         live_params["data"]["api_key"] = "${oc.env:" + PARITY_KEY + "}"
         scratch_params = root / "params.yaml"
         scratch_params.write_text(yaml.safe_dump(live_params, sort_keys=False), encoding="utf-8")
-        emulator = Emulator(
-            events,
-            api_keys=[key],
-            messages_per_second=speed,
-            bars=history,
-            interval=data["interval"],
-            replay_start="first_subscribe",
-            symbol_suffix=suffix,
-        ).start()
-        try:
-            progress(
-                f"{compiled.id}: {len(events):,} pushes of {window.height:,} bars through the "
-                f"emulator into the runner process, {speed:,.0f}/s"
-            )
-            summary = _run_runner(
-                scratch_params,
-                root,
-                emulator,
-                {PARITY_KEY: key},
-                lambda: _caught_up(root, compiled.id, events, suffix, interval_ms),
-            )
-        finally:
-            emulator.stop()
+
+        def serve(replayed: list[dict[str, Any]]) -> Any:
+            return Emulator(
+                replayed,
+                api_keys=[key],
+                messages_per_second=speed,
+                bars=history,
+                interval=data["interval"],
+                replay_start="first_subscribe",
+                symbol_suffix=suffix,
+            ).start()
+
+        progress(
+            f"{compiled.id}: {len(events):,} pushes of {window.height:,} bars through the "
+            f"emulator into the runner process, {speed:,.0f}/s"
+            + (f", killed with SIGKILL {kills} time(s) (seed {seed})" if kills else "")
+        )
+        live = _LiveRun(root, scratch_params, compiled.id, events, suffix, serve, {PARITY_KEY: key})
+        summary, restarts = live.run(moments)
         journal = FileStateStore(root / "state", compiled.id, "parity").read_journal()
 
     expected = backtest_legs(result.trades, last_bar)
@@ -278,87 +285,145 @@ def run_parity(
         first_divergence=divergence or mark_divergence,
         messages=len(events),
         runner_summary=summary,
+        restarts=restarts,
         inputs=parity_inputs(compiled.lock.backtest_inputs, compiled.data["deployment"]),
     )
     _write_report(project, params, params_file, parity)
     return parity
 
 
-def _caught_up(
-    root: Path, strategy_id: str, events: list[dict[str, Any]], suffix: str, interval_ms: int
-) -> bool:
-    """The runner's saved cursor reached every symbol's last push."""
-    path = root / "state" / strategy_id / "state.json"
-    try:
-        cursor = json.loads(path.read_text(encoding="utf-8")).get("cursor") or {}
-    except (OSError, ValueError):
-        return False
-    last: dict[str, int] = {}
-    for event in events:
-        last[event["symbol"].removesuffix(suffix) if suffix else event["symbol"]] = event[
-            "timestamp"
-        ]
-    return all(cursor.get(symbol) == stamp for symbol, stamp in last.items())
+def _pushed(emulator: Any, count: int) -> bool:
+    return bool(emulator.stats.messages_pushed >= count)
 
 
-def _run_runner(
-    params_file: Path,
-    root: Path,
-    emulator: Any,
-    env: dict[str, str],
-    caught_up: Callable[[], bool],
-) -> str:
-    """The runner as its own process, as production runs it, until it has decided the last
-    push; then SIGTERM (its orderly stop). Returns its one-line summary."""
-    code = (
-        "import sys; from pathlib import Path; from qcompile.runtime.command import main; "
-        "sys.exit(main(Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3:]))"
-    )
-    command = [
-        sys.executable,
-        "-c",
-        code,
-        str(params_file),
-        str(root),
-        "--ws-url",
-        f"ws://127.0.0.1:{emulator.port}",
-        "--rest-url",
-        emulator.rest_url,
-        "--i-know",
-        "--history-replay",
-    ]
-    log_path = root / "runner.log"
-    with log_path.open("w", encoding="utf-8") as log_file:
-        process = subprocess.Popen(
-            command,
-            cwd=root,
-            env={**os.environ, **env, "QCOMPILE_PROJECT": str(root)},
-            stdout=subprocess.PIPE,
-            stderr=log_file,
-            text=True,
+def _symbol(event: dict[str, Any], suffix: str) -> str:
+    return event["symbol"].removesuffix(suffix) if suffix else event["symbol"]
+
+
+class _LiveRun:
+    """The runner as its own process, as production runs it, fed ``events`` by an emulator;
+    killed with SIGKILL at the given moments and restarted each time from its durable state
+    (the emulator replaying what the saved cursor has not seen), then stopped with SIGTERM, its
+    orderly stop, once it has decided the last push."""
+
+    def __init__(
+        self,
+        root: Path,
+        params_file: Path,
+        strategy_id: str,
+        events: list[dict[str, Any]],
+        suffix: str,
+        serve: Callable[[list[dict[str, Any]]], Any],
+        env: dict[str, str],
+    ):
+        self.root, self.params_file, self.strategy_id = root, params_file, strategy_id
+        self.events, self.suffix, self.serve, self.env = events, suffix, serve, env
+        self.last: dict[str, int] = {}
+        for event in events:
+            self.last[_symbol(event, suffix)] = event["timestamp"]
+        self.log = root / "runner.log"
+
+    def saved_cursor(self) -> dict[str, int]:
+        path = self.root / "state" / self.strategy_id / "state.json"
+        try:
+            return json.loads(path.read_text(encoding="utf-8")).get("cursor") or {}
+        except (OSError, ValueError):
+            return {}
+
+    def run(self, moments: list[float]) -> tuple[str, list[dict[str, int]]]:
+        remaining, restarts, summary = self.events, [], ""
+        for index in range(len(moments) + 1):
+            emulator = self.serve(remaining)
+            try:
+                process = self._start(emulator)
+                if index == len(moments):
+                    summary = self._finish(process, emulator)
+                    break
+                done = len(self.events) - len(remaining)
+                target = min(len(remaining), max(1, int(moments[index] * len(self.events)) - done))
+                self._wait(process, partial(_pushed, emulator, target))
+                process.kill()  # SIGKILL: no handler, no last save
+                process.wait(timeout=30)
+                cursor = self.saved_cursor()
+                remaining = [
+                    e
+                    for e in self.events
+                    if e["timestamp"] > cursor.get(_symbol(e, self.suffix), -1)
+                ]
+                restarts.append(
+                    {
+                        "killed_after_pushes": done + emulator.stats.messages_pushed,
+                        "resumed_at_push": len(self.events) - len(remaining),
+                    }
+                )
+            finally:
+                emulator.stop()
+        return summary, restarts
+
+    def _start(self, emulator: Any) -> subprocess.Popen[str]:
+        code = (
+            "import sys; from pathlib import Path; from qcompile.runtime.command import main; "
+            "sys.exit(main(Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3:]))"
         )
+        command = [
+            sys.executable,
+            "-c",
+            code,
+            str(self.params_file),
+            str(self.root),
+            "--ws-url",
+            f"ws://127.0.0.1:{emulator.port}",
+            "--rest-url",
+            emulator.rest_url,
+            "--i-know",
+            "--history-replay",
+        ]
+        with self.log.open("a", encoding="utf-8") as log_file:
+            return subprocess.Popen(
+                command,
+                cwd=self.root,
+                env={**os.environ, **self.env, "QCOMPILE_PROJECT": str(self.root)},
+                stdout=subprocess.PIPE,
+                stderr=log_file,
+                text=True,
+            )
+
+    def _wait(self, process: subprocess.Popen[str], done: Callable[[], bool]) -> None:
         deadline = time.monotonic() + RUNNER_TIMEOUT_S
-        while process.poll() is None and not (emulator.stats.exhausted and caught_up()):
+        while not done():
+            if process.poll() is not None:
+                self._failed(process)
             if time.monotonic() > deadline:
                 process.kill()
                 raise ParityError(
                     f"the runner did not finish the replay in {RUNNER_TIMEOUT_S:.0f} s"
                 )
-            time.sleep(0.2)
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
+            time.sleep(0.05)
+
+    def _finish(self, process: subprocess.Popen[str], emulator: Any) -> str:
+        def caught_up() -> bool:
+            cursor = self.saved_cursor()
+            return emulator.stats.exhausted and all(
+                cursor.get(symbol) == stamp for symbol, stamp in self.last.items()
+            )
+
+        self._wait(process, caught_up)
+        process.send_signal(signal.SIGTERM)
         try:
             output, _ = process.communicate(timeout=60)
         except subprocess.TimeoutExpired:
             process.kill()
             raise ParityError("the runner did not stop within 60 s of SIGTERM") from None
-    if process.returncode != 0:
-        tail = log_path.read_text(encoding="utf-8").splitlines()[-15:]
+        if process.returncode != 0:
+            self._failed(process)
+        line = output.strip().splitlines()[0] if output.strip() else ""
+        return line.partition("; state seq")[0]  # the rest names the scratch directory
+
+    def _failed(self, process: subprocess.Popen[str]) -> None:
+        tail = self.log.read_text(encoding="utf-8").splitlines()[-15:]
         raise ParityError(
             f"the runner exited {process.returncode} during the replay:\n" + "\n".join(tail)
         )
-    line = output.strip().splitlines()[0] if output.strip() else ""
-    return line.partition("; state seq")[0]  # the rest names the scratch directory
 
 
 def _write_report(
@@ -377,6 +442,7 @@ def _write_report(
         "equity_marks_compared": parity.marks_compared,
         "max_equity_deviation": parity.max_equity_deviation,
         "first_divergence": parity.first_divergence,
+        "restarts": parity.restarts,
         "tolerances": {
             "quantity": "exact (fractional shares: relative 1e-9)",
             "price_decimals": PRICE_DECIMALS,
@@ -408,6 +474,19 @@ def _markdown(parity: Parity, params_file: str) -> str:
         f"the {PRICE_DECIMALS}th decimal). A symbol's last bar is left out on "
         "both sides: the backtest closes there at the end of its data, which a runner cannot "
         "know.",
+        "- Restarts: "
+        + (
+            "; ".join(
+                f"SIGKILL after push {r['killed_after_pushes']:,}, resumed from the durable "
+                f"state at push {r['resumed_at_push']:,}"
+                for r in parity.restarts
+            )
+            if parity.restarts
+            else "none (--kills 0)"
+        )
+        + ". The emulator replays what the saved cursor has not seen; fills the broker made "
+        "after the last save are recovered from it, and an order decided again is not sent "
+        "twice.",
         f"- Daily equity marks compared: {parity.marks_compared} (largest relative deviation "
         f"{parity.max_equity_deviation:.2e}; tolerance {EQUITY_TOLERANCE:.0e}, the order of "
         "summation differs).",

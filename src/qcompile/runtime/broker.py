@@ -4,8 +4,14 @@ A broker owns the truth about positions, cash and working orders; the runner's p
 its own view, reconciled against the broker at start-up. The paper broker fills a working order at
 the next quote of its symbol, with the strategy's cost model: slippage in basis points against the
 order's side and commission per share with an optional minimum per order — the same model the
-backtest charges. Its ledger is persisted after every change through ``persist`` (the runner
-passes an atomic, fsynced writer), so a paper account survives restarts like a real one.
+backtest charges. Its ledger survives restarts like a real account: the runner saves it inside
+its state document (``Engine.snapshot``), in the same atomic write, so the two are never out of
+step; ``persist``, when given, is called after every change for a caller that keeps it apart.
+
+Orders are idempotent by id, as a real broker's client order ids are: a second submit of a
+working or filled order sends nothing and returns what is known (the fill). Every fill carries
+a sequence number, and the recent ones stay in the ledger, so a runner killed between the
+broker's fill and its own save learns the fills it missed at its restart (``fills_after``).
 """
 
 from __future__ import annotations
@@ -32,10 +38,15 @@ class Fill:
     price: float
     commission: float
     timestamp: int
+    seq: int = 0  # the broker's fill sequence number (0: unknown)
+
+
+RECENT_FILLS = 10_000  # fills kept in the ledger: far more than a restart can have missed
 
 
 class Broker(Protocol):
-    def submit(self, order: Order) -> None: ...
+    def submit(self, order: Order) -> list[Fill]: ...
+    def fills_after(self, seq: int) -> list[Fill]: ...
     def cancel_all(self) -> list[Order]: ...
     def on_quote(self, symbol: str, price: float, timestamp: int) -> list[Fill]: ...
     def positions(self) -> dict[str, float]: ...
@@ -64,6 +75,9 @@ class PaperBroker:
             o["id"]: Order(**o) for o in ledger.get("working_orders", [])
         }
         self.fills = int(ledger.get("fills", 0))
+        self._recent: dict[str, Fill] = {  # order id -> its fill, the last RECENT_FILLS
+            f["order_id"]: Fill(**f) for f in ledger.get("recent_fills", [])
+        }
 
     def ledger(self) -> dict[str, Any]:
         return {
@@ -71,15 +85,26 @@ class PaperBroker:
             "positions": dict(sorted(self._positions.items())),
             "working_orders": [asdict(o) for o in self._working.values()],
             "fills": self.fills,
+            "recent_fills": [asdict(f) for f in self._recent.values()],
         }
 
     def _changed(self) -> None:
         if self._persist is not None:
             self._persist(self.ledger())
 
-    def submit(self, order: Order) -> None:
-        self._working[order.id] = order
-        self._changed()
+    def submit(self, order: Order) -> list[Fill]:
+        """Accept ``order``; an id already working or filled is not sent again (its fill, if
+        any, is returned)."""
+        if order.id in self._recent:
+            return [self._recent[order.id]]
+        if order.id not in self._working:
+            self._working[order.id] = order
+            self._changed()
+        return []
+
+    def fills_after(self, seq: int) -> list[Fill]:
+        """The recent fills with a sequence number above ``seq``, in order."""
+        return [f for f in self._recent.values() if f.seq > seq]
 
     def cancel_all(self) -> list[Order]:
         cancelled = list(self._working.values())
@@ -105,7 +130,13 @@ class PaperBroker:
             else:
                 self._positions.pop(symbol, None)
             self.fills += 1
-            fills.append(Fill(order.id, symbol, order.quantity, fill_price, commission, timestamp))
+            fill = Fill(
+                order.id, symbol, order.quantity, fill_price, commission, timestamp, self.fills
+            )
+            self._recent[order.id] = fill
+            if len(self._recent) > RECENT_FILLS:
+                del self._recent[next(iter(self._recent))]
+            fills.append(fill)
         if fills:
             self._changed()
         return fills

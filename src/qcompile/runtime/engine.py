@@ -138,6 +138,8 @@ class EngineState:
     trade_cash: dict[str, float] = field(default_factory=dict)
     # per symbol, its sleeve's cash (qcompile.execution): what its next entry may invest
     sleeves: dict[str, float] = field(default_factory=dict)
+    fill_seq: int = 0  # the broker's sequence number of the last fill applied here
+    day: int | None = None  # start of the interval whose close is marked next
     monitor: MonitorState = field(default_factory=MonitorState)
     suspended: bool = True  # nothing is decided until a connected feed proved its data fresh
     suspended_reason: str = "starting"
@@ -156,6 +158,8 @@ class EngineState:
             "last_prices": {k: list(v) for k, v in sorted(self.last_prices.items())},
             "trade_cash": dict(sorted(self.trade_cash.items())),
             "sleeves": dict(sorted(self.sleeves.items())),
+            "fill_seq": self.fill_seq,
+            "day": self.day,
             "monitor": self.monitor.to_dict(),
             "suspended": self.suspended,
             "suspended_reason": self.suspended_reason,
@@ -175,6 +179,8 @@ class EngineState:
             },
             trade_cash={k: float(v) for k, v in (data.get("trade_cash") or {}).items()},
             sleeves={k: float(v) for k, v in (data.get("sleeves") or {}).items()},
+            fill_seq=int(data.get("fill_seq") or 0),
+            day=None if data.get("day") is None else int(data["day"]),
             monitor=MonitorState.from_dict(data.get("monitor")),
             suspended=True,  # a restart re-proves the feed before deciding anything
             suspended_reason="restarted",
@@ -204,7 +210,6 @@ class Engine:
         self.clock = clock
         self.wall_clock_ms = wall_clock_ms
         self.journal = journal
-        self._day: int | None = None  # start of the interval whose close is marked next
         self.state = state or EngineState(cash=config.initial_capital)
         self.lock = threading.RLock()
         self.counters = Counters()
@@ -248,7 +253,11 @@ class Engine:
     # -- persistence -------------------------------------------------------------------------
 
     def snapshot(self) -> dict[str, Any]:
-        return self.state.to_dict(self.config)
+        document = self.state.to_dict(self.config)
+        ledger = getattr(self.broker, "ledger", None)
+        if callable(ledger):  # a paper account: saved with the state, never out of step
+            document["paper_ledger"] = ledger()
+        return document
 
     def persist(self, wait: bool = False) -> None:
         """Hand the state to the saver; with ``wait``, return once it is durable."""
@@ -485,13 +494,14 @@ class Engine:
     def _mark_interval(self, start: int) -> None:
         """Journal the equity of each completed interval (a day for daily bars), marked at the
         last prices when the next one begins: the live side of the weekly review."""
-        if self._day is not None and start > self._day:
-            day = datetime.fromtimestamp(self._day / 1000, UTC).date().isoformat()
+        marked = self.state.day
+        if marked is not None and start > marked:
+            day = datetime.fromtimestamp(marked / 1000, UTC).date().isoformat()
             equity = round(self.equity(), 6)
             self.journal(
                 {
                     "type": "daily",
-                    "bar_ms": self._day,
+                    "bar_ms": marked,
                     "date": day,
                     "equity": equity,
                     "cash": round(self.state.cash, 6),
@@ -500,8 +510,8 @@ class Engine:
             )
             for breach in self.monitor.day_closed(day, equity):  # the weekly review, daily
                 self._alert(breach.key, breach.severity, breach.summary, breach.details)
-        if self._day is None or start > self._day:
-            self._day = start
+        if marked is None or start > marked:
+            self.state.day = start
 
     def _bar(self, tick: Tick) -> None:
         """Aggregate ticks into bars; a tick in a later interval closes the bar being built, and
@@ -564,10 +574,14 @@ class Engine:
         )
 
     def submit(self, order: Order) -> None:
-        """Send ``order`` to the broker and record it as pending (call with the lock held)."""
-        self.broker.submit(order)
+        """Send ``order`` to the broker and record it as pending (call with the lock held). An
+        id the broker already filled (decided again after a restart) is not sent twice: its
+        fill is applied here if this state does not have it yet."""
+        known = self.broker.submit(order)
         self.state.pending[order.id] = asdict(order)
         self.counters.orders += 1
+        for fill in known:
+            self._filled(fill)
 
     def _signal_target(self, symbol: str, rows: deque[list[float]]) -> int:
         frame = pl.DataFrame(
@@ -579,8 +593,11 @@ class Engine:
         held = sum(q * self.last_price.get(s, 0.0) for s, q in self.state.positions.items())
         return self.state.cash + held
 
-    def _filled(self, fill: Fill) -> None:
+    def _filled(self, fill: Fill, recovered: bool = False) -> None:
         self.state.pending.pop(fill.order_id, None)
+        if fill.seq and fill.seq <= self.state.fill_seq:
+            return  # applied before: a broker's answer to a repeated submit
+        self.state.fill_seq = max(self.state.fill_seq, fill.seq)
         self._account_trade(fill)
         held = self.state.positions.get(fill.symbol, 0.0) + fill.quantity
         if abs(held) > 1e-12:
@@ -600,6 +617,7 @@ class Engine:
                 "quantity": fill.quantity,
                 "price": round(fill.price, 8),
                 "commission": round(fill.commission, 8),
+                **({"recovered": True} if recovered else {}),
             }
         )
         log.info("%s: filled %+g at %.4f", fill.symbol, fill.quantity, fill.price)
@@ -625,10 +643,21 @@ class Engine:
             self._alert(breach.key, breach.severity, breach.summary, breach.details)
 
     def reconcile(self) -> list[str]:
-        """Adopt the broker's positions, cash and working orders where the persisted state
-        disagrees (the broker is the truth: a crash can fall between its fill and our save);
-        returns what differed, for the log and an alert."""
+        """At start-up: apply the fills the broker made after the last save, cancel the orders
+        the previous process left working, and adopt the broker's positions and cash where the
+        state still disagrees (the broker is the truth: a crash can fall between its fill and
+        our save); returns what differed, for the log and an alert."""
         with self.lock:
+            # fills the broker made after our last save (a crash between the two): applied as
+            # if received, so positions, sleeves and the journal agree with the broker
+            missed = self.broker.fills_after(self.state.fill_seq)
+            for fill in missed:
+                self._filled(fill, recovered=True)
+            # a restart starts in the safe state: the orders a dead process left working are
+            # cancelled (they would fill at whatever quote comes first, not where they were
+            # meant to); the decisions are made again on fresh data, under the same ids
+            orphans = [o.id for o in self.broker.cancel_all()]
+            self.state.pending.clear()
             differences = []
             broker_positions = self.broker.positions()
             for symbol in sorted(set(broker_positions) | set(self.state.positions)):
@@ -638,18 +667,22 @@ class Engine:
                 )
                 if abs(ours - theirs) > 1e-9:
                     differences.append(f"{symbol}: state {ours:g}, broker {theirs:g}")
-            working = {o.id for o in self.broker.working_orders()}
-            for order_id in sorted(set(self.state.pending) - working):
-                differences.append(f"order {order_id}: pending in state, unknown to the broker")
-            for order_id in sorted(working - set(self.state.pending)):
-                differences.append(f"order {order_id}: working at the broker, not in state")
+            for order_id in orphans:
+                differences.append(f"order {order_id}: left working by the last process, cancelled")
             if abs(self.broker.cash() - self.state.cash) > 1e-6:
                 differences.append(
                     f"cash: state {self.state.cash:.2f}, broker {self.broker.cash():.2f}"
                 )
             self.state.positions = broker_positions
             self.state.cash = self.broker.cash()
-            self.state.pending = {o.id: asdict(o) for o in self.broker.working_orders()}
+            if missed:
+                self.persist(wait=True)
+                self._alert(
+                    "runner.recovered_fills",
+                    "warning",
+                    f"{len(missed)} fill(s) the broker made after the last save were applied",
+                    {"orders": [fill.order_id for fill in missed]},
+                )
             if differences:
                 self.persist(wait=True)
                 self._alert(

@@ -71,7 +71,7 @@ from qcompile.signals.pinning import event_calendar, events_on, pinned_signal
 log = logging.getLogger("qcompile.live")
 
 
-LEDGER = "paper-broker"  # the paper broker's books, saved beside the state by the same store
+LEDGER = "paper-broker"  # where the paper broker's books were kept before they moved into the state
 
 
 class RunnerError(QcompileError):
@@ -384,11 +384,13 @@ class Runner:
             self._saved,
             lambda error: self._fail("saver", error),
         )
+        # the paper account is saved inside the state, in the same atomic write, so a kill -9
+        # can never leave the two out of step; a state from before that keeps it beside
+        ledger = saved.get("paper_ledger") if saved else None
+        if saved is not None and ledger is None:
+            ledger = self.store.load_document(LEDGER)
         self.broker = PaperBroker(
-            self.params["costs"],
-            float(self.params["backtest"]["initial_capital"]),
-            self.store.load_document(LEDGER),
-            lambda ledger: self.store.save_document(LEDGER, ledger),
+            self.params["costs"], float(self.params["backtest"]["initial_capital"]), ledger
         )
         state = EngineState.from_dict(saved) if saved else None
         self.engine = self._engine(state, self.broker)

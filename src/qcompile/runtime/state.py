@@ -309,6 +309,7 @@ class FileStateStore:
     def save(self, state: dict[str, Any]) -> None:
         dir_fd = self._require_lease()
         data = canonical_json(state)
+        self._check_still_here(dir_fd)
         try:
             _write_file(dir_fd, self._temp_name, data, durable=True)
             os.replace(self._temp_name, STATE_FILE, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
@@ -317,6 +318,20 @@ class FileStateStore:
             with contextlib.suppress(OSError):
                 os.unlink(self._temp_name, dir_fd=dir_fd)
             raise StateError(f"{self._state_path}: could not save the state: {err}") from err
+
+    def _check_still_here(self, dir_fd: int) -> None:
+        """The saves go through a descriptor of the directory opened at start-up: if that
+        directory was moved or replaced since, they would land where no restart looks."""
+        opened = os.fstat(dir_fd)
+        try:
+            current = os.stat(self.path)
+        except OSError as err:
+            raise StateError(f"{self.path}: the state directory is gone: {err}") from err
+        if (current.st_dev, current.st_ino) != (opened.st_dev, opened.st_ino):
+            raise StateError(
+                f"{self.path}: the state directory was moved or replaced while running; "
+                "a save would go where no restart looks"
+            )
 
     def _document_path(self, name: str) -> Path:
         _check_strategy_id(name)  # one plain path component, like a strategy id
