@@ -238,3 +238,7 @@ def test_a_feed_override_on_a_production_strategy_needs_confirmation(deployed: P
     assert not (deployed / "state").exists()
     mixed = cli_process(deployed, "run", STRATEGY, "--feed", "emulator", "--ws-url", "ws://x")
     assert mixed.returncode == 2 and "not with the emulator" in mixed.stderr
+    # the clock check is only ever off for a feed that replays history, never the vendor's
+    vendor = cli_process(deployed, "run", STRATEGY, "--history-replay")
+    assert vendor.returncode == 2 and "--history-replay needs --ws-url" in vendor.stderr
+    assert not (deployed / "state").exists()

@@ -154,6 +154,8 @@ def execute(
     if not paper:
         raise click.UsageError("--live needs a real broker; only the paper broker exists yet")
     params = load_params(params_file)
+    if history_replay and not ws_url:  # never against the vendor: its clock check stays on
+        raise click.UsageError("--history-replay needs --ws-url: a feed that replays history")
     session = Session(acks=acks, ws_base=ws_url, rest_base=rest_url, replay=history_replay)
     emulator = None
     if ws_url or rest_url:
