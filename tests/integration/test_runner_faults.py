@@ -388,7 +388,7 @@ def test_the_runner_reads_the_thresholds_the_passport_promises() -> None:
     session = Session(ws_base="ws://127.0.0.1:9", api_key=KEY, replay=True)
     runner = Runner(params, REPO, session)
     capital = float(params["backtest"]["initial_capital"])
-    engine = runner._engine(None, PaperBroker(params["costs"], capital, None, lambda _: None))
+    engine = runner._engine(None, PaperBroker(params["costs"], capital))
     assert engine.monitor.thresholds == {k: float(v) for k, v in promised.items()}
     assert engine.monitor.expected == params["monitoring"]["backtest_daily"]
 

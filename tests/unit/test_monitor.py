@@ -96,7 +96,7 @@ def _engine(thresholds: dict, symbols: tuple = ("AAA",), state: object = None) -
         monitoring=thresholds,
         clock_tolerance_ms=None,  # pushes from 2024, not now
     )
-    broker = PaperBroker({"commission_bps": 0, "slippage_bps": 0}, 10_000.0, None, lambda _: None)
+    broker = PaperBroker({"commission_bps": 0, "slippage_bps": 0}, 10_000.0)
     engine = Engine(
         config, lambda *a, **k: None, broker, Alerter([]), lambda *a: None, lambda *a: [], state
     )

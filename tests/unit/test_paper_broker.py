@@ -10,8 +10,7 @@ COSTS = {"slippage_bps": 10, "commission_per_share": 0.01, "min_commission": 1.0
 
 
 def test_a_buy_fills_at_the_next_quote_plus_slippage_and_commission() -> None:
-    saved: list[dict] = []
-    broker = PaperBroker(COSTS, 10_000.0, persist=saved.append)
+    broker = PaperBroker(COSTS, 10_000.0)
     broker.submit(Order("o1", "MSFT", 50, 0))
     assert broker.on_quote("GOOGL", 100.0, 1) == []  # another symbol's quote fills nothing
     (fill,) = broker.on_quote("MSFT", 100.0, 2)
@@ -19,7 +18,8 @@ def test_a_buy_fills_at_the_next_quote_plus_slippage_and_commission() -> None:
     assert fill.commission == 1.0  # 50 x 0.01 = 0.50, below the minimum per order
     assert broker.cash() == pytest.approx(10_000 - 50 * 100.1 - 1.0)
     assert broker.positions() == {"MSFT": 50}
-    assert saved[-1]["positions"] == {"MSFT": 50} and saved[-1]["working_orders"] == []
+    ledger = broker.ledger()  # what the runner saves inside its state
+    assert ledger["positions"] == {"MSFT": 50} and ledger["working_orders"] == []
 
 
 def test_a_sell_pays_slippage_the_other_way_and_flat_positions_disappear() -> None:

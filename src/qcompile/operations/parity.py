@@ -12,8 +12,9 @@ What is compared, and how exactly (docs/parity.md):
 - The emulator pushes each bar as the vendor would: four ticks (open, the nearer extreme, the
   farther one, close) with prices as decimal strings, and serves the bars before the window over
   its REST endpoint, so the runner's signal sees the same history as the backtest's.
-- Quantities must be equal; prices equal to within half a unit of the wire's eighth decimal
-  (scaled by the slippage), equity marks to a relative 1e-9 (the order of summation differs).
+- Whole-share quantities must be equal, fractional ones to a relative 1e-9; prices to within
+  half a unit of the wire's eighth decimal (scaled by the slippage); equity marks to a relative
+  1e-9 (the order of summation differs).
 - A symbol's last bar in the window is left out on both sides: the backtest never opens there
   and closes what is open at its close (the end of the data), which no live runner can know.
 """

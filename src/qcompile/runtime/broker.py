@@ -4,9 +4,9 @@ A broker owns the truth about positions, cash and working orders; the runner's p
 its own view, reconciled against the broker at start-up. The paper broker fills a working order at
 the next quote of its symbol, with the strategy's cost model: slippage in basis points against the
 order's side and commission per share with an optional minimum per order — the same model the
-backtest charges. Its ledger survives restarts like a real account: the runner saves it inside
-its state document (``Engine.snapshot``), in the same atomic write, so the two are never out of
-step; ``persist``, when given, is called after every change for a caller that keeps it apart.
+backtest charges, by the same functions (``qcompile.execution.Costs``). Its ledger survives
+restarts like a real account: the runner saves it inside its state document
+(``Engine.snapshot``), in the same atomic write, so the two are never out of step.
 
 Orders are idempotent by id, as a real broker's client order ids are: a second submit of a
 working or filled order sends nothing and returns what is known (the fill). Every fill carries
@@ -16,10 +16,10 @@ broker's fill and its own save learns the fills it missed at its restart (``fill
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol
+
+from qcompile.execution import Costs
 
 
 @dataclass(frozen=True)
@@ -55,19 +55,12 @@ class Broker(Protocol):
 
 
 class PaperBroker:
-    """Fills at the next quote with the cost model; keeps a persisted ledger."""
+    """Fills at the next quote with the cost model; its ledger is saved with the state."""
 
     def __init__(
-        self,
-        costs: dict[str, Any],
-        initial_cash: float,
-        ledger: dict[str, Any] | None = None,
-        persist: Callable[[dict[str, Any]], None] | None = None,
+        self, costs: dict[str, Any], initial_cash: float, ledger: dict[str, Any] | None = None
     ):
-        self.slippage = float(costs.get("slippage_bps", 0.0)) / 10_000.0
-        self.per_share = float(costs.get("commission_per_share", 0.0))
-        self.minimum = float(costs.get("min_commission") or 0.0)
-        self._persist = persist
+        self.costs = Costs.from_config(costs)
         ledger = ledger or {}
         self._cash = float(ledger.get("cash", initial_cash))
         self._positions: dict[str, float] = dict(ledger.get("positions", {}))
@@ -88,18 +81,12 @@ class PaperBroker:
             "recent_fills": [asdict(f) for f in self._recent.values()],
         }
 
-    def _changed(self) -> None:
-        if self._persist is not None:
-            self._persist(self.ledger())
-
     def submit(self, order: Order) -> list[Fill]:
         """Accept ``order``; an id already working or filled is not sent again (its fill, if
         any, is returned)."""
         if order.id in self._recent:
             return [self._recent[order.id]]
-        if order.id not in self._working:
-            self._working[order.id] = order
-            self._changed()
+        self._working.setdefault(order.id, order)
         return []
 
     def fills_after(self, seq: int) -> list[Fill]:
@@ -109,20 +96,15 @@ class PaperBroker:
     def cancel_all(self) -> list[Order]:
         cancelled = list(self._working.values())
         self._working.clear()
-        if cancelled:
-            self._changed()
         return cancelled
-
-    def commission(self, quantity: float) -> float:
-        return max(self.minimum, abs(quantity) * self.per_share) if quantity else 0.0
 
     def on_quote(self, symbol: str, price: float, timestamp: int) -> list[Fill]:
         due = [o for o in self._working.values() if o.symbol == symbol]
         fills = []
         for order in due:
             del self._working[order.id]
-            fill_price = price * (1.0 + math.copysign(self.slippage, order.quantity))
-            commission = self.commission(order.quantity)
+            fill_price = self.costs.fill(price, buying=order.quantity > 0)
+            commission = self.costs.commission(order.quantity)
             self._cash -= order.quantity * fill_price + commission
             held = self._positions.get(symbol, 0.0) + order.quantity
             if held:
@@ -137,8 +119,6 @@ class PaperBroker:
             if len(self._recent) > RECENT_FILLS:
                 del self._recent[next(iter(self._recent))]
             fills.append(fill)
-        if fills:
-            self._changed()
         return fills
 
     def positions(self) -> dict[str, float]:

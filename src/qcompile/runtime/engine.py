@@ -675,8 +675,9 @@ class Engine:
                 )
             self.state.positions = broker_positions
             self.state.cash = self.broker.cash()
-            if missed:
+            if missed or differences:
                 self.persist(wait=True)
+            if missed:
                 self._alert(
                     "runner.recovered_fills",
                     "warning",
@@ -684,7 +685,6 @@ class Engine:
                     {"orders": [fill.order_id for fill in missed]},
                 )
             if differences:
-                self.persist(wait=True)
                 self._alert(
                     "runner.reconciled",
                     "warning",

@@ -60,11 +60,9 @@ class StateStore(Protocol):
     def save(self, state: dict[str, Any]) -> None:
         """Store ``state`` as canonical JSON; returns only when it is durable."""
 
-    def save_document(self, name: str, document: dict[str, Any]) -> None:
-        """Save a companion document (the paper broker's ledger) as durably as the state."""
-
     def load_document(self, name: str) -> dict[str, Any] | None:
-        """A companion document saved with :meth:`save_document`, or None."""
+        """A companion document kept beside the state (the paper broker's ledger, before it
+        moved into the state), or None."""
 
     def heartbeat(self, info: dict[str, Any]) -> None:
         """Record liveness for monitoring: cheap, not made durable."""
@@ -336,10 +334,6 @@ class FileStateStore:
     def _document_path(self, name: str) -> Path:
         _check_strategy_id(name)  # one plain path component, like a strategy id
         return self.path / f"{name}.json"
-
-    def save_document(self, name: str, document: dict[str, Any]) -> None:
-        self._require_lease()
-        atomic_write(self._document_path(name), canonical_json(document))
 
     def load_document(self, name: str) -> dict[str, Any] | None:
         path = self._document_path(name)
@@ -631,11 +625,6 @@ class RedisStateStore:
 
     def save(self, state: dict[str, Any]) -> None:
         self._write_fenced("state", canonical_json(state), "saving the state")
-
-    def save_document(self, name: str, document: dict[str, Any]) -> None:
-        _check_strategy_id(name)
-        self.keys.setdefault(name, f"{self._prefix}:{name}")
-        self._write_fenced(name, canonical_json(document), f"saving {name}")
 
     def load_document(self, name: str) -> dict[str, Any] | None:
         _check_strategy_id(name)

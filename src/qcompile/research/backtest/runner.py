@@ -175,11 +175,7 @@ def _settings(params: dict[str, Any]) -> Settings:
     sizing = backtest.get("sizing") or {}
     return Settings(
         initial_capital=float(backtest["initial_capital"]),
-        costs=Costs(
-            float(costs["slippage_bps"]),
-            float(costs["commission_per_share"]),
-            float(costs.get("min_commission") or 0.0),
-        ),
+        costs=Costs.from_config(costs),
         execution=backtest.get("execution", "next_open"),
         sizing=sizing.get("method", "equal_weight"),
         fraction=sizing.get("fraction"),
