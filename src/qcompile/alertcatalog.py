@@ -106,7 +106,9 @@ ALERTS: dict[str, AlertEntry] = {
     ),
     "runner.lagging": AlertEntry(
         "warning",
-        "Decisions fall behind the feed by more than a heartbeat interval.",
+        "Decisions fall behind the feed: max_queued_pushes pushes are waiting (the queue then "
+        "coalesces each symbol's pushes into the bar being built), or the oldest waiting push "
+        "is older than a heartbeat interval.",
         "Check the host's load; the strategy may need a faster host or fewer symbols.",
     ),
     "runner.resumed": AlertEntry(

@@ -40,7 +40,12 @@ def test_sweep_benchmark_runs_with_few_jobs() -> None:
 
 
 def test_runner_benchmark_runs_briefly() -> None:
-    out = _run("runner_speed.py", "--seconds", "0.5", "--rates", "400", "--drops", "2")
+    out = _run(
+        "runner_speed.py",
+        *("--seconds", "0.5", "--rates", "400", "--wide-rates", "800", "--symbols", "20"),
+        *("--drops", "2"),
+    )
     assert "reference: atomic save of the runner's state" in out
-    assert "runner at 400 msg/s" in out
+    assert "example, 4 symbols at 400 msg/s" in out
+    assert "20 symbols at 800 msg/s" in out
     assert "dropped connection -> safe state (2 drops)" in out

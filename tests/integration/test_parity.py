@@ -5,6 +5,7 @@ must make the backtest's fills and equity marks; a divergence is named; the chec
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -136,3 +137,19 @@ def test_whole_shares_compare_exactly_and_fractions_to_a_relative_billionth() ->
     assert same_quantity(120.0, 120.0) and not same_quantity(120.0, 121.0)
     assert same_quantity(2748.340000000001, 2748.34)
     assert not same_quantity(2748.34, 2748.35)
+
+
+def test_parity_holds_when_the_runner_lags_and_coalesces(example: Path) -> None:
+    """A queue limit of ten pushes and a fast replay: the runner falls behind, coalesces each
+    symbol's pushes into the bar being built, and still trades exactly as the backtest."""
+    without_production_example(example)  # shares the paper deployment this test changes
+    deployment = example / "conf/deployment/paper.yaml"
+    deployment.write_text(deployment.read_text() + "max_queued_pushes: 10\n")
+    assert cli(example, "build").exit_code == 0
+    run = cli_process(example, "parity", STRATEGY, "--speed", "20000", "--kills", "1")
+    assert run.returncode == 0, run.stderr
+    record = json.loads((example / VERSION_DIR / "parity.json").read_text())
+    assert record["passed"] is True and record["first_divergence"] is None
+    report = (example / VERSION_DIR / "parity.md").read_text()
+    coalesced = re.search(r"\((\d+) coalesced under load\)", report)
+    assert coalesced and int(coalesced.group(1)) > 0

@@ -139,7 +139,7 @@ def test_a_dead_decision_thread_ends_in_the_safe_state_and_an_alert(
     def broken(*args: object, **kwargs: object) -> int:
         raise ZeroDivisionError("a bug in a decision")
 
-    runner.engine._signal_target = broken  # the next bar close raises inside the cycle
+    runner.engine._signal_targets = broken  # the next bar close raises inside the cycle
     assert wait_until(runner.failed.is_set, timeout=30)
     assert runner.failure is not None
     assert runner.failure.startswith("decisions thread failed: ZeroDivisionError")

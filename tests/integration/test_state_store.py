@@ -95,11 +95,29 @@ def test_unserialisable_state_is_refused_and_the_old_state_kept(
     assert file_store.load() == STATE
 
 
-def test_save_order_is_fsync_file_then_rename_then_fsync_directory(
-    file_store: FileStateStore, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("prepared", [False, True])
+def test_save_order_is_durable_write_then_rename_then_fsync_directory(
+    file_store: FileStateStore, monkeypatch: pytest.MonkeyPatch, prepared: bool
 ) -> None:
+    """The temporary file is opened with O_DSYNC (each write returns durable: the file's fsync),
+    written whole, renamed over the state, then the directory is synced; whether the saver
+    prepared the file ahead (after the last acknowledgement) or the save opens it."""
     calls: list[str] = []
+    real_open, real_write = os.open, os.write
     real_fsync, real_replace = os.fsync, os.replace
+    temp = f"state.json.tmp-{os.getpid()}"
+
+    def open_(path, flags, *args, **kwargs):
+        fd = real_open(path, flags, *args, **kwargs)
+        if str(path) == temp:
+            calls.append(f"open({temp}, {'O_DSYNC' if flags & os.O_DSYNC else 'no sync'})")
+            temps.add(fd)
+        return fd
+
+    def write(fd: int, data) -> int:
+        if fd in temps:
+            calls.append("write(temp)")
+        return real_write(fd, data)
 
     def fsync(fd: int) -> None:
         calls.append("fsync(dir)" if stat.S_ISDIR(os.fstat(fd).st_mode) else "fsync(file)")
@@ -109,14 +127,21 @@ def test_save_order_is_fsync_file_then_rename_then_fsync_directory(
         calls.append(f"replace({src} -> {dst})")
         real_replace(src, dst, **kwargs)
 
+    temps: set[int] = set()
+    monkeypatch.setattr(os, "open", open_)
+    monkeypatch.setattr(os, "write", write)
     monkeypatch.setattr(os, "fsync", fsync)
     monkeypatch.setattr(os, "replace", replace)
+    if prepared:
+        file_store.prepare()
     file_store.save(STATE)
     assert calls == [
-        "fsync(file)",
-        f"replace(state.json.tmp-{os.getpid()} -> state.json)",
+        f"open({temp}, O_DSYNC)",
+        "write(temp)",
+        f"replace({temp} -> state.json)",
         "fsync(dir)",
     ]
+    assert json.loads((file_store.path / "state.json").read_text()) == STATE
 
 
 def test_writing_needs_the_lease(tmp_path: Path) -> None:

@@ -143,8 +143,12 @@ def test_a_restarted_engine_marks_and_sizes_as_an_uninterrupted_one() -> None:
     assert restarted.equity() == pytest.approx(equity, rel=1e-15)
     for symbol in ("AAA", "BBB"):
         for target in (1, -1):
-            assert restarted._legs(symbol, target) == running._legs(symbol, target)
-    assert restarted._legs("AAA", -1).exit == -30 and restarted._legs("AAA", -1).entry < 0
+            # sized at the price each engine marks the symbol at: the restored one
+            assert restarted._legs(symbol, target, restarted.last_price[symbol]) == running._legs(
+                symbol, target, running.last_price[symbol]
+            )
+    legs = restarted._legs("AAA", -1, restarted.last_price["AAA"])
+    assert legs.exit == -30 and legs.entry < 0
 
 
 # -- live against the backtest, as the day goes ------------------------------------------------

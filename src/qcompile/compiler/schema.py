@@ -707,6 +707,14 @@ DEPLOYMENT_SCHEMA: dict[str, Any] = {
                 required=False,
                 min=1024,
             ),
+            "max_queued_pushes": _doc(
+                "Pushes waiting for the decision thread before the runner counts as lagging "
+                "(runner.lagging) and coalesces each symbol's further pushes into the bar being "
+                "built (default 2000); at four times as many entries the feed thread waits.",
+                type="integer",
+                required=False,
+                min=10,
+            ),
             "max_malformed_per_minute": _doc(
                 "Malformed pushes dropped within a minute before the feed counts as breaking "
                 "the data contract: safe state and reconnect (default 10).",

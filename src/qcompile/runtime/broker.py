@@ -41,7 +41,11 @@ class Fill:
     seq: int = 0  # the broker's fill sequence number (0: unknown)
 
 
-RECENT_FILLS = 10_000  # fills kept in the ledger: far more than a restart can have missed
+# fills kept in the ledger, which is saved with every state, so kept short: they answer a
+# repeated submit of a filled id. The paper ledger is saved in the same atomic write as the
+# runner's state, so a restart never misses a fill nor decides a saved bar again; a real broker
+# keeps its own history (issue 19)
+RECENT_FILLS = 256
 
 
 class Broker(Protocol):
@@ -68,8 +72,8 @@ class PaperBroker:
             o["id"]: Order(**o) for o in ledger.get("working_orders", [])
         }
         self.fills = int(ledger.get("fills", 0))
-        self._recent: dict[str, Fill] = {  # order id -> its fill, the last RECENT_FILLS
-            f["order_id"]: Fill(**f) for f in ledger.get("recent_fills", [])
+        self._recent: dict[str, dict[str, Any]] = {  # order id -> its fill, the last ones
+            f["order_id"]: dict(f) for f in ledger.get("recent_fills", [])[-RECENT_FILLS:]
         }
 
     def ledger(self) -> dict[str, Any]:
@@ -78,20 +82,20 @@ class PaperBroker:
             "positions": dict(sorted(self._positions.items())),
             "working_orders": [asdict(o) for o in self._working.values()],
             "fills": self.fills,
-            "recent_fills": [asdict(f) for f in self._recent.values()],
+            "recent_fills": list(self._recent.values()),  # records never changed once made
         }
 
     def submit(self, order: Order) -> list[Fill]:
         """Accept ``order``; an id already working or filled is not sent again (its fill, if
         any, is returned)."""
         if order.id in self._recent:
-            return [self._recent[order.id]]
+            return [Fill(**self._recent[order.id])]
         self._working.setdefault(order.id, order)
         return []
 
     def fills_after(self, seq: int) -> list[Fill]:
         """The recent fills with a sequence number above ``seq``, in order."""
-        return [f for f in self._recent.values() if f.seq > seq]
+        return [Fill(**f) for f in self._recent.values() if f["seq"] > seq]
 
     def cancel_all(self) -> list[Order]:
         cancelled = list(self._working.values())
@@ -115,7 +119,7 @@ class PaperBroker:
             fill = Fill(
                 order.id, symbol, order.quantity, fill_price, commission, timestamp, self.fills
             )
-            self._recent[order.id] = fill
+            self._recent[order.id] = asdict(fill)
             if len(self._recent) > RECENT_FILLS:
                 del self._recent[next(iter(self._recent))]
             fills.append(fill)

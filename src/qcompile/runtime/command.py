@@ -193,7 +193,9 @@ def execute(
             emulator.stop()
     if summary is not None:
         click.echo(
-            f"{summary.strategy_id}: {summary.accepted} messages, {summary.decisions} decisions, "
+            f"{summary.strategy_id}: {summary.accepted} messages"
+            + (f" ({summary.coalesced} coalesced under load)" if summary.coalesced else "")
+            + f", {summary.decisions} decisions, "
             f"{summary.orders} orders, {summary.fills} fills, {summary.safe_states} safe states, "
             f"{summary.reconnects} reconnects; equity {summary.equity:,.2f}; "
             f"state seq {summary.seq} in {summary.state_location}"

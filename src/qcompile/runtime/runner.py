@@ -7,8 +7,13 @@ Consumes ``generated/<id>/params.yaml`` (every strategy-specific value) and the 
   reads, pings, detects silence and is the only place that reconnects; on a confirmed
   disconnection it puts the engine into its safe state before anything else;
 - the **decision thread** drains the pushes received so far, runs one decision cycle over them
-  (:meth:`~qcompile.runtime.engine.Engine.cycle`) and saves the state durably once per cycle: a
-  burst of pushes costs one fsync, and a state is acknowledged only after its save returned.
+  (:meth:`~qcompile.runtime.engine.Engine.cycle`: the bars they close decided in one signal call)
+  and saves the state durably once per cycle: a burst of pushes costs one fsync, and a state is
+  acknowledged only after its save returned.
+
+Between the two, a bounded queue (:class:`~qcompile.runtime.pushqueue.PushQueue`): when the
+decision thread falls behind, each symbol's further pushes are coalesced into the bar being built
+and ``runner.lagging`` is raised; the backlog never grows without bound.
 
 The main thread waits for a stop request (Ctrl-C, SIGTERM, the end of an emulator replay, a
 duration) and then shuts down in order: feed closed, queued pushes decided, working orders
@@ -21,9 +26,9 @@ import contextlib
 import hashlib
 import logging
 import os
-import queue
 import secrets as token_source
 import socket
+import sys
 import threading
 import time
 import traceback
@@ -35,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 import numba
+import numpy as np
 import polars as pl
 import yaml
 
@@ -54,6 +60,7 @@ from qcompile.runtime.engine import (
     journal_alert,
 )
 from qcompile.runtime.feed import Feed
+from qcompile.runtime.pushqueue import PushQueue
 from qcompile.runtime.saver import Saver
 from qcompile.runtime.secrets import install_redaction, resolve
 from qcompile.runtime.state import StateStore, canonical_json, open_store
@@ -62,6 +69,7 @@ from qcompile.runtimedefaults import (
     HISTORY_BARS,
     MAX_FRAME_BYTES,
     MAX_MALFORMED_PER_MINUTE,
+    MAX_QUEUED_PUSHES,
     RATE_LIMIT_DEFAULT_S,
     SAFE_STATE_BUDGET_MS,
 )
@@ -71,6 +79,7 @@ from qcompile.signals.pinning import event_calendar, events_on, pinned_signal
 log = logging.getLogger("qcompile.live")
 
 
+SWITCH_INTERVAL_S = 0.0002  # see Runner.start
 LEDGER = "paper-broker"  # where the paper broker's books were kept before they moved into the state
 
 
@@ -109,6 +118,7 @@ class Summary:
     positions: dict[str, float]
     equity: float
     state_location: str
+    coalesced: int = 0  # pushes folded into a bar by the queue while decisions lagged
 
 
 @contextlib.contextmanager
@@ -196,7 +206,6 @@ class Runner:
         self.heartbeat_s = float(deployment["heartbeat_interval_s"])
         self.stop_requested = threading.Event()
         self._feed_stop = threading.Event()
-        self._pushes: queue.SimpleQueue[tuple[int, dict[str, Any], float]] = queue.SimpleQueue()
         # seconds from a push's receipt on the feed thread to the end of its cycle's save
         self.latencies: deque[float] = deque(maxlen=200_000)
         self._waiting: deque[tuple[int, list[float]]] = deque()  # (save ticket, receipt times)
@@ -210,10 +219,16 @@ class Runner:
         self.store: StateStore | None = None
         self.alerter = Alerter(build_sinks(deployment.get("alerts", [{"kind": "log"}]), env))
         self.alerter.on_worker_failure = self._fail  # a dead sink thread fails the runner too
-        self.idle = threading.Event()  # set whenever the decision thread has nothing queued
         self.stopped = False
         self.started = False  # start() completed: there is something to stop
         self.history_is_local = False
+        self.lagging_alerts = 0  # lagging episodes alerted
+        self._pushes: PushQueue | None = None  # made at start, from the engine
+
+    @property
+    def coalesced(self) -> int:
+        """Pushes coalesced into a bar by the queue because decisions fell behind."""
+        return self._pushes.coalesced if self._pushes is not None else 0
 
     # -- assembly ----------------------------------------------------------------------------
 
@@ -230,7 +245,7 @@ class Runner:
             bars, events=events_on(calendar, bars), **params
         )
 
-    def _history(self) -> Callable[[str, int, int], list[list[float]]]:
+    def _history(self) -> Callable[[str, int, int], Any]:
         """Completed bars before a time: the pinned local copy when there is one, else the
         vendor's REST kline endpoint (rate limits honoured on this thread, never the feed's)."""
         data = self.params["data"]
@@ -245,12 +260,21 @@ class Runner:
                 Convention(stamp["unit"], stamp["timezone"], stamp["stamping"]),
                 self.root,
             ).select(["symbol", *BAR_COLUMNS])
+            # per symbol, its bars as one float array sorted by time: a lookup is a binary
+            # search, so the first closes after a start cost microseconds, not a frame filter
+            arrays = {
+                str(key[0]): part.sort("timestamp")
+                .select(pl.col(c).cast(pl.Float64) for c in BAR_COLUMNS)
+                .to_numpy()
+                for key, part in frame.partition_by("symbol", as_dict=True).items()
+            }
 
-            def from_local(symbol: str, before_ms: int, count: int) -> list[list[float]]:
-                rows = frame.filter(
-                    (pl.col("symbol") == symbol) & (pl.col("timestamp") < before_ms)
-                ).tail(count)
-                return [list(map(float, row)) for row in rows.select(BAR_COLUMNS).rows()]
+            def from_local(symbol: str, before_ms: int, count: int) -> np.ndarray:
+                rows = arrays.get(symbol)
+                if rows is None:
+                    return np.empty((0, len(BAR_COLUMNS)))
+                end = int(np.searchsorted(rows[:, 0], before_ms, side="left"))
+                return rows[max(0, end - count) : end]
 
             self.history_is_local = True
             return from_local
@@ -317,8 +341,8 @@ class Runner:
             journal=self._journal,
         )
 
-    def _save(self, snapshot: dict[str, Any], wait: bool) -> None:
-        self._last_ticket = self.saver.submit(snapshot, wait)
+    def _save(self, snapshot: dict[str, Any], wait: bool, records: list[dict[str, Any]]) -> None:
+        self._last_ticket = self.saver.submit(snapshot, wait, records)
 
     def _saved(self, state: dict[str, Any], ticket: int) -> None:
         """On the saver thread, once ``state`` is durable: acknowledge it."""
@@ -347,6 +371,11 @@ class Runner:
 
     def start(self) -> Runner:
         """Take the lease, restore and reconcile the state, start the feed and decision threads."""
+        # The feed, decision and saver threads hand work to each other through the interpreter
+        # lock; every system call of a save waits for it again, by default up to 5 ms while
+        # another thread computes. A shorter interval halves the latency under load (measured
+        # with benchmarks/runner_speed.py); the runner is a process of its own.
+        sys.setswitchinterval(min(sys.getswitchinterval(), SWITCH_INTERVAL_S))
         self.store = open_store(
             self.deployment["state_store"],
             self.strategy_id,
@@ -408,13 +437,21 @@ class Runner:
         for difference in differences:
             log.warning("reconciled: %s", difference)
         symbols = [s + self.engine.config.symbol_suffix for s in self.engine.config.symbols]
+        engine = self.engine
+        self._pushes = pushes = PushQueue(
+            engine.peek,
+            engine.stamp,
+            engine.state.cursor.get,
+            self.interval_ms,
+            int(self.deployment.get("max_queued_pushes", MAX_QUEUED_PUSHES)),
+        )
         self.feed = Feed(
             self.ws_base,
             self.api_key,
             [(str(self.deployment.get("channel", CHANNEL)), symbols)],
             heartbeat_s=self.heartbeat_s,
             backoff=Backoff.for_deployment(self.deployment),
-            on_push=lambda epoch, push: self._pushes.put((epoch, push, time.perf_counter())),
+            on_push=lambda epoch, push: pushes.put(epoch, push, time.perf_counter()),
             on_ready=self.engine.connected,
             on_down=self.engine.safe_state,
             alert=self._alert,
@@ -471,6 +508,8 @@ class Runner:
         log.critical("%s", self.failure)  # one line for the operator; the stack with --verbose
         log.debug("the failure's stack", exc_info=error)
         self._feed_stop.set()  # the feed stops reading: nothing is decided on after this
+        if self._pushes is not None:  # a feed thread waiting for room goes on (to its stop)
+            self._pushes.close()
         try:
             self.engine.safe_state(f"runner failed ({worker})", time.perf_counter())
         except BaseException as second:  # the state may be what broke: still cancel the orders
@@ -522,37 +561,44 @@ class Runner:
             self._decide_until_stopped()
 
     def _decide_until_stopped(self) -> None:
+        pushes = self._pushes
+        assert pushes is not None
         next_beat, beat_connected = 0.0, False
+        lagging = False  # in a lagging episode (alerted once, until the backlog is gone)
         while True:
-            try:
-                first = self._pushes.get(timeout=0.05)
-            except queue.Empty:
-                self.idle.set()
+            entries = pushes.drain(0.05)
+            if not entries:
                 if self._feed_stop.is_set():
                     return
-                first = None
-            if first is not None:
-                self.idle.clear()
-                batch = [first]
-                while len(batch) < 1000:
-                    try:
-                        batch.append(self._pushes.get_nowait())
-                    except queue.Empty:
-                        break
-                received = [r for _, _, r in batch]
-                lag = time.perf_counter() - received[0]
-                if lag > self.heartbeat_s:  # decisions fall behind the feed: say so, loudly
+            else:
+                lag = time.perf_counter() - entries[0].received
+                overloaded = pushes.overloaded
+                if (overloaded or lag > self.heartbeat_s) and not lagging:
+                    lagging = True  # decisions fall behind the feed: say so, loudly, once
+                    self.lagging_alerts += 1
                     self._alert(
                         "runner.lagging",
                         "warning",
-                        f"decisions lag the feed by {lag:.1f} s ({len(batch)} pushes queued)",
+                        f"decisions lag the feed by {lag * 1000:.0f} ms ({len(entries)} entries "
+                        "queued); each symbol's pushes are coalesced into the bar being built "
+                        "until the backlog is gone",
                     )
-                if self.engine.cycle([(epoch, push) for epoch, push, _ in batch]):
+                elif lagging and not overloaded and lag < self.heartbeat_s / 10:
+                    lagging = False
+                    log.info("decisions caught up with the feed")
+                # each push's receipt time (a coalesced entry's pushes: its first's, the oldest)
+                received = [
+                    entry.received
+                    for entry in entries
+                    for _ in range(getattr(entry.payload, "count", 1))
+                ]
+                if self.engine.cycle([(entry.epoch, entry.payload) for entry in entries]):
                     with self._waiting_lock:  # decided; acknowledged once its save is durable
                         self._waiting.append((self._last_ticket, received))
                 else:  # nothing to save: decided is done
                     done = time.perf_counter()
                     self.latencies.extend(done - r for r in received)
+                pushes.done()
             now = time.monotonic()
             connected = self.feed.connected.is_set()
             if now >= next_beat or connected != beat_connected:  # a change is news at once
@@ -581,12 +627,23 @@ class Runner:
             }
         )
 
-    def wait_idle(self, timeout: float) -> bool:
-        """True once every push received so far was decided (tests, replays)."""
+    def wait_idle(self, timeout: float, quiet_s: float = 0.05) -> bool:
+        """True once every push received was decided and none arrived for ``quiet_s`` (the last
+        bytes a server sent may still be on their way through the socket; tests, replays)."""
         deadline = time.monotonic() + timeout
+        seen = -1
         while time.monotonic() < deadline:
-            if self._pushes.empty() and self.idle.wait(0.05) and self._pushes.empty():
+            pushes = self._pushes
+            if pushes is None:
                 return True
+            if not pushes.settled():
+                seen = -1
+                time.sleep(0.005)
+                continue
+            if pushes.puts == seen:
+                return True
+            seen = pushes.puts
+            time.sleep(quiet_s)
         return False
 
     def stop(self) -> Summary:
@@ -595,6 +652,8 @@ class Runner:
         released and the alerts flushed whatever else went wrong."""
         self.stopped = True
         self._feed_stop.set()
+        if self._pushes is not None:
+            self._pushes.close()
         for thread in self._threads:
             thread.join(timeout=30)
         for step in (
@@ -632,6 +691,7 @@ class Runner:
             positions=dict(sorted(state.positions.items())),
             equity=self.engine.equity(),
             state_location=self.store.location if self.store else "",
+            coalesced=self.coalesced,
         )
 
 

@@ -3,18 +3,24 @@
 A save is two fsyncs (about half a millisecond here); made on the decision thread, it would be
 time during which no push is decided. The saver thread saves while the decision thread goes on:
 when several snapshots arrive during one save, only the newest is saved next (it contains the
-others' effects), so the disk never falls behind the decisions. A snapshot is *acknowledged*
+others' effects), so the disk never falls behind the decisions. The journal records a cycle
+made (fills, daily marks) come with its snapshot and are appended, all of them in one write,
+just before the state that contains them is saved. A snapshot is *acknowledged*
 when its save returned; ``seq`` numbers the saves, without gaps, so a restart after kill -9
 finds either the last acknowledged state or the one whose save completed as the kill landed.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable
 from typing import Any
 
+from qcompile.errors import QcompileError
 from qcompile.runtime.state import StateStore
+
+log = logging.getLogger("qcompile.live")
 
 
 class Saver:
@@ -31,6 +37,7 @@ class Saver:
         self.on_error = on_error  # told at once: nobody may submit again to notice
         self._condition = threading.Condition()
         self._pending: tuple[dict[str, Any], int] | None = None
+        self._records: list[dict[str, Any]] = []  # journal records not yet appended
         self._submitted = 0  # tickets: one per submitted snapshot
         self._saved = 0  # highest ticket whose content is durable
         self._error: BaseException | None = None
@@ -38,14 +45,18 @@ class Saver:
         self._thread = threading.Thread(target=self._run, name="state-saver", daemon=True)
         self._thread.start()
 
-    def submit(self, snapshot: dict[str, Any], wait: bool = False) -> int:
-        """Queue ``snapshot`` for saving (replacing an unsaved older one); with ``wait``, return
-        only once it is durable. Returns its ticket."""
+    def submit(
+        self, snapshot: dict[str, Any], wait: bool = False, records: list[dict[str, Any]] = ()
+    ) -> int:
+        """Queue ``snapshot`` for saving (replacing an unsaved older one) and ``records`` for
+        the journal (kept, in order, whatever replaces the snapshot); with ``wait``, return only
+        once it is durable. Returns its ticket."""
         with self._condition:
             self._raise_if_failed()
             self._submitted += 1
             ticket = self._submitted
             self._pending = (snapshot, ticket)
+            self._records.extend(records)
             self._condition.notify_all()
             if wait:
                 self._condition.wait_for(lambda: self._saved >= ticket or self._error is not None)
@@ -63,7 +74,12 @@ class Saver:
                 if self._pending is None:
                     return
                 snapshot, ticket = self._pending
-                self._pending = None
+                self._pending, records, self._records = None, self._records, []
+            if records:
+                try:
+                    self.store.append_journal(*records)
+                except (OSError, QcompileError) as error:  # logged; never a reason to stop trading
+                    log.error("journal append failed (%d records): %s", len(records), error)
             state = {**snapshot, "seq": self.seq + 1}
             try:
                 self.store.save(state)
@@ -78,6 +94,10 @@ class Saver:
             with self._condition:
                 self._saved = ticket
                 self._condition.notify_all()
+            try:
+                self.store.prepare()  # while nothing waits: the next save has less to do
+            except (OSError, QcompileError) as error:  # the next save tries again, and says
+                log.debug("preparing the next save failed: %s", error)
 
     def close(self) -> None:
         """Save what is pending, then stop the thread."""

@@ -247,7 +247,7 @@ def check_fail_stop(bench: _Bench) -> str:
         def broken(*args: object, **kwargs: object) -> int:
             raise RuntimeError("selftest: a failing decision")
 
-        runner.engine._signal_target = broken  # the next bar close raises in the decision thread
+        runner.engine._signal_targets = broken  # the next bar close raises in the decision thread
         assert _wait(runner.failed.is_set), "a failing decision thread went unnoticed"
         assert runner.engine.state.suspended and not runner.engine.state.pending
         assert runner.failure and runner.failure.startswith("decisions thread failed")

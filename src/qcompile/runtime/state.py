@@ -15,6 +15,7 @@ import errno
 import fcntl
 import json
 import logging
+import math
 import os
 import re
 import threading
@@ -25,6 +26,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import orjson
 
 from qcompile.errors import QcompileError
 from qcompile.runtime.secrets import resolve
@@ -60,6 +63,10 @@ class StateStore(Protocol):
     def save(self, state: dict[str, Any]) -> None:
         """Store ``state`` as canonical JSON; returns only when it is durable."""
 
+    def prepare(self) -> None:
+        """Get ready for the next save while nothing waits for it (the saver calls it after
+        each acknowledgement); a store with nothing to prepare does nothing."""
+
     def load_document(self, name: str) -> dict[str, Any] | None:
         """A companion document kept beside the state (the paper broker's ledger, before it
         moved into the state), or None."""
@@ -70,9 +77,10 @@ class StateStore(Protocol):
     def read_heartbeat(self) -> dict[str, Any] | None:
         """The last heartbeat record, or None."""
 
-    def append_journal(self, record: dict[str, Any]) -> None:
-        """Append one durable record to the strategy's journal (fills, daily equity, alerts,
-        rollbacks): what reviews and retrospectives read. Needs no lease: appends never clash."""
+    def append_journal(self, *records: dict[str, Any]) -> None:
+        """Append durable records to the strategy's journal (fills, daily equity, alerts,
+        rollbacks), in one write: what reviews and retrospectives read. Needs no lease: appends
+        never clash."""
 
     def read_journal(self) -> list[dict[str, Any]]:
         """Every journal record, oldest first."""
@@ -85,14 +93,44 @@ class StateStore(Protocol):
 
 
 def canonical_json(state: Mapping[str, Any]) -> bytes:
-    """One byte string per state: sorted keys, no spaces, UTF-8, no NaN (not JSON)."""
+    """One byte string per state: sorted keys, no spaces, UTF-8, in compiled code (orjson: a
+    500-symbol state in a tenth of a millisecond, where the json module takes three, on every
+    save). JSON has no NaN or infinity, and orjson would write them as null: the engine refuses
+    a non-finite amount before it reaches a state, and this refuses the numbers it holds."""
     try:
-        text = json.dumps(
-            state, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
-        )
-    except (TypeError, ValueError) as err:
+        data = orjson.dumps(state, option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS)
+    except TypeError as err:
         raise StateError(f"state is not JSON-serialisable: {err}") from err
-    return text.encode("utf-8")
+    _refuse_non_finite(state)
+    return data
+
+
+def _refuse_non_finite(state: Mapping[str, Any]) -> None:
+    """Walk the state for a NaN or infinity (orjson would write null for it, and a state that
+    lost an amount would resume with a different book)."""
+    if not _finite(state):
+        raise StateError("state is not JSON-serialisable: it holds a NaN or an infinity")
+
+
+def _finite(value: Any) -> bool:
+    """True unless a float in ``value`` (nested dicts and lists) is NaN or infinite. A container
+    of numbers (or of rows of numbers) is summed in C: the sum of finite numbers is finite unless
+    it overflows, and any NaN or infinity makes it not; only where that fails is it walked item
+    by item."""
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, dict):
+        value = value.values()
+    elif not isinstance(value, list | tuple):
+        return True
+    try:
+        total = sum(value)
+    except TypeError:  # not all numbers: rows of numbers (bars, prices), or each on its own
+        try:
+            total = sum(map(sum, value))
+        except TypeError:
+            return all(_finite(item) for item in value)
+    return math.isfinite(total) or all(_finite(item) for item in value)
 
 
 def _now() -> str:
@@ -215,6 +253,10 @@ class FileStateStore:
         self._temp_name = f"{STATE_FILE}.tmp-{os.getpid()}"
         self._lease_fd: int | None = None
         self._dir_fd: int | None = None  # kept open: saves one open/close per save
+        # the next save's temporary file, opened ahead (prepare): under load every system call
+        # of a save waits for the interpreter lock again, so the fewer on its path the better
+        self._next_fd: int | None = None
+        self._spent_fd: int | None = None  # the last save's file, renamed, not yet closed
 
     # -- lease --------------------------------------------------------------------------------
 
@@ -277,6 +319,14 @@ class FileStateStore:
     def release(self) -> None:
         if self._lease_fd is None:
             return
+        if self._spent_fd is not None:
+            os.close(self._spent_fd)
+            self._spent_fd = None
+        if self._next_fd is not None:  # a prepared temporary file nobody will write
+            os.close(self._next_fd)
+            self._next_fd = None
+            with contextlib.suppress(OSError):
+                os.unlink(self._temp_name, dir_fd=self._dir_fd)
         lease_fd, self._lease_fd = self._lease_fd, None
         with contextlib.suppress(OSError):
             os.ftruncate(lease_fd, 0)  # no stale holder record for the next reader
@@ -304,18 +354,47 @@ class FileStateStore:
             raise StateError(f"{self._state_path}: cannot read the state: {err}") from err
         return _parse_state(data, str(self._state_path))
 
+    def prepare(self) -> None:
+        """Open the next save's temporary file now, with O_DSYNC (each write returns durable,
+        so the save needs no fsync of its own): the save is then write, rename, fsync of the
+        directory, plus the check that the directory is still where restarts look."""
+        if self._spent_fd is not None:
+            os.close(self._spent_fd)
+            self._spent_fd = None
+        if self._next_fd is not None or self._lease_fd is None or self._dir_fd is None:
+            return
+        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_DSYNC
+        try:
+            self._next_fd = os.open(self._temp_name, flags, 0o644, dir_fd=self._dir_fd)
+        except OSError:
+            self._next_fd = None  # the save opens it itself, and says what failed
+
     def save(self, state: dict[str, Any]) -> None:
         dir_fd = self._require_lease()
         data = canonical_json(state)
         self._check_still_here(dir_fd)
+        self.prepare()
+        fd, self._next_fd = self._next_fd, None
         try:
-            _write_file(dir_fd, self._temp_name, data, durable=True)
+            if fd is None:  # could not be prepared: the same steps, with the error to report
+                fd = os.open(
+                    self._temp_name,
+                    os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_DSYNC,
+                    0o644,
+                    dir_fd=dir_fd,
+                )
+            view = memoryview(data)
+            while view:  # unbuffered os.write: nothing to flush, but writes may be partial
+                view = view[os.write(fd, view) :]
             os.replace(self._temp_name, STATE_FILE, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
             os.fsync(dir_fd)
         except OSError as err:
             with contextlib.suppress(OSError):
+                if fd is not None:
+                    os.close(fd)
                 os.unlink(self._temp_name, dir_fd=dir_fd)
             raise StateError(f"{self._state_path}: could not save the state: {err}") from err
+        self._spent_fd = fd  # closed by the next prepare, after the acknowledgement
 
     def _check_still_here(self, dir_fd: int) -> None:
         """The saves go through a descriptor of the directory opened at start-up: if that
@@ -367,9 +446,15 @@ class FileStateStore:
         except OSError:
             return None
 
-    def append_journal(self, record: dict[str, Any]) -> None:
-        # One write of one line with O_APPEND: concurrent appenders never interleave a line.
-        line = json.dumps(record, sort_keys=True, separators=(",", ":"), default=str) + "\n"
+    def append_journal(self, *records: dict[str, Any]) -> None:
+        # One write of whole lines with O_APPEND: concurrent appenders never interleave a line;
+        # one fsync for all of them (a cycle's fills cost one, not one each).
+        if not records:
+            return
+        line = "".join(
+            json.dumps(record, sort_keys=True, separators=(",", ":"), default=str) + "\n"
+            for record in records
+        )
         self.path.mkdir(parents=True, exist_ok=True)
         descriptor = os.open(
             self.path / JOURNAL_FILE, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644
@@ -626,6 +711,9 @@ class RedisStateStore:
     def save(self, state: dict[str, Any]) -> None:
         self._write_fenced("state", canonical_json(state), "saving the state")
 
+    def prepare(self) -> None:
+        """Nothing to prepare: a save is one fenced round trip."""
+
     def load_document(self, name: str) -> dict[str, Any] | None:
         _check_strategy_id(name)
         key = f"{self._prefix}:{name}"
@@ -641,9 +729,16 @@ class RedisStateStore:
             self._call("reading the heartbeat", self._client.get, self.keys["heartbeat"])
         )
 
-    def append_journal(self, record: dict[str, Any]) -> None:
-        line = json.dumps(record, sort_keys=True, separators=(",", ":"), default=str)
-        self._call("appending to the journal", self._client.rpush, f"{self._prefix}:journal", line)
+    def append_journal(self, *records: dict[str, Any]) -> None:
+        if not records:
+            return
+        lines = [
+            json.dumps(record, sort_keys=True, separators=(",", ":"), default=str)
+            for record in records
+        ]
+        self._call(
+            "appending to the journal", self._client.rpush, f"{self._prefix}:journal", *lines
+        )
 
     def read_journal(self) -> list[dict[str, Any]]:
         lines = self._call(
