@@ -257,6 +257,7 @@ class FileStateStore:
         # of a save waits for the interpreter lock again, so the fewer on its path the better
         self._next_fd: int | None = None
         self._spent_fd: int | None = None  # the last save's file, renamed, not yet closed
+        self._dir_identity: tuple[int, int] | None = None  # (st_dev, st_ino) of ``_dir_fd``
 
     # -- lease --------------------------------------------------------------------------------
 
@@ -334,6 +335,7 @@ class FileStateStore:
         if self._dir_fd is not None:
             os.close(self._dir_fd)
             self._dir_fd = None
+            self._dir_identity = None
 
     def close(self) -> None:
         self.release()
@@ -399,12 +401,14 @@ class FileStateStore:
     def _check_still_here(self, dir_fd: int) -> None:
         """The saves go through a descriptor of the directory opened at start-up: if that
         directory was moved or replaced since, they would land where no restart looks."""
-        opened = os.fstat(dir_fd)
+        if self._dir_identity is None:  # the descriptor's directory: it cannot change
+            opened = os.fstat(dir_fd)
+            self._dir_identity = (opened.st_dev, opened.st_ino)
         try:
             current = os.stat(self.path)
         except OSError as err:
             raise StateError(f"{self.path}: the state directory is gone: {err}") from err
-        if (current.st_dev, current.st_ino) != (opened.st_dev, opened.st_ino):
+        if (current.st_dev, current.st_ino) != self._dir_identity:
             raise StateError(
                 f"{self.path}: the state directory was moved or replaced while running; "
                 "a save would go where no restart looks"
