@@ -190,7 +190,8 @@ def backtest(strategy: str, overrides: tuple[str, ...]) -> None:
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the kill moments.")
 @_handled
 def parity(strategy: str, speed: float, kills: int, seed: int) -> None:
-    """Replay STRATEGY's backtest window through the protocol emulator into its production
+    """Replay STRATEGY's backtest window (or its declared recent slice,
+    strategy.backtest.parity_from) through the protocol emulator into its production
     runner (a separate process, paper broker, scratch state) and compare every fill and daily
     equity mark with the backtest's; writes reports/<id>/<version>/parity.md and parity.json.
     Exits 1 when they diverge."""

@@ -153,3 +153,47 @@ def test_parity_holds_when_the_runner_lags_and_coalesces(example: Path) -> None:
     report = (example / VERSION_DIR / "parity.md").read_text()
     coalesced = re.search(r"\((\d+) coalesced under load\)", report)
     assert coalesced and int(coalesced.group(1)) > 0
+
+
+def test_a_declared_recent_slice_is_replayed_from_flat_and_must_hold_the_minimum_sample(
+    example: Path,
+) -> None:
+    """strategy.backtest.parity_from: backtest and runner both start flat on its first day; a
+    slice with fewer trades than the type's minimum sample is refused, naming file, line, key."""
+    config = example / "conf/strategy/zscore_reversion.yaml"
+    edit(
+        config,
+        '    start_date: "2009-06-01"\n',
+        '    start_date: "2009-06-01"\n    parity_from: "2011-06-01"\n',
+    )
+    # back in research, where a changed config needs no fresh evidence to build
+    edit(config, "status: validation", "status: research")
+    assert cli(example, "build").exit_code == 0  # parity runs what was built
+    run = cli_process(example, "parity", "STR-2026-0063", "--speed", "4000", "--kills", "1")
+    assert run.returncode == 0, run.stderr
+    assert "parity holds over 2011-06-01..2017-10-31" in run.stdout
+    record = json.loads((example / "reports/STR-2026-0063/0.2.0/parity.json").read_text())
+    assert record["passed"] is True and record["slice_from"] == "2011-06-01"
+    assert record["fills"]["runner"] >= 2 * 200 - 4  # the daily minimum sample, both legs
+    report = (example / "reports/STR-2026-0063/0.2.0/parity.md").read_text()
+    assert "the declared recent slice from 2011-06-01" in report
+
+    edit(config, 'parity_from: "2011-06-01"', 'parity_from: "2016-06-01"')
+    assert cli(example, "build").exit_code == 0
+    run = cli_process(example, "parity", "STR-2026-0063", "--speed", "4000")
+    assert run.returncode != 0 and "Traceback" not in run.stderr
+    line = next(
+        n for n, text in enumerate(config.read_text().splitlines(), 1) if "parity_from" in text
+    )
+    assert f"conf/strategy/zscore_reversion.yaml:{line}: strategy.backtest.parity_from:" in (
+        run.stderr
+    )
+    assert "the minimum sample for daily strategies is 200" in run.stderr
+
+
+def test_a_parity_slice_outside_the_window_is_a_config_error(example: Path) -> None:
+    result = cli(example, "validate", "+strategy.backtest.parity_from=2030-01-01")
+    assert result.exit_code != 0
+    assert "strategy.backtest.parity_from: the parity slice must start inside the backtest" in (
+        result.output
+    )

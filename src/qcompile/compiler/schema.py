@@ -261,6 +261,13 @@ STRATEGY_SCHEMA: dict[str, Any] = {
                             "end_date": _date("Last held-out day."),
                         },
                     ),
+                    "parity_from": _date(
+                        "First day of the recent slice of the window that `qcompile parity` "
+                        "replays (default: the whole window); the slice must hold the strategy "
+                        "type's minimum sample of trades.",
+                        required=False,
+                        nullable=True,
+                    ),
                     "initial_capital": _number(
                         "Starting equity in the account currency.", minimum=1
                     ),

@@ -444,6 +444,15 @@ def cross_field_diagnostics(composed: ComposedStrategy, data: dict[str, Any]) ->
                 f"inside the backtest window {start}..{end}",
                 "rule.oos_window",
             )
+    parity_from = _date(backtest.get("parity_from"))
+    if parity_from and start and end and not (start < parity_from < end):
+        add(
+            "strategy.backtest.parity_from",
+            f"the parity slice must start inside the backtest window {start}..{end}, "
+            f"was {parity_from}",
+            "rule.parity_window",
+            "set a day after start_date, or remove it to replay the whole window",
+        )
     record = strategy.get("deployment_record")
     declared = record.get("monitoring_alerts") if isinstance(record, dict) else None
     thresholds = strategy.get("monitoring") if isinstance(strategy.get("monitoring"), dict) else {}

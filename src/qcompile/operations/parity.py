@@ -83,6 +83,7 @@ class Parity:
     runner_summary: str
     restarts: list[dict[str, int]] = field(default_factory=list)  # each SIGKILL and resumption
     inputs: dict[str, str] = field(default_factory=dict)
+    slice_from: str | None = None  # strategy.backtest.parity_from, when a slice was declared
 
     @property
     def passed(self) -> bool:
@@ -228,8 +229,17 @@ def run_parity(
     params_file = built_params_file(project, compiled.id, params)
     data = params["data"]
     interval_ms = INTERVAL_MS[data["interval"]]
-    progress(f"{compiled.id}: backtest of the window, in memory")
+    parity_from = compiled.data["strategy"]["backtest"].get("parity_from")
+    if parity_from:  # a declared recent slice: both sides start flat on its first day
+        params = {**params, "backtest": {**params["backtest"], "start_date": str(parity_from)}}
+    progress(
+        f"{compiled.id}: backtest of the "
+        + (f"slice from {parity_from}" if parity_from else "window")
+        + ", in memory"
+    )
     bars, result = simulate(params, project.root)
+    if parity_from:
+        _check_slice(compiled, str(parity_from), len(result.trades))
     start, end = result.equity["timestamp"].min(), result.equity["timestamp"].max()
     window = bars.filter(pl.col("timestamp").is_between(start, end))
     history = bars.filter(pl.col("timestamp") <= end)
@@ -288,9 +298,26 @@ def run_parity(
         runner_summary=summary,
         restarts=restarts,
         inputs=parity_inputs(compiled.lock.backtest_inputs, compiled.data["deployment"]),
+        slice_from=str(parity_from) if parity_from else None,
     )
     _write_report(project, params, params_file, parity)
     return parity
+
+
+def _check_slice(compiled: Any, parity_from: str, trades: int) -> None:
+    """A declared slice must hold the strategy type's minimum sample of trades (the gate
+    policy's): a parity run over a handful of trades proves little."""
+    from qcompile.research.backtest.runner import MINIMUM_SAMPLE
+
+    kind = compiled.data["strategy"]["type"]
+    needed = MINIMUM_SAMPLE[kind][0]
+    if trades < needed:
+        where, line = compiled.composed.locate("strategy.backtest.parity_from")
+        raise ParityError(
+            f"{where}:{line}: strategy.backtest.parity_from: the slice from {parity_from} holds "
+            f"{trades} backtest trades; the minimum sample for {kind} strategies is {needed}: "
+            "declare an earlier day, or remove it to replay the whole window"
+        )
 
 
 def _pushed(emulator: Any, count: int) -> bool:
@@ -438,6 +465,7 @@ def _write_report(
         "strategy": {"id": parity.strategy_id, "version": parity.version},
         "passed": parity.passed,
         "window": list(parity.window),
+        "slice_from": parity.slice_from,
         "messages": parity.messages,
         "fills": {"backtest": len(parity.backtest_legs), "runner": len(parity.runner_legs)},
         "equity_marks_compared": parity.marks_compared,
@@ -463,7 +491,14 @@ def _markdown(parity: Parity, params_file: str) -> str:
     lines = [
         f"# Backtest–live parity: {parity.strategy_id} v{parity.version}: {verdict}",
         "",
-        f"- Window: {parity.window[0]} to {parity.window[1]}; {parity.messages:,} pushes "
+        f"- Window: {parity.window[0]} to {parity.window[1]}"
+        + (
+            f" (the declared recent slice from {parity.slice_from}, "
+            "`strategy.backtest.parity_from`: backtest and runner both start flat on its first day)"
+            if parity.slice_from
+            else ""
+        )
+        + f"; {parity.messages:,} pushes "
         "through the protocol emulator (four ticks per bar: open, the nearer extreme, the "
         "farther one, close; prices as the vendor's decimal strings), history before each "
         "close from its REST endpoint.",
