@@ -26,6 +26,7 @@ from tests.conftest import REPO
 from tests.integration.test_runner import (  # the same emulator, settings and helpers
     KEY,
     STARTED,
+    last_timestamps,
     replay_events,
     sample_emulator,
     start_runner,
@@ -511,3 +512,29 @@ def test_a_stuck_feed_thread_is_caught_by_the_runners_own_clock(
     assert "feed stalled" in runner.engine.state.suspended_reason
     assert wait_until(lambda: "feed.stalled" in [r.get("key") for r in journal(project)])
     runner.stop()
+
+
+# -- overload: a bounded queue, coalescing, one alert an episode -----------------------------
+
+
+def test_a_runner_that_falls_behind_coalesces_says_so_and_loses_no_push(
+    project: Path, sample_bars
+) -> None:
+    events = replay_events(sample_bars, 400)
+    with Emulator(  # 400 bars a symbol, as fast as the emulator pushes them
+        events,
+        api_keys=[KEY],
+        bars=sample_bars,
+        replay_start="first_subscribe",
+        messages_per_second=20_000,
+    ) as emulator:
+        runner = start_runner(project, emulator, max_queued_pushes=10)
+        assert emulator.wait_exhausted(60) and runner.wait_idle(30)
+        summary = runner.stop()
+    assert runner.failure is None
+    assert summary.coalesced > 0 and summary.accepted == len(events)  # folded, none dropped
+    assert runner.engine.state.cursor == {
+        symbol: stamp for symbol, stamp in last_timestamps(events).items()
+    }
+    lagging = [r for r in journal(project) if r.get("key") == "runner.lagging"]
+    assert lagging and all("coalesced into the bar being built" in r["summary"] for r in lagging)

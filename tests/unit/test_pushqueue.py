@@ -52,7 +52,7 @@ def engine() -> tuple[Engine, list[dict[str, Any]]]:
         Alerter([]),
         lambda snapshot, wait, saved: records.extend(saved),
         lambda symbol, before_ms, count: [],
-        journal=lambda record: records.append(record) if "type" in record else None,
+        journal=lambda *journaled: records.extend(journaled),
     )
     built.connected(1)
     return built, records

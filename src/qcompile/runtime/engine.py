@@ -161,7 +161,6 @@ class Counters:
     malformed: int = 0  # pushes with a bad field, dropped
     unsubscribed: int = 0  # pushes of a channel the runner did not subscribe to, dropped
     decisions: int = 0
-    coalesced: int = 0  # pushes that reached the engine inside a Fragment, not one by one
     orders: int = 0
     fills: int = 0
     safe_states: int = 0
@@ -271,7 +270,7 @@ class Engine:
         history: Callable[[str, int, int], Any],  # rows of BAR_COLUMNS before a time
         state: EngineState | None = None,
         clock: Callable[[], float] = time.perf_counter,
-        journal: Callable[[dict[str, Any]], None] = lambda record: None,
+        journal: Callable[..., None] = lambda *records: None,  # journal(*records): one write
         wall_clock_ms: Callable[[], int] = lambda: time.time_ns() // 1_000_000,
     ):
         self.config = config
@@ -598,7 +597,6 @@ class Engine:
             self._filled(fill)
         if fragment is not None and fragment.count > 1:  # the rest, into the bar it began
             self.counters.accepted += fragment.count - 1
-            self.counters.coalesced += fragment.count
             self._price(tick.symbol, fragment.close, fragment.last_ms)
             self._extend(tick.symbol, fragment.high, fragment.low, fragment.close, fragment.volume)
             for fill in self.broker.on_quote(tick.symbol, fragment.close, fragment.last_ms):
@@ -641,7 +639,7 @@ class Engine:
             self._decide_closes()  # the day's last decisions belong to its mark
             self._revalue()
             day = datetime.fromtimestamp(marked / 1000, UTC).date().isoformat()
-            equity = round(self.equity(), 6)
+            equity = round(self.state.cash + self._value, 6)  # equity(), summed just now
             self._records.append(
                 {
                     "type": "daily",
@@ -890,9 +888,7 @@ class Engine:
             strategy_id=self.config.strategy_id,
             details=details or {},
         )
-        if self._records:  # what led to it (a daily mark, a fill) goes first, in order
-            records, self._records = self._records, []
-            for record in records:
-                self.journal(record)
-        self.journal(journal_alert(alert))
+        # what led to it (a daily mark, a fill) goes first, in order, in the same write
+        records, self._records = self._records, []
+        self.journal(*records, journal_alert(alert))
         self.alerter.send(alert)

@@ -60,7 +60,6 @@ class PushQueue:
         self._condition = threading.Condition()
         self.coalesced = 0  # pushes folded into an entry
         self.overloaded = False  # coalescing since the backlog reached soft_limit
-        self.peak = 0  # the most entries ever waiting
         self.puts = 0  # pushes received
         self._closed = False
         self._busy = False  # drained entries are being decided
@@ -113,7 +112,6 @@ class PushQueue:
 
     def _append(self, entry: Entry) -> None:
         self._entries.append(entry)
-        self.peak = max(self.peak, len(self._entries))
         self._condition.notify_all()
 
     def drain(self, timeout: float) -> list[Entry]:

@@ -222,7 +222,6 @@ class Runner:
         self.stopped = False
         self.started = False  # start() completed: there is something to stop
         self.history_is_local = False
-        self.lagging_alerts = 0  # lagging episodes alerted
         self._pushes: PushQueue | None = None  # made at start, from the engine
 
     @property
@@ -412,6 +411,7 @@ class Runner:
             int(saved["seq"]) if saved else 0,
             self._saved,
             lambda error: self._fail("saver", error),
+            self._journal,
         )
         # the paper account is saved inside the state, in the same atomic write, so a kill -9
         # can never leave the two out of step; a state from before that keeps it beside
@@ -530,13 +530,14 @@ class Runner:
         self._journal(journal_alert(alert))
         self.alerter.send(alert)
 
-    def _journal(self, record: dict[str, Any]) -> None:
-        """Journal a record; a failing journal is logged, never a reason to stop trading."""
+    def _journal(self, *records: dict[str, Any]) -> None:
+        """Journal records, in one write; a failing journal is logged, never a reason to stop
+        trading."""
         assert self.store is not None
         try:
-            self.store.append_journal(record)
+            self.store.append_journal(*records)
         except (OSError, QcompileError) as error:
-            log.error("journal append failed: %s", error)
+            log.error("journal append failed (%d records): %s", len(records), error)
 
     def _watch_staleness(self) -> None:
         """Judge the feed's silence by a clock of our own: the feed thread checks it too, but a
@@ -575,7 +576,6 @@ class Runner:
                 overloaded = pushes.overloaded
                 if (overloaded or lag > self.heartbeat_s) and not lagging:
                     lagging = True  # decisions fall behind the feed: say so, loudly, once
-                    self.lagging_alerts += 1
                     self._alert(
                         "runner.lagging",
                         "warning",

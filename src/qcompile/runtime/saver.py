@@ -30,8 +30,11 @@ class Saver:
         seq: int,
         on_saved: Callable[[dict[str, Any], int], None] = lambda state, ticket: None,
         on_error: Callable[[BaseException], None] = lambda error: None,
+        journal: Callable[..., None] | None = None,
     ):
         self.store = store
+        # journal(*records), one write; the runner's logs a failure instead of stopping
+        self.journal = journal or store.append_journal
         self.seq = seq  # of the last durable save
         self.on_saved = on_saved
         self.on_error = on_error  # told at once: nobody may submit again to notice
@@ -76,10 +79,7 @@ class Saver:
                 snapshot, ticket = self._pending
                 self._pending, records, self._records = None, self._records, []
             if records:
-                try:
-                    self.store.append_journal(*records)
-                except (OSError, QcompileError) as error:  # logged; never a reason to stop trading
-                    log.error("journal append failed (%d records): %s", len(records), error)
+                self.journal(*records)
             state = {**snapshot, "seq": self.seq + 1}
             try:
                 self.store.save(state)

@@ -161,12 +161,26 @@ def _parse_record(data: bytes | str | None) -> dict[str, Any] | None:
     return record if isinstance(record, dict) else None
 
 
+# the state's temporary file: each write returns only once its content is on disk (the file's
+# fsync without a call of its own)
+DURABLE_TEMP_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_DSYNC
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:  # unbuffered os.write: nothing to flush, but writes may be partial
+        view = view[os.write(fd, view) :]
+
+
+def _journal_line(record: dict[str, Any]) -> str:
+    """A journal record as the stores keep it: one line of sorted JSON."""
+    return json.dumps(record, sort_keys=True, separators=(",", ":"), default=str)
+
+
 def _write_file(dir_fd: int, name: str, data: bytes, *, durable: bool) -> None:
     fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644, dir_fd=dir_fd)
     try:
-        view = memoryview(data)
-        while view:  # unbuffered os.write: nothing to flush, but writes may be partial
-            view = view[os.write(fd, view) :]
+        _write_all(fd, data)
         if durable:
             os.fsync(fd)
     finally:
@@ -233,11 +247,12 @@ def _describe_holder(holder: dict[str, Any] | None) -> str:
 class FileStateStore:
     """State in ``<directory>/<strategy_id>/``: ``state.json``, ``heartbeat.json``, ``lease``.
 
-    ``save`` writes a temporary file in the same directory, fsyncs it, renames it over
-    ``state.json`` and fsyncs the directory. A rename within one file system is atomic, so
-    ``state.json`` is always a complete old or new state; the first fsync makes the new content
-    durable before the name points at it, the second makes the rename itself durable (until
-    the directory is synced a power loss can bring the old name back after ``save`` returned).
+    ``save`` writes a temporary file in the same directory, opened with O_DSYNC (the write
+    returns once the content is durable), renames it over ``state.json`` and fsyncs the
+    directory. A rename within one file system is atomic, so ``state.json`` is always a
+    complete old or new state; the synchronous write makes the new content durable before the
+    name points at it, the fsync makes the rename itself durable (until the directory is synced
+    a power loss can bring the old name back after ``save`` returned).
 
     The lease is an exclusive ``flock`` on ``lease`` held for the store's life: the kernel drops
     it the moment the holder dies, even by kill -9, so a restart never waits for an expiry.
@@ -365,9 +380,8 @@ class FileStateStore:
             self._spent_fd = None
         if self._next_fd is not None or self._lease_fd is None or self._dir_fd is None:
             return
-        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_DSYNC
         try:
-            self._next_fd = os.open(self._temp_name, flags, 0o644, dir_fd=self._dir_fd)
+            self._next_fd = os.open(self._temp_name, DURABLE_TEMP_FLAGS, 0o644, dir_fd=self._dir_fd)
         except OSError:
             self._next_fd = None  # the save opens it itself, and says what failed
 
@@ -378,16 +392,9 @@ class FileStateStore:
         self.prepare()
         fd, self._next_fd = self._next_fd, None
         try:
-            if fd is None:  # could not be prepared: the same steps, with the error to report
-                fd = os.open(
-                    self._temp_name,
-                    os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_DSYNC,
-                    0o644,
-                    dir_fd=dir_fd,
-                )
-            view = memoryview(data)
-            while view:  # unbuffered os.write: nothing to flush, but writes may be partial
-                view = view[os.write(fd, view) :]
+            if fd is None:  # could not be prepared: the same open, with the error to report
+                fd = os.open(self._temp_name, DURABLE_TEMP_FLAGS, 0o644, dir_fd=dir_fd)
+            _write_all(fd, data)
             os.replace(self._temp_name, STATE_FILE, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
             os.fsync(dir_fd)
         except OSError as err:
@@ -455,10 +462,7 @@ class FileStateStore:
         # one fsync for all of them (a cycle's fills cost one, not one each).
         if not records:
             return
-        line = "".join(
-            json.dumps(record, sort_keys=True, separators=(",", ":"), default=str) + "\n"
-            for record in records
-        )
+        line = "".join(_journal_line(record) + "\n" for record in records)
         self.path.mkdir(parents=True, exist_ok=True)
         descriptor = os.open(
             self.path / JOURNAL_FILE, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644
@@ -736,10 +740,7 @@ class RedisStateStore:
     def append_journal(self, *records: dict[str, Any]) -> None:
         if not records:
             return
-        lines = [
-            json.dumps(record, sort_keys=True, separators=(",", ":"), default=str)
-            for record in records
-        ]
+        lines = [_journal_line(record) for record in records]
         self._call(
             "appending to the journal", self._client.rpush, f"{self._prefix}:journal", *lines
         )
