@@ -30,7 +30,7 @@ UNIVERSES = ["us_megacap", "us_tech"]
 COSTS = ["retail", "institutional", "zero"]
 DEPLOYMENTS = ["paper", "live_redis"]
 SIGNALS = [  # (name, version, params, ranges)
-    ("ma_crossover", "1.1.1", "fast: {a}\n      slow: {b}", "fast: [{a}]\n      slow: [{b}]"),
+    ("ma_crossover", "1.2.0", "fast: {a}\n      slow: {b}", "fast: [{a}]\n      slow: [{b}]"),
     (
         "zscore_reversion",
         "1.0.0",
@@ -57,7 +57,7 @@ def make_project(root: Path, count: int) -> None:
         text = text.replace("/costs: retail", f"/costs: {COSTS[index % 3]}")
         text = text.replace("/deployment: paper", f"/deployment: {DEPLOYMENTS[index % 2]}")
         text = text.replace(
-            "name: ma_crossover\n    version: 1.1.1", f"name: {name}\n    version: {version}"
+            "name: ma_crossover\n    version: 1.2.0", f"name: {name}\n    version: {version}"
         )
         text = text.replace("fast: 20\n      slow: 100", params.format(a=a, b=b))
         text = text.replace(

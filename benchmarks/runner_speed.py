@@ -12,8 +12,10 @@ at 10,000 msg/s over the 500 symbols, and past saturation a bounded latency (pus
 no unbounded backlog).
 
 References measured in the same run, on the same disk: the raw latency of write + fsync of a
-small file, and of the store's atomic save (temp file, fsync, rename, fsync of the directory) of
-a state the size the runner writes: no push can be acknowledged sooner than one atomic save.
+file the size of the runner's state; the store's checkpoint (the whole state: temp file opened
+O_DSYNC, rename, fsync of the directory), written at the start of a run and when its log has
+grown; and the store's usual save, one O_DSYNC line of changes appended to its log (here one
+symbol's row): no push can be acknowledged sooner than one such write.
 
 Then the time from a dropped connection (the emulator aborts the TCP connection) to the safe
 state being complete (working orders cancelled, signals suspended, state saved). Goal <= 100 ms.
@@ -80,18 +82,27 @@ def raw_fsync(directory: Path, size: int, count: int = 500) -> list[float]:
     return times
 
 
-def atomic_saves(directory: Path, state: dict, count: int = 500) -> list[float]:
+def store_saves(directory: Path, state: dict, count: int = 500) -> tuple[list[float], list[float]]:
+    """(checkpoint times, log line times) of the file store saving ``state``: a checkpoint
+    whenever ``seq`` does not follow the last, a log line when it does (one row changed)."""
     store = FileStateStore(directory, "BENCH", "bench")
     store.acquire()
-    times = []
-    for seq in range(count):
-        state = {**state, "seq": seq}
+    checkpoints, lines = [], []
+    building = dict(state.get("building") or {"S000": [0.0]})
+    symbol = next(iter(building))
+    for seq in range(1, 2 * count + 1):
+        if seq % 2:  # seq jumps by two: a checkpoint
+            seq_value, times = seq * 10, checkpoints
+        else:  # the next seq, with one symbol's row replaced: a log line
+            seq_value, times = seq * 10 - 9, lines
+            building = {**building, symbol: [float(seq), *building[symbol][1:]]}
+        snapshot = {**state, "building": building, "seq": seq_value}
         store.prepare()  # as the saver does after each acknowledgement, off the save's path
         start = time.perf_counter()
-        store.save(state)
+        store.save(snapshot)
         times.append(time.perf_counter() - start)
     store.release()
-    return times
+    return checkpoints, lines
 
 
 def synthetic_universe(root: Path, symbols: int, days: int) -> tuple[dict, pl.DataFrame]:
@@ -301,7 +312,9 @@ def main() -> None:
                     state_size = state_file.stat().st_size
                     state = FileStateStore(directory, "STR-2026-0007", "x").load() or {}
         print(row(f"reference: write+fsync, {state_size:,} B", raw_fsync(scratch, state_size)))
-        print(row("reference: atomic save of the runner's state", atomic_saves(scratch, state)))
+        checkpoints, lines = store_saves(scratch, state)
+        print(row("reference: checkpoint of the runner's state", checkpoints))
+        print(row("reference: log line (one row changed)", lines))
         for line in rows:
             print(line)
         drops = safe_state_times(load_bars(sample, None), args.drops, scratch / "drops")

@@ -45,7 +45,8 @@ def test_runner_benchmark_runs_briefly() -> None:
         *("--seconds", "0.5", "--rates", "400", "--wide-rates", "800", "--symbols", "20"),
         *("--drops", "2"),
     )
-    assert "reference: atomic save of the runner's state" in out
+    assert "reference: checkpoint of the runner's state" in out
+    assert "reference: log line (one row changed)" in out
     assert "example, 4 symbols at 400 msg/s" in out
     assert "20 symbols at 800 msg/s" in out
     assert "dropped connection -> safe state (2 drops)" in out

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import random
@@ -16,6 +17,7 @@ from pathlib import Path
 import pytest
 import redis
 
+from qcompile.runtime import state as state_module
 from qcompile.runtime.secrets import SecretError
 from qcompile.runtime.state import (
     FileStateStore,
@@ -56,7 +58,13 @@ def test_file_round_trip_in_canonical_json(file_store: FileStateStore, tmp_path:
     assert raw == expected.encode("utf-8")
     file_store.save({**STATE, "seq": 8})
     assert file_store.load()["seq"] == 8
-    assert sorted(os.listdir(tmp_path / "STR-2026-0051")) == ["lease", "state.json"]
+    assert json.loads(raw)["seq"] == 7  # the checkpoint; the change to 8 is in the log
+    assert sorted(os.listdir(tmp_path / "STR-2026-0051")) == [
+        "journal.jsonl",
+        "lease",
+        "state.json",
+        "state.log",
+    ]
 
 
 def test_a_state_directory_moved_away_is_an_error_not_a_save_nobody_reads(
@@ -140,8 +148,98 @@ def test_save_order_is_durable_write_then_rename_then_fsync_directory(
         "write(temp)",
         f"replace({temp} -> state.json)",
         "fsync(dir)",
+        "fsync(file)",  # the log, emptied and allocated for the lines that follow
     ]
     assert json.loads((file_store.path / "state.json").read_text()) == STATE
+
+
+def _book(seq: int, changed: str) -> dict:
+    rows = {f"S{i:03d}": [float(i), 1.0] for i in range(50)}
+    return {"seq": seq, "building": {**rows, changed: [float(seq), 2.0]}, "cash": 10.0 * seq}
+
+
+def test_saves_after_the_checkpoint_are_one_durable_line_each(
+    file_store: FileStateStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first save writes the checkpoint; each later one appends what changed to state.log
+    in one write (opened with O_DSYNC: durable on return), no rename, no fsync; a fresh reader
+    gets the last state saved."""
+    file_store.save(_book(1, "S001"))
+    log_path = file_store.path / "state.log"
+    assert log_path.read_bytes().rstrip(b"\0") == b""  # allocated, nothing written yet
+    calls: list[str] = []
+    real_write, real_fsync, real_replace = os.pwrite, os.fsync, os.replace
+    monkeypatch.setattr(
+        os, "pwrite", lambda fd, data, at: (calls.append("write"), real_write(fd, data, at))[1]
+    )
+    monkeypatch.setattr(os, "fsync", lambda fd: (calls.append("fsync"), real_fsync(fd))[1])
+    monkeypatch.setattr(
+        os, "replace", lambda *a, **k: (calls.append("replace"), real_replace(*a, **k))[1]
+    )
+    for seq in range(2, 6):
+        file_store.save(_book(seq, f"S{seq:03d}"))
+    assert calls == ["write"] * 4
+    assert fcntl.fcntl(file_store._log_fd, fcntl.F_GETFL) & os.O_DSYNC == os.O_DSYNC
+    lines = log_path.read_bytes().rstrip(b"\0").splitlines()
+    assert len(lines) == 4 and all(len(line) < 200 for line in lines)  # the changed row only
+    assert json.loads((file_store.path / "state.json").read_text())["seq"] == 1
+    reader = FileStateStore(file_store.path.parent, "STR-2026-0051", "reader")
+    assert reader.load() == _book(5, "S005")
+
+
+def test_a_restart_and_a_long_log_start_from_a_new_checkpoint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = FileStateStore(tmp_path, "STR-1", "a")
+    store.acquire()
+    for seq in range(1, 4):
+        store.save(_book(seq, "S002"))
+    assert (tmp_path / "STR-1" / "state.log").read_bytes().rstrip(b"\0")
+    store.close()  # an orderly stop folds the log into state.json
+    assert json.loads((tmp_path / "STR-1" / "state.json").read_text()) == _book(3, "S002")
+    assert (tmp_path / "STR-1" / "state.log").read_bytes().rstrip(b"\0") == b""
+    restarted = FileStateStore(tmp_path, "STR-1", "b")
+    restarted.acquire()
+    assert restarted.load() == _book(3, "S002")
+    restarted.save(_book(4, "S003"))  # the run's first save: a checkpoint, the log emptied
+    assert json.loads((tmp_path / "STR-1" / "state.json").read_text()) == _book(4, "S003")
+    assert (tmp_path / "STR-1" / "state.log").read_bytes().rstrip(b"\0") == b""
+    monkeypatch.setattr(state_module, "CHECKPOINT_LOG_BYTES", 300)
+    for seq in range(5, 12):
+        restarted.save(_book(seq, f"S{seq:03d}"))
+        assert len((tmp_path / "STR-1" / "state.log").read_bytes().rstrip(b"\0")) <= 300
+    assert json.loads((tmp_path / "STR-1" / "state.json").read_text())["seq"] > 4
+    assert restarted.load() == _book(11, "S011")
+    restarted.close()
+
+
+def test_a_torn_log_tail_is_dropped_and_a_damaged_log_refused(tmp_path: Path) -> None:
+    store = FileStateStore(tmp_path, "STR-1", "a")
+    store.acquire()
+    for seq in range(1, 5):
+        store.save(_book(seq, "S009"))
+    # the writer still runs (or was killed): its log is what a reader replays
+    log_path = tmp_path / "STR-1" / "state.log"
+    intact = log_path.read_bytes().rstrip(b"\0")
+    log_path.write_bytes(intact[:-9])  # the last save's line torn: that save never returned
+    assert FileStateStore(tmp_path, "STR-1", "b").load() == _book(3, "S009")
+    log_path.write_bytes(intact[:-9] + bytes(4096))  # torn, then the allocated space's zeros
+    assert FileStateStore(tmp_path, "STR-1", "b").load() == _book(3, "S009")
+    last = intact.splitlines(keepends=True)[-1]
+    middle_lost = last[:20] + bytes(len(last) - 30) + last[-10:]  # its first and last sectors
+    log_path.write_bytes(intact[: -len(last)] + middle_lost + bytes(4096))
+    assert FileStateStore(tmp_path, "STR-1", "b").load() == _book(3, "S009")
+    lines = intact.splitlines(keepends=True)
+    log_path.write_bytes(lines[0] + lines[1].replace(b"S009", b"S00X") + lines[2])
+    with pytest.raises(StateError, match=r"state.log:2: checksum does not match"):
+        FileStateStore(tmp_path, "STR-1", "b").load()
+    log_path.write_bytes(lines[0] + lines[2])
+    with pytest.raises(StateError, match=r"state.log:2: save 4 follows save 2"):
+        FileStateStore(tmp_path, "STR-1", "b").load()
+    (tmp_path / "STR-1" / "state.json").unlink()
+    with pytest.raises(StateError, match="state log without its checkpoint"):
+        FileStateStore(tmp_path, "STR-1", "b").load()
+    store.close()
 
 
 def test_writing_needs_the_lease(tmp_path: Path) -> None:
@@ -233,7 +331,7 @@ def test_acquire_removes_stale_temporary_files(tmp_path: Path) -> None:
     (directory / "notes.tmp-draft").write_bytes(b"kept: not one of ours")
     store = FileStateStore(tmp_path, "STR-1", "a")
     store.acquire()
-    assert sorted(os.listdir(directory)) == ["lease", "notes.tmp-draft"]
+    assert sorted(os.listdir(directory)) == ["journal.jsonl", "lease", "notes.tmp-draft"]
     store.close()
 
 

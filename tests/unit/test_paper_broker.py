@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
-from qcompile.runtime.broker import Order, PaperBroker
+from qcompile.runtime.broker import RECENT_FILLS, Order, PaperBroker
 
 COSTS = {"slippage_bps": 10, "commission_per_share": 0.01, "min_commission": 1.0}
 
@@ -57,3 +59,24 @@ def test_an_order_id_is_sent_once_and_its_fill_is_known_by_sequence() -> None:
     restored = PaperBroker(COSTS, 0.0, ledger=broker.ledger())  # the sequence survives a restart
     assert restored.fills_after(1) == [second]
     assert restored.submit(Order("o2", "MSFT", -10, 2)) == [second]
+
+
+def test_recent_fills_survive_a_sorted_save_in_fill_order_and_older_lists_still_load() -> None:
+    """The ledger keys its recent fills by order id (a state's log line then holds only the new
+    ones); the checkpoint sorts keys, so a restore puts them back in fill order, keeps the newest
+    RECENT_FILLS, and still answers a repeated submit of a filled id with its fill."""
+    broker = PaperBroker(COSTS, 1e9)
+    for n in range(RECENT_FILLS + 10):
+        broker.submit(Order(f"id-{(7 * n) % 1000:04d}-{n}", "MSFT", 1, n))
+        broker.on_quote("MSFT", 10.0, n)
+    saved = json.loads(json.dumps(broker.ledger(), sort_keys=True))
+    restored = PaperBroker(COSTS, 0.0, ledger=saved)
+    seqs = [fill.seq for fill in restored.fills_after(0)]
+    assert seqs == sorted(seqs) and len(seqs) == RECENT_FILLS and seqs[-1] == RECENT_FILLS + 10
+    last = restored.fills_after(seqs[-2])[0]
+    assert restored.submit(Order(last.order_id, "MSFT", 1, 0)) == [last]
+    older = {
+        **saved,
+        "recent_fills": sorted(saved["recent_fills"].values(), key=lambda f: f["seq"]),
+    }
+    assert PaperBroker(COSTS, 0.0, ledger=older).fills_after(0) == restored.fills_after(0)

@@ -16,9 +16,11 @@ import statistics
 from collections.abc import Callable
 from functools import partial
 
+import numpy as np
 import polars as pl
 import pytest
 
+from qcompile.signals.registry import get_signal
 from qcompile.signals.reversion import gap_fill, zscore_reversion
 from qcompile.signals.trend import breakout, ma_crossover, vwma_crossover
 
@@ -168,6 +170,33 @@ def test_crossovers_match_reference(seed: int, allow_short: bool, fast: int, slo
         assert got == want, function.__name__
 
 
+@pytest.mark.parametrize("seed", [1, 2])
+@pytest.mark.parametrize("name", ["ma_crossover", "vwma_crossover"])
+def test_an_arrays_companion_gives_the_signals_targets_without_a_frame(
+    seed: int, name: str
+) -> None:
+    """As the runner calls it: the bars as one float matrix (a row per bar), each column made
+    contiguous, the runs' starts from their lengths; the targets equal the signal's and the
+    plain-Python reference's."""
+    spec = get_signal(name, None, ["qcompile.signals"])
+    assert spec.arrays is not None
+    bars = _walk(SYMBOLS, seed)
+    matrix = bars.select("timestamp", "open", "high", "low", "close", "volume").to_numpy()
+    values = matrix.astype(np.float64).T.copy()
+    columns = dict(
+        zip(("timestamp", "open", "high", "low", "close", "volume"), values, strict=True)
+    )
+    columns["timestamp"] = values[0].astype(np.int64)
+    starts = np.concatenate(([0], np.cumsum(list(SYMBOLS.values()))))
+    params = {"fast": 7, "slow": 19, "allow_short": True}
+    got = np.asarray(spec.arrays(columns, starts, **params)).tolist()
+    assert got == spec.function(bars, **params)["signal"].to_list()
+    weighted = name == "vwma_crossover"
+    assert got == _per_symbol(
+        bars, partial(_crossover, fast=7, slow=19, short=-1, weighted=weighted)
+    )
+
+
 @pytest.mark.parametrize("seed", [4, 5])
 @pytest.mark.parametrize("allow_short", [False, True])
 @pytest.mark.parametrize(("lookback", "exit_lookback"), [(20, 10), (5, 15), (12, 12)])
@@ -227,3 +256,17 @@ def test_vwma_is_undefined_without_volume() -> None:
     bars = _walk({"AAA": 30}, 11).with_columns(volume=pl.lit(0.0))
     assert vwma_crossover(bars, fast=2, slow=5)["signal"].to_list() == [0] * 30
     assert not math.isnan(float(ma_crossover(bars, fast=2, slow=5)["signal"].sum()))
+
+
+@pytest.mark.parametrize("name", ["ma_crossover", "vwma_crossover"])
+def test_a_grid_companion_gives_each_combinations_targets(name: str) -> None:
+    spec = get_signal(name, None, ["qcompile.signals"])
+    assert spec.grid is not None
+    bars = _walk(SYMBOLS, 8)
+    combos = [
+        {"fast": fast, "slow": slow, "allow_short": short}
+        for fast, slow, short in [(3, 10, False), (10, 30, True), (20, 12, True)]
+    ]
+    grid = spec.grid(bars, combos)
+    for row, combo in zip(grid, combos, strict=True):
+        assert row.tolist() == spec.function(bars, **combo)["signal"].to_list()

@@ -352,11 +352,13 @@ class _LiveRun:
         self.log = root / "runner.log"
 
     def saved_cursor(self) -> dict[str, int]:
-        path = self.root / "state" / self.strategy_id / "state.json"
-        try:
-            return json.loads(path.read_text(encoding="utf-8")).get("cursor") or {}
-        except (OSError, ValueError):
+        from qcompile.runtime.state import FileStateStore, StateError
+
+        try:  # the checkpoint with its log replayed: what a restart resumes from
+            saved = FileStateStore(self.root / "state", self.strategy_id, "parity").load()
+        except StateError:
             return {}
+        return (saved or {}).get("cursor") or {}
 
     def run(self, moments: list[float]) -> tuple[str, list[dict[str, int]]]:
         remaining, restarts, summary = self.events, [], ""

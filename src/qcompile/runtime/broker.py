@@ -48,6 +48,10 @@ class Fill:
 RECENT_FILLS = 256
 
 
+def _fill_seq(fill: dict[str, Any]) -> int:
+    return int(fill.get("seq") or 0)
+
+
 class Broker(Protocol):
     def submit(self, order: Order) -> list[Fill]: ...
     def fills_after(self, seq: int) -> list[Fill]: ...
@@ -72,8 +76,10 @@ class PaperBroker:
             o["id"]: Order(**o) for o in ledger.get("working_orders", [])
         }
         self.fills = int(ledger.get("fills", 0))
+        recent = ledger.get("recent_fills") or {}  # by order id; a list in older states
+        fills = sorted(recent.values() if isinstance(recent, dict) else recent, key=_fill_seq)
         self._recent: dict[str, dict[str, Any]] = {  # order id -> its fill, the last ones
-            f["order_id"]: dict(f) for f in ledger.get("recent_fills", [])[-RECENT_FILLS:]
+            f["order_id"]: dict(f) for f in fills[-RECENT_FILLS:]
         }
 
     def ledger(self) -> dict[str, Any]:
@@ -82,7 +88,9 @@ class PaperBroker:
             "positions": dict(sorted(self._positions.items())),
             "working_orders": [asdict(o) for o in self._working.values()],
             "fills": self.fills,
-            "recent_fills": list(self._recent.values()),  # records never changed once made
+            # by order id, each record never changed once made: a save's log line holds the
+            # new fills only (a list would be written whole whenever one is added)
+            "recent_fills": dict(self._recent),
         }
 
     def submit(self, order: Order) -> list[Fill]:
@@ -103,6 +111,8 @@ class PaperBroker:
         return cancelled
 
     def on_quote(self, symbol: str, price: float, timestamp: int) -> list[Fill]:
+        if not self._working:  # the usual case: called for every push
+            return []
         due = [o for o in self._working.values() if o.symbol == symbol]
         fills = []
         for order in due:

@@ -3,6 +3,8 @@ and position holding."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
+
 import numba
 import numpy as np
 import polars as pl
@@ -61,6 +63,31 @@ def symbol_starts(bars: pl.DataFrame) -> np.ndarray:
         ):
             return starts
     return compared_starts(symbols)
+
+
+class FrameColumns(Mapping[str, np.ndarray]):
+    """A frame's bar columns as numpy arrays, each converted on first use (float64; the
+    timestamp int64): what an ``arrays`` companion reads, given a frame (the backtest) or the
+    runner's history buffers (no frame at all)."""
+
+    def __init__(self, bars: pl.DataFrame) -> None:
+        self._bars = bars
+        self._arrays: dict[str, np.ndarray] = {}
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        array = self._arrays.get(name)
+        if array is None:
+            if name not in self._bars.columns:
+                raise KeyError(name)
+            kind = pl.Int64 if name == "timestamp" else pl.Float64
+            array = self._arrays[name] = self._bars[name].cast(kind).to_numpy()
+        return array
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._bars.columns)
+
+    def __len__(self) -> int:
+        return self._bars.width
 
 
 def per_symbol(expr: pl.Expr) -> pl.Expr:

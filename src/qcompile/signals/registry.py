@@ -6,7 +6,12 @@ parameters, and returns the frame with a ``signal`` column holding the target po
 returns the targets of many parameter combinations at once, as an int8 array of shape
 (combinations, bars), computing shared indicators once; it must equal calling the signal per
 combination (the tests check the built-in ones), and it is part of the signal's pinned source. A
-grid companion works symbol by symbol, so the grid engine may call it on blocks of symbols. The
+grid companion works symbol by symbol, so the grid engine may call it on blocks of symbols. An
+``arrays`` companion gives the same targets without a frame: it takes the bar columns as numpy
+arrays (``columns["close"]`` float64, ``columns["timestamp"]`` int64; rows sorted by symbol then
+time), ``starts`` (the first row of each symbol's run, then the row count) and the parameters,
+and returns one target per row. The production runner calls it at each bar close when there is
+one; the signal itself should be written as a call of it, so that both are one computation. The
 compiler never imports this module: it finds ``@signal(...)`` decorators by reading the source,
 and pins a hash of it.
 """
@@ -30,6 +35,7 @@ class SignalSpec:
     version: str
     function: SignalFunction
     grid: Callable[..., Any] | None = None
+    arrays: Callable[..., Any] | None = None
 
 
 _REGISTRY: dict[str, SignalSpec] = {}
@@ -40,15 +46,19 @@ class SignalError(LookupError):
 
 
 def signal(
-    name: str, version: str, grid: Callable[..., Any] | None = None
+    name: str,
+    version: str,
+    grid: Callable[..., Any] | None = None,
+    arrays: Callable[..., Any] | None = None,
 ) -> Callable[[SignalFunction], SignalFunction]:
-    """Register ``function`` as signal ``name`` at semantic ``version`` (with its ``grid``)."""
+    """Register ``function`` as signal ``name`` at semantic ``version`` (with its ``grid`` and
+    ``arrays`` companions)."""
 
     def register(function: SignalFunction) -> SignalFunction:
         existing = _REGISTRY.get(name)
         if existing is not None and existing.function.__qualname__ != function.__qualname__:
             raise SignalError(f"signal {name!r} is registered twice")
-        _REGISTRY[name] = SignalSpec(name, version, function, grid)
+        _REGISTRY[name] = SignalSpec(name, version, function, grid, arrays)
         return function
 
     return register

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from functools import partial
 from typing import Any
 
 import numba
 import numpy as np
 import polars as pl
 
-from qcompile.signals.frames import hold, per_symbol, symbol_starts
+from qcompile.signals.frames import FrameColumns, hold, per_symbol, symbol_starts
 from qcompile.signals.registry import signal
 
 
@@ -35,15 +36,15 @@ def _rolling_sums(
     return out
 
 
-def _sma(bars: pl.DataFrame, starts: np.ndarray) -> Callable[[int], np.ndarray]:
-    close = bars["close"].cast(pl.Float64).to_numpy()
+def _sma(columns: Mapping[str, np.ndarray], starts: np.ndarray) -> Callable[[int], np.ndarray]:
+    close = columns["close"]
     return lambda window: _rolling_sums(close, starts, window, float(window))
 
 
-def _vwma(bars: pl.DataFrame, starts: np.ndarray) -> Callable[[int], np.ndarray]:
+def _vwma(columns: Mapping[str, np.ndarray], starts: np.ndarray) -> Callable[[int], np.ndarray]:
     """sum(close x volume) / sum(volume) over the window."""
-    volume = bars["volume"].cast(pl.Float64).to_numpy()
-    weighted = bars["close"].cast(pl.Float64).to_numpy() * volume
+    volume = columns["volume"]
+    weighted = columns["close"] * volume
 
     def average(window: int) -> np.ndarray:
         with np.errstate(divide="ignore", invalid="ignore"):  # no volume in the window: undefined
@@ -65,17 +66,20 @@ def _crossover_targets(fast: np.ndarray, slow: np.ndarray, short: int, out: np.n
             out[i] = 1 if fast[i] > slow[i] else short
 
 
-def _crossover_grid(
-    averages: Callable[[pl.DataFrame, np.ndarray], Callable[[int], np.ndarray]],
-    bars: pl.DataFrame,
+Averages = Callable[[Mapping[str, np.ndarray], np.ndarray], Callable[[int], np.ndarray]]
+
+
+def _crossovers(
+    averages: Averages,
+    columns: Mapping[str, np.ndarray],
+    starts: np.ndarray,
     combos: Sequence[dict[str, Any]],
 ) -> np.ndarray:
     """Targets of many (fast, slow) pairs, each distinct window's average computed once."""
-    starts = symbol_starts(bars)
     windows = sorted({c["fast"] for c in combos} | {c["slow"] for c in combos})
-    average = averages(bars, starts)
+    average = averages(columns, starts)
     series = {w: average(w) for w in windows}
-    out = np.empty((len(combos), bars.height), dtype=np.int8)
+    out = np.empty((len(combos), len(columns["close"])), dtype=np.int8)
     for row, combo in enumerate(combos):
         short = -1 if combo.get("allow_short", False) else 0
         _crossover_targets(series[combo["fast"]], series[combo["slow"]], short, out[row])
@@ -83,33 +87,55 @@ def _crossover_grid(
 
 
 def _ma_grid(bars: pl.DataFrame, combos: Sequence[dict[str, Any]]) -> np.ndarray:
-    return _crossover_grid(_sma, bars, combos)
+    return _crossovers(_sma, FrameColumns(bars), symbol_starts(bars), combos)
 
 
 def _vwma_grid(bars: pl.DataFrame, combos: Sequence[dict[str, Any]]) -> np.ndarray:
-    return _crossover_grid(_vwma, bars, combos)
+    return _crossovers(_vwma, FrameColumns(bars), symbol_starts(bars), combos)
+
+
+def _crossover_arrays(
+    averages: Averages,
+    columns: Mapping[str, np.ndarray],
+    starts: np.ndarray,
+    *,
+    fast: int,
+    slow: int,
+    allow_short: bool = False,
+) -> np.ndarray:
+    """One (fast, slow) pair's targets from bar arrays: the crossovers' arrays companion."""
+    combo = {"fast": fast, "slow": slow, "allow_short": allow_short}
+    return _crossovers(averages, columns, starts, [combo])[0]
 
 
 def _with_targets(bars: pl.DataFrame, targets: np.ndarray) -> pl.DataFrame:
     return bars.with_columns(signal=pl.Series(targets, dtype=pl.Int8))
 
 
-@signal("ma_crossover", version="1.1.1", grid=_ma_grid)
+@signal("ma_crossover", version="1.2.0", grid=_ma_grid, arrays=partial(_crossover_arrays, _sma))
 def ma_crossover(
     bars: pl.DataFrame, *, fast: int, slow: int, allow_short: bool = False
 ) -> pl.DataFrame:
     """Long while the simple moving average of closes over ``fast`` bars is above ``slow``."""
-    combo = {"fast": fast, "slow": slow, "allow_short": allow_short}
-    return _with_targets(bars, _ma_grid(bars, [combo])[0])
+    columns, starts = FrameColumns(bars), symbol_starts(bars)
+    targets = _crossover_arrays(
+        _sma, columns, starts, fast=fast, slow=slow, allow_short=allow_short
+    )
+    return _with_targets(bars, targets)
 
 
-@signal("vwma_crossover", version="1.1.1", grid=_vwma_grid)
+@signal(
+    "vwma_crossover", version="1.2.0", grid=_vwma_grid, arrays=partial(_crossover_arrays, _vwma)
+)
 def vwma_crossover(
     bars: pl.DataFrame, *, fast: int, slow: int, allow_short: bool = False
 ) -> pl.DataFrame:
     """As ``ma_crossover`` on volume-weighted averages: sum(close x volume) / sum(volume)."""
-    combo = {"fast": fast, "slow": slow, "allow_short": allow_short}
-    return _with_targets(bars, _vwma_grid(bars, [combo])[0])
+    columns, starts = FrameColumns(bars), symbol_starts(bars)
+    targets = _crossover_arrays(
+        _vwma, columns, starts, fast=fast, slow=slow, allow_short=allow_short
+    )
+    return _with_targets(bars, targets)
 
 
 @signal("breakout", version="1.0.0")
