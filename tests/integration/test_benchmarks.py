@@ -50,3 +50,10 @@ def test_runner_benchmark_runs_briefly() -> None:
     assert "example, 4 symbols at 400 msg/s" in out
     assert "20 symbols at 800 msg/s" in out
     assert "dropped connection -> safe state (2 drops)" in out
+
+
+def test_backtest_command_benchmark_runs_without_its_reference() -> None:
+    out = _run("backtest_command.py", "--repeat", "1", "--no-reference")
+    assert "qcompile backtest STR-2026-0007, warm (report included)" in out
+    assert "qcompile backtest STR-2026-0007, cold numba cache" in out
+    assert "cold / warm:" in out
