@@ -523,22 +523,37 @@ def list_strategies(overrides: tuple[str, ...]) -> None:
     show_default=True,
     help="Where to write the reference, relative to the project root.",
 )
-@click.option("--check", is_flag=True, help="Write nothing; exit 1 if the file is out of date.")
+@click.option(
+    "--signals-output",
+    default="docs/signals.md",
+    show_default=True,
+    help="Where to write the signal library reference, relative to the project root.",
+)
+@click.option("--check", is_flag=True, help="Write nothing; exit 1 if a file is out of date.")
 @_handled
-def docs(output: str, check: bool) -> None:
-    """Write the config reference generated from the validation schemas."""
-    from qcompile.compiler.reference import config_reference
+def docs(output: str, signals_output: str, check: bool) -> None:
+    """Write the config reference (from the validation schemas) and the signal library
+    reference (from the source of the project's signal packages)."""
+    from qcompile.compiler.reference import config_reference, project_signal_reference
 
-    path = _project().root / output
-    text = config_reference()
+    project = _project()
+    documents = {output: config_reference(), signals_output: project_signal_reference(project)}
     if check:
-        if not path.is_file() or path.read_text(encoding="utf-8") != text:
-            raise StaleError([output], remedy="run `qcompile docs`")
-        click.echo(f"{output} is up to date.")
+        stale = [
+            name
+            for name, text in documents.items()
+            if not (project.root / name).is_file()
+            or (project.root / name).read_text(encoding="utf-8") != text
+        ]
+        if stale:
+            raise StaleError(stale, remedy="run `qcompile docs`")
+        click.echo(f"{' and '.join(documents)} are up to date.")
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text, encoding="utf-8")
-    click.echo(f"wrote {output}")
+    for name, text in documents.items():
+        path = project.root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+        click.echo(f"wrote {name}")
 
 
 @main.command(name="release")

@@ -9,7 +9,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-from qcompile.compiler.reference import config_reference
+import polars as pl
+
+from qcompile.compiler.reference import config_reference, project_signal_reference
+from qcompile.project import Project
 from tests.conftest import GOLDEN, REPO, copy_example_project
 
 EXIT = re.compile(r"#\s*exits (\d+)\s*$")
@@ -87,6 +90,58 @@ def test_tutorial_shows_real_output() -> None:
 
 def test_config_reference_is_generated_from_the_schemas() -> None:
     assert (REPO / "docs/config-reference.md").read_text() == config_reference()
+
+
+def test_signal_library_reference_is_generated_from_the_signal_source() -> None:
+    text = (REPO / "docs/signals.md").read_text()
+    assert text == project_signal_reference(Project(REPO))
+    assert "## `ma_crossover` 1.2.0" in text and "companions: grid, arrays." in text
+    assert "| `allow_short` | bool | `False` |" in text
+
+
+def test_a_teams_own_signals_are_listed_with_their_parameters(tmp_path: Path) -> None:
+    (tmp_path / "conf").mkdir()
+    (tmp_path / "conf/qcompile.yaml").write_text(
+        "project:\n  signal_packages: [qcompile.signals, desk_signals]\n"
+    )
+    (tmp_path / "desk_signals").mkdir()
+    (tmp_path / "desk_signals/__init__.py").write_text("")
+    (tmp_path / "desk_signals/carry.py").write_text(
+        "from qcompile.signals import signal\n\n\n"
+        '@signal("carry", version="0.3.0")\n'
+        "def carry(bars, *, lookback: int, threshold: float = 0.5):\n"
+        '    """Long while the carry over ``lookback`` bars beats ``threshold``."""\n'
+        "    return bars\n"
+    )
+    text = project_signal_reference(Project(tmp_path))
+    assert "(qcompile.signals, desk_signals)" in text.splitlines()[0]
+    section = text[text.index("## `carry` 0.3.0") :]
+    assert "`desk_signals/carry.py:5` (`desk_signals.carry.carry`); companions: none." in section
+    assert "Long while the carry over ``lookback`` bars beats ``threshold``." in section
+    assert "| `lookback` | int | required |" in section
+    assert "| `threshold` | float | `0.5` |" in section
+
+
+def test_the_stateful_signal_example_holds_from_entry_to_exit() -> None:
+    text = (REPO / "docs/signals.md").read_text()
+    (code,) = re.findall(r"```python\n(.*?)```", text, flags=re.S)
+    namespace: dict = {}
+    exec(code, namespace)  # registers channel_reversal, as a team's module would
+    # lows and highs 0.5 around the close: bar 2 closes under the prior two lows (enter), bar 4
+    # over the prior two highs (leave), bar 8 under the prior lows again; bar 3 meets neither,
+    # so the position is held
+    closes = [10, 9, 8, 9, 10, 11, 12, 13, 11]
+    bars = pl.DataFrame(
+        {
+            "symbol": ["A"] * len(closes),
+            "timestamp": list(range(len(closes))),
+            "high": [c + 0.5 for c in closes],
+            "low": [c - 0.5 for c in closes],
+            "close": [float(c) for c in closes],
+        }
+    )
+    held = namespace["channel_reversal"](bars, window=2)["signal"].to_list()
+    assert held == [0, 0, 1, 1, 0, 0, 0, 0, 1]
 
 
 def test_every_diagnostic_code_is_documented() -> None:

@@ -206,7 +206,8 @@ STRATEGY_SCHEMA: dict[str, Any] = {
                 required=True,
                 schema={
                     "name": _text(
-                        "Registered signal name (see the signal library).", regex=IDENTIFIER_PATTERN
+                        "Registered signal name (see docs/signals.md, written by `qcompile docs`).",
+                        regex=IDENTIFIER_PATTERN,
                     ),
                     "version": _text(
                         "Signal version the strategy was built on; must match the library.",

@@ -32,6 +32,9 @@ class SignalSource:
     optional_params: tuple[str, ...]
     source_sha256: str
     param_types: tuple[tuple[str, str], ...] = ()  # (name, int|float|bool|str) where annotated
+    docstring: str = ""
+    defaults: tuple[tuple[str, str], ...] = ()  # (name, default as written) of optional ones
+    companions: tuple[str, ...] = ()  # keywords of @signal naming one: grid, arrays
 
 
 def locate_package(name: str, search: list[Path]) -> list[Path]:
@@ -143,6 +146,21 @@ def _parameter_types(function: ast.FunctionDef) -> tuple[tuple[str, str], ...]:
     return tuple(found)
 
 
+def _defaults(function: ast.FunctionDef) -> tuple[tuple[str, str], ...]:
+    args = function.args
+    positional = (args.posonlyargs + args.args)[1:]
+    pairs = list(
+        zip(positional[len(positional) - len(args.defaults) :], args.defaults, strict=True)
+    )
+    pairs += [(a, d) for a, d in zip(args.kwonlyargs, args.kw_defaults, strict=True) if d]
+    return tuple((arg.arg, ast.unparse(default)) for arg, default in pairs)
+
+
+def _companions(decorator: ast.expr) -> tuple[str, ...]:
+    keywords = decorator.keywords if isinstance(decorator, ast.Call) else []
+    return tuple(k.arg for k in keywords if k.arg in ("grid", "arrays"))
+
+
 def _hash_function(statement: ast.FunctionDef, definitions: dict[str, ast.stmt]) -> str:
     return sha256_text("\n".join(_normalised(node) for node in _closure(statement, definitions)))
 
@@ -182,6 +200,9 @@ def scan_file(path: Path, module: str, display: str) -> list[SignalSource]:
                     optional,
                     _hash_function(statement, definitions),
                     _parameter_types(statement),
+                    ast.get_docstring(statement) or "",
+                    _defaults(statement),
+                    _companions(decorator),
                 )
             )
     return found
