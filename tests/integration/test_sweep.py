@@ -135,17 +135,25 @@ def test_overfitting_statistics_cover_every_job_and_survive_a_resume(example: Pa
     assert (directory / "statistics.json").read_bytes() == first
 
 
-def test_statistics_are_not_computed_across_different_bars(example: Path) -> None:
+def test_statistics_are_computed_only_for_sweeps_of_signal_parameters(example: Path) -> None:
+    """The deflated Sharpe and PBO measure a search over signals: a sweep of windows or costs
+    leaves them out, says why, and keeps saying it on a resumed run."""
     args = ("sweep", "ma_trend", 'strategy.backtest.start_date="2009-06-01","2010-06-01"')
     result = cli(example, *args, "--name", "w")
     assert result.exit_code == 0, result.output
     assert "2 job(s), 0 failed" in result.output
     summary = (example / "reports/STR-2026-0007/sweeps/w/summary.md").read_text()
-    assert "Not computed: the jobs cover different bars." in summary
-    # no curves were kept, so a resumed run cannot compute them either, and says why
+    reason = "Not computed: the sweep varies strategy.backtest.start_date, not only signal"
+    assert reason in " ".join(summary.split())
     assert "2 reused" in cli(example, *args, "--name", "w", "--resume").output
     summary = (example / "reports/STR-2026-0007/sweeps/w/summary.md").read_text()
-    assert "Not computed: 2 job(s) have no equity curve." in summary
+    assert reason in " ".join(summary.split())
+    costs = cli(example, "sweep", "ma_trend", f"{FAST}=10,20", "costs=retail,zero", "--name", "c")
+    assert costs.exit_code == 0, costs.output
+    statistics = json.loads(
+        (example / "reports/STR-2026-0007/sweeps/c/statistics.json").read_text()
+    )
+    assert statistics["computed"] is False and "varies costs" in statistics["reason"]
 
 
 def test_the_process_pool_gives_what_running_serially_gives(example: Path) -> None:

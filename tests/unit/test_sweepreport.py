@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from qcompile.research.backtest.svgheatmap import heatmap
 from qcompile.research.sweep.summary import plateau
 
 
@@ -43,3 +44,22 @@ def test_an_isolated_spike_is_a_peak_and_numbers_order_numerically() -> None:
 def test_no_reading_without_a_positive_sharpe() -> None:
     rows = _rows({(5, 50): -0.5, (10, 50): 0.2})
     assert plateau(rows, ["fast", "slow"], rows[0]["job"]) is None
+
+
+def test_the_heatmap_writes_each_cells_value_and_fades_those_under_the_minimum() -> None:
+    rows = [
+        {"params": {"fast": "5", "slow": "50"}, "sharpe": 0.4, "trades": 250},
+        {"params": {"fast": "10", "slow": "50"}, "sharpe": 1.2, "trades": 210},
+        {"params": {"fast": "5", "slow": "100"}, "sharpe": 2.5, "trades": 12},  # lucky, few
+        {"params": {"fast": "10", "slow": "100"}, "sharpe": -0.3, "trades": 300},
+    ]
+    svg = heatmap(rows, "fast", "slow", "Sharpe", minimum_trades=200)
+    for value in (">0.40<", ">1.20<", ">-0.30<", ">2.50*<"):
+        assert value in svg
+    assert svg.count('fill-opacity="0.35"') == 1
+    assert "fast=5, slow=100: Sharpe 2.50 (fewer than 200 trades: not ranked)" in svg
+    # the colour scale spans the ranked cells: the lucky 2.50 does not squeeze it
+    assert (
+        ">1.20</text>" in svg.split("</rect>")[-1] and ">-0.30</text>" in svg.split("</rect>")[-1]
+    )
+    assert heatmap(rows, "fast", "slow", "Sharpe", minimum_trades=200) == svg  # deterministic

@@ -23,16 +23,17 @@ def ordered(values: set[Any]) -> list[Any]:
 
 
 def cell_means(
-    rows: Sequence[dict[str, Any]], x_name: str, y_name: str
+    rows: Sequence[dict[str, Any]], x_name: str, y_name: str, minimum_trades: int = 0
 ) -> tuple[list[Any], list[Any], dict[tuple[int, int], float]]:
     """The ordered x and y values and the mean Sharpe of ``rows`` (each with ``params`` and
-    ``sharpe``) per (y index, x index) cell that has one: with more than two keys swept, the
-    others are averaged over."""
+    ``sharpe``, and ``trades`` when ``minimum_trades`` is set) per (y index, x index) cell that
+    has one: with more than two keys swept, the others are averaged over; a row with fewer than
+    ``minimum_trades`` trades counts for none (its axes' values stay)."""
     xs = ordered({row["params"][x_name] for row in rows})
     ys = ordered({row["params"][y_name] for row in rows})
     cells: dict[tuple[int, int], list[float]] = {}
     for row in rows:
-        if row["sharpe"] is not None:
+        if row["sharpe"] is not None and (row.get("trades") or 0) >= minimum_trades:
             key = (ys.index(row["params"][y_name]), xs.index(row["params"][x_name]))
             cells.setdefault(key, []).append(row["sharpe"])
     return xs, ys, {key: sum(values) / len(values) for key, values in cells.items()}
@@ -43,7 +44,8 @@ PALETTE = (
     (68, 1, 84), (71, 45, 123), (59, 82, 139), (44, 114, 142), (33, 145, 140),
     (40, 174, 128), (94, 201, 98), (173, 220, 48), (253, 231, 37),
 )  # fmt: skip
-CELL_W, CELL_H, LEFT, TOP_MARGIN, BOTTOM, LEGEND = 36, 18, 110, 34, 70, 70
+# cells wide enough for a value in each, at a size a reader does not have to zoom for
+CELL_W, CELL_H, LEFT, TOP_MARGIN, BOTTOM, LEGEND = 58, 30, 120, 40, 80, 80
 
 
 def _colour(share: float) -> str:
@@ -56,33 +58,55 @@ def _colour(share: float) -> str:
     return "#{:02x}{:02x}{:02x}".format(*mixed)
 
 
-def heatmap(rows: Sequence[dict[str, Any]], x_name: str, y_name: str, title: str) -> str:
-    """Mean Sharpe of ``rows`` (each with ``params`` and ``sharpe``) per (x, y) cell as an SVG
-    grid, the value in each cell's tooltip and a colour scale beside it; with more than two keys
-    swept, the others are averaged over. The same rows always give the same text."""
-    xs, ys, means = cell_means(rows, x_name, y_name)
-    low, high = (min(means.values()), max(means.values())) if means else (0.0, 0.0)
+def heatmap(
+    rows: Sequence[dict[str, Any]],
+    x_name: str,
+    y_name: str,
+    title: str,
+    minimum_trades: int = 0,
+) -> str:
+    """Mean Sharpe of ``rows`` (each with ``params``, ``sharpe`` and, for ``minimum_trades``,
+    ``trades``) per (x, y) cell as an SVG grid, the value written in each cell and a colour
+    scale beside it; with more than two keys swept, the others are averaged over. A cell is
+    the mean of its jobs that meet ``minimum_trades``; one with none is drawn faded, its value
+    (over all its jobs) marked with an asterisk: not ranked. The same rows always give the same
+    text."""
+    xs, ys, means = cell_means(rows, x_name, y_name, minimum_trades)
+    _, _, everything = cell_means(rows, x_name, y_name)
+    scaled = means or everything
+    low, high = (min(scaled.values()), max(scaled.values())) if scaled else (0.0, 0.0)
     span = (high - low) or 1.0
     width = LEFT + CELL_W * len(xs) + LEGEND
     height = TOP_MARGIN + CELL_H * len(ys) + BOTTOM
     bottom = TOP_MARGIN + CELL_H * len(ys)
     parts = [
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
-        f'viewBox="0 0 {width} {height}" font-family="sans-serif" font-size="9" role="img">',
+        f'viewBox="0 0 {width} {height}" font-family="sans-serif" font-size="12" role="img">',
         f"<title>{escape(title)}</title>",
-        f'<text x="{width / 2:g}" y="14" text-anchor="middle" font-size="11">{escape(title)}</text>',
+        f'<text x="{width / 2:g}" y="16" text-anchor="middle" font-size="14">{escape(title)}</text>',
     ]
-    for (y, x), mean in sorted(means.items()):
-        parts.append(
-            f'<rect x="{LEFT + CELL_W * x}" y="{bottom - CELL_H * (y + 1)}" width="{CELL_W}" '
-            f'height="{CELL_H}" fill="{_colour((mean - low) / span)}"><title>'
-            f"{escape(f'{x_name}={xs[x]}, {y_name}={ys[y]}: Sharpe {mean:.2f}')}</title></rect>"
-        )
+    for (y, x), mean in sorted({**everything, **means}.items()):
+        left, top = LEFT + CELL_W * x, bottom - CELL_H * (y + 1)
+        share = min(max((mean - low) / span, 0.0), 1.0)
+        where = f"{x_name}={xs[x]}, {y_name}={ys[y]}: Sharpe {mean:.2f}"
+        ranked = (y, x) in means
+        ink = "#ffffff" if share < 0.6 and ranked else "#000000"
+        label, tip, opacity = f"{mean:.2f}", where, ""
+        if not ranked:
+            label += "*"
+            tip += f" (fewer than {minimum_trades} trades: not ranked)"
+            opacity = ' fill-opacity="0.35"'
+        parts += [
+            f'<rect x="{left}" y="{top}" width="{CELL_W}" height="{CELL_H}" '
+            f'fill="{_colour(share)}"{opacity} stroke="#ffffff"><title>{escape(tip)}</title></rect>',
+            f'<text x="{left + CELL_W / 2:g}" y="{top + CELL_H / 2 + 4:g}" text-anchor="middle" '
+            f'fill="{ink}">{label}</text>',
+        ]
     for x, value in enumerate(xs):
         centre = LEFT + CELL_W * x + CELL_W / 2
         parts.append(
-            f'<text x="{centre:g}" y="{bottom + 12}" text-anchor="end" '
-            f'transform="rotate(-45 {centre:g} {bottom + 12})">{escape(str(value))}</text>'
+            f'<text x="{centre:g}" y="{bottom + 14}" text-anchor="end" '
+            f'transform="rotate(-45 {centre:g} {bottom + 14})">{escape(str(value))}</text>'
         )
     for y, value in enumerate(ys):
         parts.append(

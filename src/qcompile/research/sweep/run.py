@@ -491,13 +491,30 @@ def _stored_curves(directory: Path, done: dict[str, dict[str, Any]]) -> dict[str
     }
 
 
+SIGNAL_PARAMETERS = "strategy.signal.params."
+
+
+def is_signal_parameter(key: str) -> bool:
+    """Whether a swept key is one of the signal's parameters (``+`` or ``~`` prefix aside)."""
+    return key.lstrip("+~").startswith(SIGNAL_PARAMETERS)
+
+
 def _statistics(result: SweepResult, curves: dict[int, Curve]) -> dict[str, Any]:
-    """Deflated Sharpe of the best eligible job and PBO over every job that ran, when the jobs
-    share one clock (a sweep over universes or windows does not)."""
+    """Deflated Sharpe of the best eligible job and PBO over every job that ran, when the sweep
+    varies signal parameters only and the jobs share one clock (a sweep over universes or
+    windows does not)."""
     import numpy as np
 
     from qcompile.research.backtest.overfitting import summarise
 
+    varied = [key for key in result.swept_keys if not is_signal_parameter(key)]
+    if varied:
+        return {
+            "computed": False,
+            "reason": f"the sweep varies {', '.join(varied)}, not only signal parameters; the "
+            "deflated Sharpe and PBO ask how much of the best result a search over signals "
+            "explains by luck, which says nothing about a choice of costs, capital or data",
+        }
     ran = sorted(curves)
     succeeded = sum(1 for row in result.rows if not row["error"])
     if len(ran) < succeeded:  # resumed jobs whose curves the previous run did not keep
@@ -546,5 +563,5 @@ def _write(
     text = summary_markdown(strategy_id, params, overrides, result, frame)
     (result.directory / "summary.md").write_text(text, encoding="utf-8")
     title = f"Sweep: {params['strategy']['name']} ({strategy_id})"
-    page = summary_html(title, result.swept_keys, frame, text)
+    page = summary_html(title, result.swept_keys, frame, text, result.minimum_trades)
     (result.directory / "summary.html").write_text(page, encoding="utf-8")

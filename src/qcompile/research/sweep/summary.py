@@ -161,17 +161,30 @@ def _statistics_lines(statistics: dict[str, Any]) -> list[str]:
     ]
 
 
-def summary_html(title: str, keys: list[str], frame: Any, markdown_text: str) -> str:
-    """The summary as one page with a Sharpe heatmap for every pair of swept keys."""
+def summary_html(
+    title: str, keys: list[str], frame: Any, markdown_text: str, minimum_trades: int = 0
+) -> str:
+    """The summary as one page with a Sharpe heatmap for every pair of swept keys, over the
+    jobs that meet ``minimum_trades`` (as the ranking is)."""
     from qcompile.research.backtest.report import page
 
     rows = [
-        {"params": {key: str(row[key]) for key in keys}, "sharpe": row["sharpe"]}
+        {
+            "params": {key: str(row[key]) for key in keys},
+            "sharpe": row["sharpe"],
+            "trades": row["trade_count"],
+        }
         for row in frame.to_dicts()
         if row["error"] is None
     ]
     figures = [
-        heatmap(rows, x, y, f"Mean Sharpe by {x} and {y}")
+        heatmap(
+            rows,
+            x,
+            y,
+            f"Mean Sharpe by {x} and {y} (* under {minimum_trades} trades: not ranked)",
+            minimum_trades,
+        )
         for index, x in enumerate(keys)
         for y in keys[index + 1 :]
         if rows
