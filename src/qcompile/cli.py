@@ -238,6 +238,13 @@ def parity(strategy: str, speed: float, kills: int, seed: int) -> None:
     metavar="N",
     help="With a Hydra launcher: at most N launcher jobs (default: one per batch).",
 )
+@click.option(
+    "--min-trades",
+    type=click.IntRange(min=0),
+    metavar="N",
+    help="Trades a job needs to be ranked, named best and coloured in the heatmaps "
+    "(default: the strategy type's minimum sample, 200 for daily).",
+)
 @_handled
 def sweep(
     strategy: str,
@@ -247,6 +254,7 @@ def sweep(
     resume: bool,
     launcher: str,
     tasks: int | None,
+    min_trades: int | None,
 ) -> None:
     """Backtest STRATEGY at every point of a Hydra sweep, e.g.
     'strategy.signal.params.fast=range(5,50,5)' costs=retail,institutional.
@@ -285,6 +293,7 @@ def sweep(
             progress=lambda done, total: bar.update(task, completed=done, total=total),
             launcher=launcher,
             tasks=tasks,
+            min_trades=min_trades,
         )
     where = project.rel(result.directory)
     click.echo(

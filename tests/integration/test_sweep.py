@@ -272,3 +272,19 @@ def test_a_sweep_says_what_configuration_it_varied(example: Path) -> None:
         "| applied to | conf/ as it stands (differs from the last build: "
         "generated/STR-2026-0007/params.yaml) |"
     ) in summary
+
+
+def test_min_trades_sets_what_a_job_needs_to_be_ranked(example: Path) -> None:
+    args = ("sweep", "ma_trend", f"{FAST}=10,20", f"{SLOW}=50,100", "--launcher", "serial")
+    default = cli(example, *args, "--name", "default")
+    lowered = cli(example, *args, "--name", "low", "--min-trades", "20")
+    assert default.exit_code == lowered.exit_code == 0, default.output + lowered.output
+    base = example / "reports/STR-2026-0007/sweeps"
+    summary = (base / "default/summary.md").read_text()
+    assert "| minimum trades to be ranked | 200 (the daily minimum sample) |" in summary
+    assert "No job reached 200 trades" in summary
+    summary = (base / "low/summary.md").read_text()
+    assert "| minimum trades to be ranked | 20 (--min-trades) |" in summary
+    assert "Best by Sharpe among eligible jobs:" in summary
+    assert "not ranked" in (base / "default/summary.html").read_text()
+    assert json.loads((base / "low/statistics.json").read_text())["chosen_eligible"] is True

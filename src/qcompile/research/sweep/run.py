@@ -63,6 +63,7 @@ class SweepResult:
     skipped: int = 0
     statistics: dict[str, Any] = field(default_factory=dict)
     minimum_trades: int = 0  # a job needs this many trades to be named best
+    minimum_from: str = ""  # where that number comes from: the strategy type or --min-trades
     base: str = ""  # the configuration the overrides were applied to, for the summary
 
 
@@ -162,11 +163,13 @@ def run(
     progress: Callable[[int, int], None] | None = None,
     launcher: str = "local",
     tasks: int | None = None,
+    min_trades: int | None = None,
 ) -> SweepResult:
     """Run every job; ``progress(done, total)`` is called as batches finish. ``launcher``:
     ``local`` runs batches in a process pool over all cores, ``serial`` in this process, any
     other name is an option of Hydra's ``hydra/launcher`` group (``tasks``: at most this many
-    launcher jobs, default one per batch)."""
+    launcher jobs, default one per batch). ``min_trades``: the trades a job needs to be ranked
+    (default: the strategy type's minimum sample)."""
     overrides, hydra_overrides = launcher_settings(overrides)
     if launcher not in BUILTIN_LAUNCHERS:
         from qcompile.research.sweep.launch import check_launcher
@@ -185,7 +188,7 @@ def run(
     try:
         return _run(
             project, strategy, overrides, name, resume, progress, launcher, pool, tasks,
-            hydra_overrides,
+            hydra_overrides, min_trades,
         )  # fmt: skip
     finally:
         if pool is not None:
@@ -203,6 +206,7 @@ def _run(
     pool: Pool | None,
     tasks: int | None,
     hydra_overrides: list[str],
+    min_trades: int | None = None,
 ) -> SweepResult:
     jobs, keys = expand(project, overrides)
     compiled = None  # the strategy as configured, compiled: needed to apply overrides to it
@@ -279,7 +283,7 @@ def _run(
         base=base_text,
     )
     rule = pool.warming[0].result() if pool is not None else None
-    return _report(result, strategy_id, params, overrides, curves, rule)
+    return _report(result, strategy_id, params, overrides, curves, rule, min_trades)
 
 
 def _report(
@@ -289,6 +293,7 @@ def _report(
     overrides: list[str],
     curves: dict[int, Curve],
     minimum_sample: dict[str, Any] | None = None,
+    min_trades: int | None = None,
 ) -> SweepResult:
     """The statistics, the plateau reading and every file of the sweep's folder.
     ``minimum_sample``: the engine's minimum-sample rule, when it is at hand without importing
@@ -298,7 +303,11 @@ def _report(
     if minimum_sample is None:
         from qcompile.research.backtest.runner import MINIMUM_SAMPLE as minimum_sample
 
-    result.minimum_trades = minimum_sample[params["strategy"]["type"]][0]
+    default = minimum_sample[params["strategy"]["type"]][0]
+    result.minimum_trades = default if min_trades is None else min_trades
+    result.minimum_from = (
+        f"the {params['strategy']['type']} minimum sample" if min_trades is None else "--min-trades"
+    )
     result.statistics = _statistics(result, curves)
     chosen = result.statistics.get("chosen_job")
     if chosen is not None:

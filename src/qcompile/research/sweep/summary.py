@@ -83,7 +83,7 @@ def summary_markdown(
         f"| jobs | {frame.height} in {result.batches} batch(es) |",
         f"| failed | {result.failures} |",
         f"| reused from a previous run | {result.skipped} |",
-        f"| minimum trades to be named best | {minimum} ({strategy['type']}) |",
+        f"| minimum trades to be ranked | {minimum} ({result.minimum_from}) |",
         f"| jobs meeting it | {eligible.height} |",
         "",
     ]
