@@ -439,13 +439,13 @@ class Engine:
     # -- internals ---------------------------------------------------------------------------
 
     def _violation(self, reason: str) -> None:
-        self.counters.violations += 1
         log.error("data contract violated: %s", reason)
         self.feed_ready = False
         if not self.state.suspended:
             self.state.suspended, self.state.suspended_reason = True, f"data contract: {reason}"
             self.state.pending.clear()
             self.broker.cancel_all()
+        self.counters.violations += 1  # last: whoever sees the count sees the suspension
         self._alert("feed.contract", "critical", f"data contract violated: {reason}")
         self.request_reconnect(f"data contract violated: {reason}")
 
