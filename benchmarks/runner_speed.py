@@ -14,7 +14,7 @@ no unbounded backlog).
 References measured in the same run, on the same disk: the raw latency of write + fsync of a
 file the size of the runner's state; the store's checkpoint (the whole state: temp file opened
 O_DSYNC, rename, fsync of the directory), written at the start of a run and when its log has
-grown; and the store's usual save, one O_DSYNC line of changes appended to its log (here one
+grown; and the store's usual save, one O_DSYNC line of changes written to its log (here one
 symbol's row): no push can be acknowledged sooner than one such write.
 
 Then the time from a dropped connection (the emulator aborts the TCP connection) to the safe

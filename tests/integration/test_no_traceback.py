@@ -51,7 +51,53 @@ def _huge(root: Path) -> None:
     (root / "conf/costs/huge.yaml").write_text("".join(f"k{i}: {i}\n" for i in range(150_000)))
 
 
+def _desk_signals(root: Path, module: bytes) -> None:
+    """A team package listed in conf/qcompile.yaml, holding ``module`` as desk_signals/bad.py."""
+    package = root / "desk_signals"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "bad.py").write_bytes(module)
+    edit(
+        root / "conf/qcompile.yaml",
+        "signal_packages: [qcompile.signals]",
+        "signal_packages: [qcompile.signals, desk_signals]",
+    )
+
+
+def _signal_syntax_error(root: Path) -> None:
+    _desk_signals(root, b"from qcompile.signals import signal\n\n\ndef carry(bars:\n")
+
+
+def _signal_not_utf8(root: Path) -> None:
+    _desk_signals(root, b"# caf\xe9\n")
+
+
+def _packages_not_a_list(root: Path) -> None:
+    edit(root / "conf/qcompile.yaml", "signal_packages: [qcompile.signals]", "signal_packages: x")
+
+
 CASES: list[tuple[str, Callable[[Path], None], tuple[str, ...], int, tuple[str, ...]]] = [
+    (
+        "a team's signal module with a syntax error",
+        _signal_syntax_error,
+        ("build",),
+        2,
+        ("error: desk_signals/bad.py:4: does not parse as Python: '(' was never closed",),
+    ),
+    (
+        "a team's signal module that is not UTF-8, read by the docs",
+        _signal_not_utf8,
+        ("docs",),
+        2,
+        ("error: desk_signals/bad.py: not UTF-8 text",),
+    ),
+    (
+        "signal packages that are not a list, read by the docs",
+        _packages_not_a_list,
+        ("docs", "--check"),
+        2,
+        ("conf/qcompile.yaml: project.signal_packages: not a list of package names",),
+    ),
     (
         "a float where the signal declares an integer",
         _nothing,

@@ -112,3 +112,9 @@ def test_replay_refuses_a_gap_and_a_bad_line_before_the_last() -> None:
     bad = _log((3, {})) + b"garbage\n" + _log((4, {}))
     with pytest.raises(statelog.LogError, match=r"state.log:2: checksum"):
         statelog.replay({"seq": 2}, bad, "state.log")
+
+
+def test_an_intact_line_of_the_wrong_shape_is_refused_not_applied() -> None:
+    for change in ({"s": [1, 2]}, {"d": 5}, {"n": {"a": 7}}):
+        with pytest.raises(statelog.LogError, match=r"state.log:1: not a log record"):
+            statelog.replay({"seq": 0, "a": {}}, _log((1, change)), "state.log")

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import yaml
-
 from qcompile.compiler.rules.gates import CHECKLIST_ITEMS, REQUIREMENTS
 from qcompile.compiler.schema import GROUP_SCHEMAS
 from qcompile.errors import QcompileError
@@ -168,20 +166,17 @@ def signal_reference(signals: dict[str, SignalSource], packages: list[str]) -> s
 
 
 def project_signal_reference(project: Project) -> str:
-    """docs/signals.md for ``project``: its signal packages read from conf/qcompile.yaml."""
-    path = project.conf_dir / PRIMARY_CONFIG
-    try:
-        packages = list(
-            yaml.safe_load(path.read_text(encoding="utf-8"))["project"]["signal_packages"]
-        )
-    except (OSError, yaml.YAMLError, KeyError, TypeError) as error:
+    """docs/signals.md for ``project``: its signal packages read from conf/qcompile.yaml (by the
+    build's own bounded reader: a hostile file is refused, never expanded)."""
+    from qcompile.compiler.build import project_settings
+
+    packages = project_settings(project).get("signal_packages")
+    where = f"{project.rel(project.conf_dir / PRIMARY_CONFIG)}: project.signal_packages"
+    if not isinstance(packages, list) or not all(isinstance(p, str) for p in packages):
         raise QcompileError(
-            f"{project.rel(path)}: project.signal_packages cannot be read ({error}); "
-            "`qcompile validate` says what is wrong"
-        ) from None
+            f"{where}: not a list of package names; `qcompile validate` says what is wrong"
+        )
     signals, missing = scan_packages(packages, project.root)
     if missing:
-        raise QcompileError(
-            f"{project.rel(path)}: project.signal_packages: not found: {', '.join(missing)}"
-        )
+        raise QcompileError(f"{where}: not found: {', '.join(missing)}")
     return signal_reference(signals, packages)

@@ -1,7 +1,8 @@
 """Group commit: the decision thread hands over snapshots, one saver thread makes them durable.
 
-A save is two fsyncs (about half a millisecond here); made on the decision thread, it would be
-time during which no push is decided. The saver thread saves while the decision thread goes on:
+A save is a durable write (a line of the state's log, about a third of a millisecond here, now
+and then a whole checkpoint); made on the decision thread, it would be time during which no push
+is decided. The saver thread saves while the decision thread goes on:
 when several snapshots arrive during one save, only the newest is saved next (it contains the
 others' effects), so the disk never falls behind the decisions. The journal records a cycle
 made (fills, daily marks) come with its snapshot and are appended, all of them in one write,

@@ -297,7 +297,7 @@ class FileStateStore:
         self._next_fd: int | None = None
         self._spent_fd: int | None = None  # the last save's file, renamed, not yet closed
         self._dir_identity: tuple[int, int] | None = None  # (st_dev, st_ino) of ``_dir_fd``
-        self._log_fd: int | None = None  # state.log, O_DSYNC | O_APPEND, from the checkpoint on
+        self._log_fd: int | None = None  # state.log (LOG_FLAGS), from the first checkpoint on
         self._log_bytes = 0  # written to it since the checkpoint
         self._saved: dict[str, Any] | None = None  # the last state saved: what a line differs from
         self._journal_fd: int | None = None  # journal.jsonl, O_DSYNC | O_APPEND, while leased
@@ -445,9 +445,9 @@ class FileStateStore:
             raise StateError(f"{path}: cannot read {what}: {err}") from err
 
     def prepare(self) -> None:
-        """Open the next save's temporary file now, with O_DSYNC (each write returns durable,
-        so the save needs no fsync of its own): the save is then write, rename, fsync of the
-        directory, plus the check that the directory is still where restarts look."""
+        """Open the next checkpoint's temporary file now, with O_DSYNC (each write returns
+        durable, so the checkpoint needs no fsync of its own): it is then write, rename, fsync
+        of the directory. Most saves are a log line and leave the prepared file for later."""
         if self._spent_fd is not None:
             os.close(self._spent_fd)
             self._spent_fd = None

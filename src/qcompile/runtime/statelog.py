@@ -137,7 +137,10 @@ def replay(state: dict[str, Any], data: bytes, where: str) -> tuple[int, int]:
             raise LogError(
                 f"{where}:{number}: save {line_seq} follows save {seq}: saves are missing"
             )
-        apply(state, change)
+        try:
+            apply(state, change)
+        except (TypeError, ValueError, AttributeError) as error:  # intact, but not our shape
+            raise LogError(f"{where}:{number}: not a log record: {error}") from None
         state["seq"] = seq = line_seq
         applied += 1
     return applied, good_bytes

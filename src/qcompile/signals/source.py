@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from importlib.machinery import PathFinder
 from pathlib import Path
 
+from qcompile.errors import QcompileError
 from qcompile.hashing import sha256_text
 
 
@@ -176,8 +177,19 @@ def function_sha256(path: Path, function: str) -> str | None:
     return None
 
 
+class SignalSourceError(QcompileError):
+    """A signal package's module that cannot be read as Python source."""
+
+
 def scan_file(path: Path, module: str, display: str) -> list[SignalSource]:
-    tree = ast.parse(path.read_text(encoding="utf-8"), filename=display)
+    try:
+        tree = ast.parse(path.read_text(encoding="utf-8"), filename=display)
+    except UnicodeDecodeError as error:
+        raise SignalSourceError(f"{display}: not UTF-8 text ({error.reason})") from None
+    except SyntaxError as error:
+        raise SignalSourceError(
+            f"{display}:{error.lineno or 0}: does not parse as Python: {error.msg}"
+        ) from None
     definitions = _module_definitions(tree)
     found = []
     for statement in tree.body:
