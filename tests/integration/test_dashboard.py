@@ -28,53 +28,13 @@ import pytest
 
 from qcompile.operations.dashboard import DashboardError, DashboardServer, make_server
 from qcompile.runtime.state import FileStateStore
+from tests.browser import dump_dom
 from tests.conftest import REPO, cli_process
 
 STRATEGY = "STR-2026-0007"
 REDIS_STRATEGY = "STR-2026-0063"  # its store URL comes from an environment variable
 REPLAY = ("--feed", "emulator", "--bars", "300", "--speed", "300")
 INITIAL_CAPITAL = 500_000.0  # backtest.initial_capital of STR-2026-0007
-CHROMIUM_FLAGS = (
-    "--headless=new",
-    "--no-sandbox",  # CI containers run as root, where the sandbox cannot start
-    "--disable-gpu",
-    "--disable-dev-shm-usage",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-)
-
-
-def chromium() -> str:
-    """Debian's Chromium; missing is a failure, not a skip: CI must install it."""
-    found = shutil.which("chromium") or shutil.which("chromium", path="/usr/bin")
-    if found is None:
-        pytest.fail(
-            "chromium not found: the dashboard is tested in a real browser; install Debian's "
-            "package (apt-get install -y chromium)",
-            pytrace=False,
-        )
-    return found
-
-
-def dump_dom(url: str, profile: Path) -> str:
-    """The page's DOM after its scripts ran (a few refreshes of virtual time)."""
-    result = subprocess.run(
-        [
-            chromium(),
-            *CHROMIUM_FLAGS,
-            f"--user-data-dir={profile}",
-            "--virtual-time-budget=8000",
-            "--dump-dom",
-            url,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert result.returncode == 0, result.stderr[-2000:]
-    return result.stdout
 
 
 class Panels(HTMLParser):

@@ -11,9 +11,13 @@ from pathlib import Path
 
 import polars as pl
 
-from qcompile.compiler.reference import config_reference, project_signal_reference
+from qcompile.compiler.reference import (
+    config_reference,
+    project_signal_reference,
+    project_signals,
+)
 from qcompile.project import Project
-from tests.conftest import GOLDEN, REPO, copy_example_project
+from tests.conftest import GOLDEN, REPO, cli, copy_example_project
 
 EXIT = re.compile(r"#\s*exits (\d+)\s*$")
 
@@ -95,7 +99,7 @@ def test_config_reference_is_generated_from_the_schemas() -> None:
 def test_signal_library_reference_is_generated_from_the_signal_source() -> None:
     text = (REPO / "docs/signals.md").read_text()
     assert text == project_signal_reference(Project(REPO))
-    assert "## `ma_crossover` 1.2.0" in text and "companions: grid, arrays." in text
+    assert "## `ma_crossover` 1.3.0" in text and "companions: grid, arrays, valid." in text
     assert "| `allow_short` | bool | `False` |" in text
 
 
@@ -174,3 +178,29 @@ def test_readme_starts_with_two_commands_and_ci_runs_the_test_command() -> None:
     setup_and_build, setup_and_test = first_block.group(1).strip().splitlines()
     assert setup_and_build.endswith("qcompile build && .venv/bin/qcompile backtest STR-2026-0007")
     assert setup_and_test in (REPO / ".ci/run").read_text()
+
+
+def test_qcompile_signals_lists_every_signal_and_shows_one(tmp_path: Path) -> None:
+    listing = cli(REPO, "signals")
+    assert listing.exit_code == 0, listing.output
+    signals, _ = project_signals(Project(REPO))
+    rows = {line.split("│")[1].strip(): line for line in listing.output.splitlines() if "│" in line}
+    for name, source in signals.items():
+        assert source.version in rows[name], name
+    assert "fast: int, slow: int, allow_short: bool = False" in rows["ma_crossover"]
+    page = cli(REPO, "signals", "ma_crossover")
+    assert page.exit_code == 0 and "companions: grid, arrays, valid" in " ".join(
+        page.output.split()
+    )
+    wrong = cli(REPO, "signals", "ma_cross")
+    assert wrong.exit_code != 0 and "did you mean ma_crossover?" in wrong.output
+
+
+def test_tables_fit_an_80_column_terminal(example: Path) -> None:
+    for command in (("list",), ("signals",)):
+        shown = cli(example, *command, env={"COLUMNS": "80"})
+        assert shown.exit_code == 0, shown.output
+        widths = [len(line) for line in shown.output.splitlines()]
+        assert max(widths) <= 80, (command, max(widths))
+    piped = cli(example, "list")  # no terminal, no COLUMNS: one line per row, for grep
+    assert any(len(line) > 80 for line in piped.output.splitlines())

@@ -32,7 +32,7 @@ from tests.conftest import REPO
 KEY = "tk_live_9c1f0e2d3b4a5968778695a4"
 DAY = 86_400_000
 PARAMS = REPO / "generated/STR-2026-0007/params.yaml"
-SYMBOLS = ["GOOGL", "IXIC", "MSFT", "SPX"]
+SYMBOLS = ["GOOGL", "MSFT"]  # the universe's tradable symbols; IXIC and SPX are its benchmarks
 
 
 def wait_until(predicate, timeout: float = 10.0, step: float = 0.01) -> bool:

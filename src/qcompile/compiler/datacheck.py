@@ -25,7 +25,7 @@ from qcompile.compiler.fingerprint import (
 )
 from qcompile.errors import Diagnostic
 from qcompile.project import Project
-from qcompile.research.datalayout import epoch_time
+from qcompile.research.datalayout import epoch_time, loaded_symbols
 
 PHASES_WITH_EVIDENCE = ("research", "validation", "production")
 
@@ -65,7 +65,7 @@ def data_diagnostics(
         readers.setdefault(key, []).append((composed, data))
         found += _window(composed, data, fingerprint, key[2][0], phase)
     for (path, file_format, convention), group in sorted(readers.items()):
-        symbols = sorted({s for _, data in group for s in data["universe"]["symbols"]})
+        symbols = sorted({s for _, data in group for s in loaded_symbols(data["universe"])})
         phases = {data["strategy"]["status"] for _, data in group}
         ids = ", ".join(sorted(data["strategy"]["id"] for _, data in group))
         for file in data_files(project.root / path, file_format):

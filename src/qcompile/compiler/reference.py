@@ -90,7 +90,10 @@ sweep or the report's sensitivity grid tries) and its companions:
 - **grid**: the targets of many parameter combinations in one pass, each shared indicator
   computed once (used by `qcompile sweep` and the report's parameter sensitivity);
 - **arrays**: the same targets from numpy arrays instead of a frame (used by the production
-  runner at each bar close; see docs/runner.md).
+  runner at each bar close; see docs/runner.md);
+- **valid**: given a parameter combination, why it is meaningless (a crossover whose fast window
+  is not shorter than its slow one never crosses), or None: the report's sensitivity grid and
+  the walk-forward leave such combinations out and list them.
 
 A signal without a companion works everywhere, through its frame, at a higher cost.
 """
@@ -129,6 +132,10 @@ def channel_reversal(bars, *, window: int):
     return bars.with_columns(signal=hold(enter, pl.lit(False), leave))
 ```
 
+To keep meaningless combinations out of the report's grid, register a `valid` companion:
+`@signal("channel_reversal", version="1.0.0", valid=lambda p: None if p["window"] > 1 else
+"window must exceed 1")`.
+
 Annotate parameters (`window: int`): the build checks a strategy's values against the types.
 The version is part of the pin: change the logic, bump the version (the build refuses a changed
 source under an unchanged version). The tutorial (docs/tutorial.md, section 7) walks through
@@ -166,8 +173,35 @@ def signal_reference(signals: dict[str, SignalSource], packages: list[str]) -> s
 
 
 def project_signal_reference(project: Project) -> str:
-    """docs/signals.md for ``project``: its signal packages read from conf/qcompile.yaml (by the
-    build's own bounded reader: a hostile file is refused, never expanded)."""
+    """docs/signals.md for ``project``."""
+    return signal_reference(*project_signals(project))
+
+
+def signal_summary(source: SignalSource) -> dict[str, str]:
+    """One line of `qcompile signals`: name, version, parameters, the docstring's first line."""
+    types, defaults = dict(source.param_types), dict(source.defaults)
+    parameters = []
+    for name in (*source.required_params, *source.optional_params):
+        text = f"{name}: {types.get(name, 'any')}"
+        parameters.append(f"{text} = {defaults[name]}" if name in defaults else text)
+    first = (source.docstring or "").strip().split("\n\n")[0]
+    return {
+        "name": source.name,
+        "version": source.version,
+        "parameters": ", ".join(parameters),
+        "description": " ".join(first.split()),
+        "where": f"{source.file}:{source.line}",
+    }
+
+
+def signal_page(source: SignalSource) -> str:
+    """`qcompile signals NAME`: the signal's section of docs/signals.md."""
+    return _signal_section(source)
+
+
+def project_signals(project: Project) -> tuple[dict[str, SignalSource], list[str]]:
+    """Every signal of ``project``'s packages and the packages, read from conf/qcompile.yaml by
+    the build's own bounded reader (a hostile file is refused, never expanded)."""
     from qcompile.compiler.build import project_settings
 
     packages = project_settings(project).get("signal_packages")
@@ -179,4 +213,4 @@ def project_signal_reference(project: Project) -> str:
     signals, missing = scan_packages(packages, project.root)
     if missing:
         raise QcompileError(f"{where}: not found: {', '.join(missing)}")
-    return signal_reference(signals, packages)
+    return signals, packages

@@ -302,6 +302,15 @@ STRATEGY_SCHEMA: dict[str, Any] = {
                             ),
                         },
                     ),
+                    "benchmark": _doc(
+                        "What the report compares the strategy with: a symbol of "
+                        "universe.symbols or universe.benchmarks, bought at its first close in "
+                        "the window and held; default equal_weight, the universe's symbols "
+                        "bought in equal parts and held (no rebalancing, no costs).",
+                        type="string",
+                        required=False,
+                        empty=False,
+                    ),
                     "seed": _doc(
                         "Seed for Monte Carlo and any other resampling.",
                         type="integer",
@@ -470,7 +479,7 @@ STRATEGY_SCHEMA: dict[str, Any] = {
 
 UNIVERSE_SCHEMA: dict[str, Any] = {
     "universe": _doc(
-        "The tradable universe.",
+        "The tradable universe (symbols) and what it is compared against (benchmarks).",
         type="dict",
         required=True,
         schema={
@@ -481,6 +490,13 @@ UNIVERSE_SCHEMA: dict[str, Any] = {
                 type="list",
                 required=True,
                 empty=False,
+                schema={"type": "string", "regex": SYMBOL_PATTERN},
+            ),
+            "benchmarks": _doc(
+                "Symbols loaded beside the universe and never traded: indices or funds to "
+                "compare against (strategy.backtest.benchmark). Not subscribed by the runner.",
+                type="list",
+                required=False,
                 schema={"type": "string", "regex": SYMBOL_PATTERN},
             ),
             "filters": _doc(

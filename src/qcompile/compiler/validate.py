@@ -500,13 +500,33 @@ def cross_field_diagnostics(composed: ComposedStrategy, data: dict[str, Any]) ->
     universe = data.get("universe") if isinstance(data.get("universe"), dict) else {}
     source = data.get("data") if isinstance(data.get("data"), dict) else {}
     if isinstance(universe.get("symbols"), list) and isinstance(source.get("symbols"), list):
-        missing = sorted(set(universe["symbols"]) - set(source["symbols"]))
-        if missing:
-            add(
-                "universe.symbols",
-                f"not provided by data source {source.get('vendor', '?')!s}: {', '.join(missing)}",
-                "rule.universe_not_in_data",
-            )
+        for field in ("symbols", "benchmarks"):
+            listed = universe.get(field) if isinstance(universe.get(field), list) else []
+            missing = sorted(set(listed) - set(source["symbols"]))
+            if missing:
+                add(
+                    f"universe.{field}",
+                    f"not provided by data source {source.get('vendor', '?')!s}: "
+                    f"{', '.join(missing)}",
+                    "rule.universe_not_in_data",
+                )
+    tradable = universe.get("symbols") if isinstance(universe.get("symbols"), list) else []
+    references = universe.get("benchmarks") if isinstance(universe.get("benchmarks"), list) else []
+    if both := sorted(set(tradable) & set(references)):
+        add(
+            "universe.benchmarks",
+            f"{', '.join(both)} also traded (universe.symbols): a benchmark is never traded",
+            "rule.benchmark_traded",
+            "list each symbol once: in symbols to trade it, in benchmarks to compare against it",
+        )
+    chosen = backtest.get("benchmark")
+    if isinstance(chosen, str) and chosen != "equal_weight" and chosen not in tradable + references:
+        add(
+            "strategy.backtest.benchmark",
+            f"{chosen} is neither in universe.symbols nor in universe.benchmarks",
+            "rule.benchmark_symbol",
+            "add it to universe.benchmarks (loaded, never traded), or use equal_weight",
+        )
     kind, interval = strategy.get("type"), source.get("interval")
     allowed = {
         "intraday": {"1m", "5m", "15m", "30m", "1h", "4h", "12h"},

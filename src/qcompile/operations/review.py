@@ -302,7 +302,7 @@ def _html(
 def _band_chart(days: list[tuple[str, float]], mean: float, volatility: float) -> str:
     """The live equity over the window against the path the backtest implies: its mean daily
     return compounded, with a two-sigma band widening with the square root of time."""
-    from qcompile.research.backtest.charts import figure_svg, plt
+    from qcompile.operations.charts import figure_svg, plt
 
     start = days[0][1]
     steps = range(len(days))
@@ -322,7 +322,7 @@ def _band_chart(days: list[tuple[str, float]], mean: float, volatility: float) -
 
 def _statistics_chart(statistics: list[Statistic]) -> str:
     """Live and backtest side by side, one panel per statistic (their scales differ)."""
-    from qcompile.research.backtest.charts import figure_svg, plt
+    from qcompile.operations.charts import figure_svg, plt
 
     figure, panels = plt.subplots(1, len(statistics), figsize=(10, 2.6))
     for axes, row in zip(panels, statistics, strict=True):

@@ -30,3 +30,9 @@ def symbol_files(directory: Path, file_format: str) -> dict[str, Path]:
         return {}
     suffix = SUFFIXES[file_format]
     return {p.stem: p for p in sorted(directory.glob(f"*{suffix}")) if p.is_file()}
+
+
+def loaded_symbols(universe: dict) -> list[str]:
+    """Every symbol whose history a backtest reads: the universe's tradable ones, then its
+    benchmarks (loaded to compare against, never traded)."""
+    return [*universe["symbols"], *(universe.get("benchmarks") or [])]

@@ -16,6 +16,7 @@ import yaml
 from qcompile.errors import QcompileError
 from qcompile.hashing import sha256_json
 from qcompile.project import Project
+from qcompile.research.datalayout import loaded_symbols
 
 if TYPE_CHECKING:  # the import's own types; the module loads only when data is imported
     from qcompile.research.dataimport import Imported, ImportOptions
@@ -97,7 +98,7 @@ def download(project: Project, strategy: str, start: str | None, end: str | None
     client = RestClient(data["rest_base"], key)
     return run_download(
         client,
-        compiled.data["universe"]["symbols"],
+        loaded_symbols(compiled.data["universe"]),
         data.get("symbol_suffix", ""),
         data["interval"],
         ms(start or default_start),

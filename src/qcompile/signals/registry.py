@@ -11,7 +11,10 @@ grid companion works symbol by symbol, so the grid engine may call it on blocks 
 arrays (``columns["close"]`` float64, ``columns["timestamp"]`` int64; rows sorted by symbol then
 time), ``starts`` (the first row of each symbol's run, then the row count) and the parameters,
 and returns one target per row. The production runner calls it at each bar close when there is
-one; the signal itself should be written as a call of it, so that both are one computation. The
+one; the signal itself should be written as a call of it, so that both are one computation. A
+``valid`` companion takes a parameter combination and returns why it is meaningless (a fast
+average not faster than the slow one), or None: the robustness grid and the walk-forward skip
+such combinations instead of reporting their empty backtests. The
 compiler never imports this module: it finds ``@signal(...)`` decorators by reading the source,
 and pins a hash of it.
 """
@@ -36,6 +39,11 @@ class SignalSpec:
     function: SignalFunction
     grid: Callable[..., Any] | None = None
     arrays: Callable[..., Any] | None = None
+    valid: Callable[[dict[str, Any]], str | None] | None = None
+
+    def invalid(self, params: dict[str, Any]) -> str | None:
+        """Why ``params`` is a meaningless combination for this signal, or None."""
+        return None if self.valid is None else self.valid(params)
 
 
 _REGISTRY: dict[str, SignalSpec] = {}
@@ -50,15 +58,16 @@ def signal(
     version: str,
     grid: Callable[..., Any] | None = None,
     arrays: Callable[..., Any] | None = None,
+    valid: Callable[[dict[str, Any]], str | None] | None = None,
 ) -> Callable[[SignalFunction], SignalFunction]:
-    """Register ``function`` as signal ``name`` at semantic ``version`` (with its ``grid`` and
-    ``arrays`` companions)."""
+    """Register ``function`` as signal ``name`` at semantic ``version`` (with its ``grid``,
+    ``arrays`` and ``valid`` companions)."""
 
     def register(function: SignalFunction) -> SignalFunction:
         existing = _REGISTRY.get(name)
         if existing is not None and existing.function.__qualname__ != function.__qualname__:
             raise SignalError(f"signal {name!r} is registered twice")
-        _REGISTRY[name] = SignalSpec(name, version, function, grid, arrays)
+        _REGISTRY[name] = SignalSpec(name, version, function, grid, arrays, valid)
         return function
 
     return register

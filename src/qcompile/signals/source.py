@@ -35,7 +35,7 @@ class SignalSource:
     param_types: tuple[tuple[str, str], ...] = ()  # (name, int|float|bool|str) where annotated
     docstring: str = ""
     defaults: tuple[tuple[str, str], ...] = ()  # (name, default as written) of optional ones
-    companions: tuple[str, ...] = ()  # keywords of @signal naming one: grid, arrays
+    companions: tuple[str, ...] = ()  # keywords of @signal naming one: grid, arrays, valid
 
 
 def locate_package(name: str, search: list[Path]) -> list[Path]:
@@ -159,7 +159,7 @@ def _defaults(function: ast.FunctionDef) -> tuple[tuple[str, str], ...]:
 
 def _companions(decorator: ast.expr) -> tuple[str, ...]:
     keywords = decorator.keywords if isinstance(decorator, ast.Call) else []
-    return tuple(k.arg for k in keywords if k.arg in ("grid", "arrays"))
+    return tuple(k.arg for k in keywords if k.arg in ("grid", "arrays", "valid"))
 
 
 def _hash_function(statement: ast.FunctionDef, definitions: dict[str, ast.stmt]) -> str:

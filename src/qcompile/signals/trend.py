@@ -112,7 +112,21 @@ def _with_targets(bars: pl.DataFrame, targets: np.ndarray) -> pl.DataFrame:
     return bars.with_columns(signal=pl.Series(targets, dtype=pl.Int8))
 
 
-@signal("ma_crossover", version="1.2.0", grid=_ma_grid, arrays=partial(_crossover_arrays, _sma))
+def _fast_below_slow(params: Mapping[str, Any]) -> str | None:
+    """A crossover needs a fast average shorter than the slow one: equal windows never cross."""
+    fast, slow = params.get("fast"), params.get("slow")
+    if isinstance(fast, int | float) and isinstance(slow, int | float) and fast >= slow:
+        return f"fast ({fast}) must be shorter than slow ({slow})"
+    return None
+
+
+@signal(
+    "ma_crossover",
+    version="1.3.0",
+    grid=_ma_grid,
+    arrays=partial(_crossover_arrays, _sma),
+    valid=_fast_below_slow,
+)
 def ma_crossover(
     bars: pl.DataFrame, *, fast: int, slow: int, allow_short: bool = False
 ) -> pl.DataFrame:
@@ -125,7 +139,11 @@ def ma_crossover(
 
 
 @signal(
-    "vwma_crossover", version="1.2.0", grid=_vwma_grid, arrays=partial(_crossover_arrays, _vwma)
+    "vwma_crossover",
+    version="1.3.0",
+    grid=_vwma_grid,
+    arrays=partial(_crossover_arrays, _vwma),
+    valid=_fast_below_slow,
 )
 def vwma_crossover(
     bars: pl.DataFrame, *, fast: int, slow: int, allow_short: bool = False

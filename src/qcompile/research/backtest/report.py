@@ -16,6 +16,7 @@ import jinja2
 import polars as pl
 
 from qcompile import templating
+from qcompile.research.backtest.benchmark import RELATIVE_FORMULAS
 from qcompile.research.backtest.engine import Result
 
 TEMPLATES = Path(__file__).parent / "templates"
@@ -65,6 +66,7 @@ def markdown(
         # inside an HTML comment: "--" would end it early
         "origin_overrides": "".join(" " + o.replace("--", "- -") for o in overrides),
         "formulas": formulas,
+        "relative_formulas": RELATIVE_FORMULAS,
         "drawdown": drawdown,
         "coverage": [
             {
@@ -99,26 +101,9 @@ def markdown(
     return _environment().get_template("report.md.j2").render(**context)
 
 
-def html(markdown_text: str, title: str, result: Result, evidence: dict[str, Any]) -> str:
-    """A self-contained page: the report's Markdown as HTML plus its charts as inline SVG."""
-    from qcompile.research.backtest import charts
-
-    timestamps = result.equity["timestamp"].to_list()
-    equity = result.equity["equity"].to_list()
-    trade_returns = [t.return_pct for t in result.trades]
-    figures = [
-        charts.equity_chart(timestamps, equity),
-        charts.drawdown_chart(timestamps, equity),
-        charts.monthly_returns_chart(timestamps, equity),
-        charts.trade_distribution_chart(trade_returns),
-        charts.monte_carlo_fan(equity, evidence["robustness"]["monte_carlo"]),
-        charts.parameter_heatmap(evidence["robustness"]["parameter_sensitivity"]["grid"]),
-    ]
-    return page(title, [f for f in figures if f], markdown_text)
-
-
 def page(title: str, charts: list[str], markdown_text: str) -> str:
-    """One self-contained HTML page: inline SVG charts, then the Markdown rendered."""
+    """One self-contained HTML page (the sweep summary, the reviews): inline SVG charts, then
+    the Markdown rendered."""
     from markdown_it import MarkdownIt
 
     # the Markdown was written by us with every value escaped for table cells; raw HTML stays off

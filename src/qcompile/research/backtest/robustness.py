@@ -16,6 +16,8 @@ import polars as pl
 PERCENTILES = (5, 50, 95)
 MAX_GRID = 64  # combinations; larger grids belong to `qcompile sweep`
 MONTE_CARLO_SAMPLES = 1000
+FAN_PERCENTILES = (5, 25, 50, 75, 95)
+FAN_POINTS = 400  # steps the report's chart draws: enough for its width, small in the page
 LOOK_AHEAD_SAMPLED = 24  # bars checked besides those where the signal changes
 LOOK_AHEAD_MOST_CHANGES = 400  # change bars checked at most (a seeded sample beyond)
 
@@ -73,7 +75,27 @@ def _drawdowns(paths: np.ndarray) -> np.ndarray:
 def monte_carlo(
     bar_returns: Sequence[float], seed: int, samples: int = MONTE_CARLO_SAMPLES
 ) -> dict[str, Any]:
+    """:func:`resample`'s evidence alone."""
+    return resample(bar_returns, seed, samples)[0]
+
+
+def fan(paths: np.ndarray, points: int = FAN_POINTS) -> dict[str, Any]:
+    """The paths' percentiles (FAN_PERCENTILES, linear interpolation) at up to ``points`` evenly
+    spaced steps, the first and last included: what the report's Monte Carlo chart draws."""
+    steps = paths.shape[1]
+    index = np.unique(np.linspace(0, steps - 1, min(points, steps)).round().astype(int))
+    levels = np.percentile(paths[:, index], FAN_PERCENTILES, axis=0)
+    return {
+        "index": index.tolist(),
+        "percentiles": {f"p{p}": level for p, level in zip(FAN_PERCENTILES, levels, strict=True)},
+    }
+
+
+def resample(
+    bar_returns: Sequence[float], seed: int, samples: int = MONTE_CARLO_SAMPLES
+) -> tuple[dict[str, Any], dict[str, Any] | None]:
     """What the portfolio experienced, resampled: a stationary bootstrap of its per-bar returns.
+    Returns the evidence and the paths' :func:`fan` (None without returns).
 
     The portfolio's own returns, not its trades: a strategy holding several positions at once
     experiences them together, and compounding trades one after another as if they were held in
@@ -92,7 +114,7 @@ def monte_carlo(
         "mean_block_bars": block,
     }
     if not len(returns):
-        return {**result, "realised": None, "final_return": None, "max_drawdown": None}
+        return {**result, "realised": None, "final_return": None, "max_drawdown": None}, None
     realised = np.concatenate([[1.0], np.cumprod(1.0 + returns)])
     paths = bootstrap_paths(returns, seed, samples, block)
     finals = paths[:, -1] - 1.0
@@ -105,7 +127,7 @@ def monte_carlo(
         "final_return": _percentiles(finals),
         "max_drawdown": _percentiles(_drawdowns(paths)),
         "probability_of_loss": float(np.mean(finals < 0.0)),
-    }
+    }, fan(paths)
 
 
 def parameter_grid(ranges: dict[str, list[Any]], chosen: dict[str, Any]) -> list[dict[str, Any]]:
@@ -117,6 +139,23 @@ def parameter_grid(ranges: dict[str, list[Any]], chosen: dict[str, Any]) -> list
         if len(combos) == MAX_GRID:
             break
     return combos
+
+
+def tested_grid(
+    ranges: dict[str, list[Any]],
+    chosen: dict[str, Any],
+    invalid: Callable[[dict[str, Any]], str | None],
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """:func:`parameter_grid` without the combinations the signal declares meaningless (its
+    ``valid`` companion): (kept, skipped with the reason of each)."""
+    kept, skipped = [], []
+    for combo in parameter_grid(ranges, chosen):
+        reason = invalid(combo)
+        if reason is None:
+            kept.append(combo)
+        else:
+            skipped.append({"params": combo, "reason": reason})
+    return kept, skipped
 
 
 def look_ahead(

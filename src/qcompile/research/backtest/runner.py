@@ -12,7 +12,7 @@ import datetime as dt
 import json
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -26,6 +26,7 @@ from qcompile.dailystats import bar_returns, daily_statistics
 from qcompile.errors import QcompileError
 from qcompile.hashing import files_sha256
 from qcompile.research.backtest import robustness
+from qcompile.research.backtest.benchmark import EQUAL_WEIGHT, buy_and_hold, describe, relative
 from qcompile.research.backtest.engine import Costs, Result, Settings
 from qcompile.research.backtest.fast import run
 from qcompile.research.backtest.grid import GridResult, run_grid
@@ -33,7 +34,7 @@ from qcompile.research.backtest.kernel import GRID_COLUMNS
 from qcompile.research.backtest.metrics import FORMULAS, Metrics, compute
 from qcompile.research.backtest.overfitting import summarise
 from qcompile.research.data import Convention, load_bars
-from qcompile.research.datalayout import symbol_files
+from qcompile.research.datalayout import loaded_symbols, symbol_files
 from qcompile.signals import SignalError, SignalSpec
 from qcompile.signals.pinning import event_calendar, events_on, pinned_signal
 
@@ -155,7 +156,7 @@ def _run(
 def simulate(params: dict[str, Any], root: Path) -> tuple[pl.DataFrame, Result]:
     """The pinned backtest's bars (all of them, the window's and the history before it) and its
     result over the window, without a report: what ``qcompile parity`` compares the runner with."""
-    bars, spec, _ = _inputs(params, root)
+    bars, spec, _, _ = _inputs(params, root)
     start, end = _window(params["backtest"])
     _, result = _run(bars, spec.function, params["signal"]["params"], _settings(params), start, end)
     return bars, result
@@ -207,14 +208,16 @@ def _walk_forward(
     end: int,
     folds: int,
     ppy: float,
-) -> dict[str, Any]:
+) -> tuple[dict[str, Any], list[tuple[list[int], list[float]]]]:
     """Anchored walk-forward: fold i picks the best-Sharpe parameters on segments [0, i) and trades
-    segment i with them. Out-of-sample returns compound across folds."""
+    segment i with them. Out-of-sample returns compound across folds. Also returns each fold's
+    timestamps and growth of 1 (the report's chart)."""
     # segment edges on day boundaries, so that no calendar day is both trained on and tested
     edges = [start + (end - start) * k // (folds + 1) // DAY_MS * DAY_MS for k in range(folds + 2)]
     chosen = params["signal"]["params"]
-    grid = robustness.parameter_grid(params["signal"].get("ranges") or {}, chosen) or [chosen]
-    results, growth = [], 1.0
+    ranges = params["signal"].get("ranges") or {}
+    grid = robustness.tested_grid(ranges, chosen, spec.invalid)[0] or [chosen]
+    results, growth, curves = [], 1.0, []
     for fold in range(1, folds + 1):
         train_end, test_start, test_end = edges[fold] - 1, edges[fold], edges[fold + 1] - 1
         if fold == folds:
@@ -222,8 +225,11 @@ def _walk_forward(
         sharpes = _grid(bars, spec, grid, settings, (start, train_end), ppy).metrics["sharpe"]
         scores = [float("-inf") if v is None else v for v in sharpes.to_list()]
         best = grid[scores.index(max(scores))]  # ties keep the first: a deterministic choice
-        tested = _metrics(_run(bars, spec.function, best, settings, test_start, test_end)[1], ppy)
+        traded = _run(bars, spec.function, best, settings, test_start, test_end)[1]
+        tested = _metrics(traded, ppy)
         growth *= 1.0 + tested.total_return
+        curve = traded.equity["equity"].to_numpy()
+        curves.append((traded.equity["timestamp"].to_list(), (curve / curve[0]).tolist()))
         results.append(
             {
                 "train": [_date(start), _date(train_end)],
@@ -234,7 +240,7 @@ def _walk_forward(
                 "trades": tested.trade_count,
             }
         )
-    return {"folds": results, "out_of_sample_return": growth - 1.0}
+    return {"folds": results, "out_of_sample_return": growth - 1.0}, curves
 
 
 def backtest(
@@ -249,7 +255,7 @@ def backtest(
     ``output_dir`` (default: <reports_dir>/<id>/<version>/, where the gates look)."""
     params = yaml.safe_load(params_file.read_text(encoding="utf-8"))
     strategy, backtest_settings, source = params["strategy"], params["backtest"], params["data"]
-    bars, spec, data_sha = _inputs(params, root)
+    bars, spec, data_sha, loaded = _inputs(params, root)
     signal_function = spec.function
     start, end = _window(backtest_settings)
     settings = _settings(params)
@@ -283,7 +289,9 @@ def backtest(
     needed_trades = sample["required_trades"]
 
     seed = int(backtest_settings.get("seed", 0))
-    combos = robustness.parameter_grid(params["signal"].get("ranges") or {}, chosen)
+    combos, skipped = robustness.tested_grid(
+        params["signal"].get("ranges") or {}, chosen, spec.invalid
+    )
     tested = _grid(bars, spec, combos, settings, (start, end), ppy)
     grid = [
         {"params": combo, "total_return": row[0], "sharpe": row[1], "trades": row[2]}
@@ -295,9 +303,10 @@ def backtest(
     ]
     walk = backtest_settings.get("walk_forward")
     window_bars = bars.filter(pl.col("timestamp").is_between(start, end))
+    monte_carlo, fan = robustness.resample(bar_returns(result.equity["equity"].to_list()), seed)
     checks = {
-        "parameter_sensitivity": {"grid": grid, "combinations": len(grid)},
-        "monte_carlo": robustness.monte_carlo(bar_returns(result.equity["equity"].to_list()), seed),
+        "parameter_sensitivity": {"grid": grid, "combinations": len(grid), "skipped": skipped},
+        "monte_carlo": monte_carlo,
         "look_ahead_bias": robustness.look_ahead(
             lambda b: signal_function(b, **chosen),
             bars.filter(pl.col("timestamp") <= end),
@@ -314,10 +323,12 @@ def backtest(
         statistics = summarise(tested.equity, eligible)
         statistics["chosen_params"] = grid[int(statistics.pop("chosen"))]["params"]
         checks["overfitting"] = statistics
+    walk_curves: list[tuple[list[int], list[float]]] = []
     if walk:
-        checks["walk_forward"] = _walk_forward(
+        checks["walk_forward"], walk_curves = _walk_forward(
             bars, spec, params, settings, start, end, int(walk["folds"]), ppy
         )
+    benchmark, benchmark_equity = _benchmark(params, loaded, result, settings, (start, end), ppy)
     critical = []
     if not checks["look_ahead_bias"]["passed"]:
         bar = checks["look_ahead_bias"]["first_offending_bar"]
@@ -338,6 +349,7 @@ def backtest(
             "periods_per_year": ppy,
         },
         "metrics": metrics.as_dict(),
+        "benchmark": benchmark,
         "daily": daily_statistics(
             [_date(ms) for ms in result.equity["timestamp"].to_list()],
             result.equity["equity"].to_list(),
@@ -361,10 +373,13 @@ def backtest(
     text = markdown(params, evidence, result, bars, FORMULAS, _date, origin, overrides)
     _write(report_path, text)
     if html_report:
-        from qcompile.research.backtest.report import html
+        from qcompile.research.backtest.tearsheet import Series, page
 
-        title = f"Backtest report: {strategy['name']} ({strategy['id']} v{strategy['version']})"
-        _write(target / "report.html", html(text, title, result, evidence))
+        series = Series(window_bars, benchmark_equity, fan, walk_curves)
+        again = f"qcompile backtest {strategy['id']}{''.join(' ' + o for o in overrides)}"
+        where = origin or f"generated/{strategy['id']}/params.yaml"
+        told = f"Generated by qcompile {__version__} from {where}; re-run: {again}."
+        _write(target / "report.html", page(params, evidence, result, series, text, _date, told))
     return Report(target, report_path, evidence_path, metrics, evidence["eligible_for_production"])
 
 
@@ -424,7 +439,7 @@ def grid_metrics(params: dict[str, Any], root: Path, combos: list[dict[str, Any]
     if key not in _CHECKED_INPUTS:
         _CHECKED_INPUTS.clear()
         _CHECKED_INPUTS[key] = _inputs(params, root)
-    bars, spec, _ = _CHECKED_INPUTS[key]
+    bars, spec, _, _ = _CHECKED_INPUTS[key]
     ppy = periods_per_year(params["data"]["interval"])
     return _grid(bars, spec, combos, _settings(params), _window(params["backtest"]), ppy)
 
@@ -437,21 +452,56 @@ def _window(backtest_settings: dict[str, Any]) -> tuple[int, int]:
     )
 
 
-def _inputs(params: dict[str, Any], root: Path) -> tuple[pl.DataFrame, SignalSpec, str]:
-    """Bars, the signal (with its event calendar bound) and the data hash, after every check
-    against the pins: signal source, data content, the data contract, the events."""
+def _inputs(
+    params: dict[str, Any], root: Path
+) -> tuple[pl.DataFrame, SignalSpec, str, pl.DataFrame]:
+    """The traded symbols' bars, the signal (with its event calendar bound), the data hash and
+    every loaded symbol's bars (the benchmarks' too), after every check against the pins: signal
+    source, data content, the data contract, the events."""
     source = params["data"]
     spec = _signal_spec(params, root)
     directory, data_sha = _check_data(params, root)
     timestamp = source["timestamp"]
-    bars = load_bars(
+    loaded = load_bars(
         directory,
         source["local"]["format"],
-        params["universe"]["symbols"],
+        loaded_symbols(params["universe"]),
         Convention(timestamp["unit"], timestamp["timezone"], timestamp["stamping"]),
         root,
     )
+    traded = params["universe"]["symbols"]
+    bars = (
+        loaded.filter(pl.col("symbol").is_in(traded))
+        if params["universe"].get("benchmarks")
+        else loaded
+    )
     events = _load_events(params["pins"]["signal"].get("events"), root, bars)
     if events is not None:  # the calendar is data, not a parameter: bound once, never swept
-        spec = SignalSpec(spec.name, spec.version, partial(spec.function, events=events), None)
-    return bars, spec, data_sha
+        spec = replace(spec, function=partial(spec.function, events=events), grid=None, arrays=None)
+    return bars, spec, data_sha, loaded
+
+
+def _benchmark(
+    params: dict[str, Any],
+    loaded: pl.DataFrame,
+    result: Result,
+    settings: Settings,
+    window: tuple[int, int],
+    ppy: float,
+) -> tuple[dict[str, Any], np.ndarray]:
+    """The benchmark's evidence (what it is, its metrics, the strategy's statistics against it)
+    and its equity on the strategy's timestamps."""
+    choice = params["backtest"].get("benchmark") or EQUAL_WEIGHT
+    held = list(params["universe"]["symbols"]) if choice == EQUAL_WEIGHT else [choice]
+    stamps = result.equity["timestamp"].to_list()
+    in_window = loaded.filter(pl.col("timestamp").is_between(*window))
+    equity = buy_and_hold(in_window, held, stamps, settings.initial_capital)
+    measured = compute(equity.tolist(), [], [1.0] * len(equity), ppy).as_dict()
+    keep = ("total_return", "annualised_return", "sharpe", "sortino", "max_drawdown")
+    return {
+        "choice": choice,
+        "symbols": held,
+        "description": describe(choice, held),
+        "metrics": {k: measured[k] for k in keep},
+        "relative": relative(result.equity["equity"].to_list(), equity.tolist(), ppy),
+    }, equity

@@ -1,9 +1,8 @@
-"""A Sharpe heatmap as plain SVG text, for the sweep summary's page.
+"""A Sharpe heatmap as plain SVG text, for the sweep summary's page and the backtest report's
+parameter sensitivity.
 
-A sweep's page needs one kind of chart, a grid of coloured cells, and drawing it here costs
-microseconds where importing a plotting library alone costs about a second, half the sweep's time
-budget; the backtest report, whose charts are many and varied, draws them with matplotlib
-(``charts.py``). Axis values are ordered the same way in both.
+A grid of coloured cells with their values needs no plotting library: drawing it here costs
+microseconds where importing one costs about a second.
 """
 
 from __future__ import annotations
