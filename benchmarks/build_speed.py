@@ -30,7 +30,7 @@ UNIVERSES = ["us_megacap", "us_tech"]
 COSTS = ["retail", "institutional", "zero"]
 DEPLOYMENTS = ["paper", "live_redis"]
 SIGNALS = [  # (name, version, params, ranges)
-    ("ma_crossover", "1.2.0", "fast: {a}\n      slow: {b}", "fast: [{a}]\n      slow: [{b}]"),
+    ("ma_crossover", "1.3.0", "fast: {a}\n      slow: {b}", "fast: [{a}]\n      slow: [{b}]"),
     (
         "zscore_reversion",
         "1.0.0",
@@ -50,14 +50,14 @@ def make_project(root: Path, count: int) -> None:
         name, version, params, ranges = SIGNALS[index % len(SIGNALS)]
         a, b = 5 + index % 20, 60 + index % 50
         text = template.replace("STR-2026-0007", f"STR-2027-{index:04d}")
-        text = text.replace("/universe: us_sample", f"/universe: {UNIVERSES[index % 2]}")
+        text = text.replace("/universe: us_sample_stocks\n", f"/universe: {UNIVERSES[index % 2]}\n")
         text = text.replace("/data: sample_us_daily", "/data: tickdb_us_daily")
         # in ideation: the synthetic portfolio has no local data, which research would refuse
         text = text.replace("status: research", "status: ideation")
         text = text.replace("/costs: retail", f"/costs: {COSTS[index % 3]}")
         text = text.replace("/deployment: paper", f"/deployment: {DEPLOYMENTS[index % 2]}")
         text = text.replace(
-            "name: ma_crossover\n    version: 1.2.0", f"name: {name}\n    version: {version}"
+            "name: ma_crossover\n    version: 1.3.0", f"name: {name}\n    version: {version}"
         )
         text = text.replace("fast: 20\n      slow: 100", params.format(a=a, b=b))
         text = text.replace(

@@ -721,16 +721,33 @@ def diff_command(strategy: str, from_rev: str | None, to_rev: str | None) -> Non
     type=click.Choice(["brief", "report", "validation", "checklist"]),
     help="What the role signs, when not its default (the researcher's brief).",
 )
-@click.option("--item", metavar="ITEM_ID", help="Sign one manual deployment-checklist item.")
+@click.option(
+    "--item",
+    "items",
+    multiple=True,
+    metavar="ITEM_ID",
+    help="Sign a manual deployment-checklist item; repeat to sign several at once.",
+)
 @click.option("--by", "by", required=True, metavar="EMAIL", help="Email of the person signing.")
 @_handled
 def signoff(
-    strategy: str, role: str | None, artefact: str | None, item: str | None, by: str
+    strategy: str, role: str | None, artefact: str | None, items: tuple[str, ...], by: str
 ) -> None:
     """Record a sign-off in STRATEGY's YAML file: who, when (UTC) and the sha256 of what was
     signed. A sign-off whose artefact changes afterwards is stale and no longer meets the gate."""
-    from qcompile.lifecycle.signoff import sign
+    from qcompile.lifecycle.signoff import sign, sign_items
 
+    if len(items) > 1:
+        if role is not None or artefact is not None:
+            raise QcompileError("give either --role (to sign an artefact) or --item, not both")
+        signatures = sign_items(_project(), strategy, by, items)
+        for signature in signatures:
+            click.echo(f"signed {signature.key} of {signature.strategy_id}: {signature.what}")
+        moment = signatures[0].record["at"]
+        click.echo(f"  by {by} at {moment}")
+        click.echo(f"wrote {signatures[0].file}; run `qcompile build` to update generated/.")
+        return
+    item = items[0] if items else None
     signature = sign(_project(), strategy, by, role=role, artefact=artefact, item=item)
     click.echo(f"signed {signature.key} of {signature.strategy_id}: {signature.what}")
     click.echo(f"  by {signature.record['by']} at {signature.record['at']}")

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import polars as pl
 import pytest
 import yaml
 
@@ -47,7 +48,7 @@ def test_backtest_writes_report_and_evidence(with_data: Path) -> None:
         "overfitting",
     }
     overfitting = evidence["robustness"]["overfitting"]
-    assert overfitting["trials"] == 24 and 0 <= overfitting["pbo"] <= 1
+    assert overfitting["trials"] == 23 and 0 <= overfitting["pbo"] <= 1
     assert set(overfitting["chosen_params"]) == {"fast", "slow"}
     folds = evidence["robustness"]["walk_forward"]["folds"]
     assert [f["train"][0] for f in folds] == ["2009-06-01"] * 3  # anchored at the window start
@@ -57,7 +58,19 @@ def test_backtest_writes_report_and_evidence(with_data: Path) -> None:
     assert folds[-1]["test"][1] == "2017-10-31"
     assert "### Walk-forward" in (with_data / "reports/STR-2026-0007/2.1.0/report.md").read_text()
     assert evidence["robustness"]["look_ahead_bias"]["passed"] is True
-    assert evidence["robustness"]["parameter_sensitivity"]["combinations"] == 24  # 6 fast x 4 slow
+    # 6 fast x 4 slow, without fast=50/slow=50 (equal windows never cross: the signal says so)
+    sensitivity = evidence["robustness"]["parameter_sensitivity"]
+    assert sensitivity["combinations"] == 23
+    assert sensitivity["skipped"] == [
+        {
+            "params": {"fast": 50, "slow": 50},
+            "reason": "fast (50) must be shorter than slow (50)",
+        }
+    ]
+    assert all(row["params"]["fast"] < row["params"]["slow"] for row in sensitivity["grid"])
+    benchmark = evidence["benchmark"]
+    assert benchmark["choice"] == "equal_weight" and benchmark["symbols"] == ["GOOGL", "MSFT"]
+    assert set(benchmark["relative"]) >= {"alpha", "beta", "correlation", "information_ratio"}
     assert evidence["out_of_sample"]["trade_count"] >= 0
     assert evidence["minimum_sample"]["required_trades"] == 200
     report = (directory / "report.md").read_text()
@@ -141,7 +154,11 @@ def test_without_local_data_the_error_says_how_to_get_it(example: Path) -> None:
     edit(
         example / "conf/strategy/ma_trend.yaml", "/data: sample_us_daily", "/data: tickdb_us_daily"
     )
-    edit(example / "conf/strategy/ma_trend.yaml", "/universe: us_sample", "/universe: us_megacap")
+    edit(
+        example / "conf/strategy/ma_trend.yaml",
+        "/universe: us_sample_stocks",
+        "/universe: us_megacap",
+    )
     refused = cli(example, "build")  # in research, a strategy without data is an error
     assert refused.exit_code == 2 and "qcompile download STR-2026-0007" in refused.output
     edit(example / "conf/strategy/ma_trend.yaml", "status: research", "status: ideation")
@@ -325,3 +342,36 @@ def test_a_hostile_name_loads_nothing_and_hides_nothing(with_data: Path) -> None
     html = (with_data / "reports/STR-2026-0007/2.1.0/report.html").read_text()
     assert "<img" not in html and "evil.example/b.png" in html  # shown, not loaded
     assert "Content-Security-Policy" in html and "default-src 'none'" in html
+
+
+def test_a_benchmark_symbol_is_bought_and_held(with_data: Path) -> None:
+    edit(
+        with_data / "conf/strategy/ma_trend.yaml", "    seed: 7", "    benchmark: SPX\n    seed: 7"
+    )
+    assert cli(with_data, "build").exit_code == 0
+    assert cli(with_data, "backtest", "STR-2026-0007").exit_code == 0
+    evidence = json.loads((with_data / "reports/STR-2026-0007/2.1.0/evidence.json").read_text())
+    assert evidence["benchmark"]["symbols"] == ["SPX"]
+    spx = pl.read_parquet(with_data / "data/sample_us_daily/SPX.parquet").sort("timestamp")
+    start, end = 1243814400000, 1509494399999  # 2009-06-01 .. 2017-10-31, inclusive
+    window = spx.filter(pl.col("timestamp").is_between(start, end))["close"]
+    held = window[-1] / window[0] - 1
+    assert evidence["benchmark"]["metrics"]["total_return"] == pytest.approx(held, rel=1e-12)
+    report = (with_data / "reports/STR-2026-0007/2.1.0/report.md").read_text()
+    assert "buy-and-hold of SPX (`strategy.backtest.benchmark`: SPX)" in report
+
+
+def test_a_benchmark_outside_the_universe_or_traded_is_refused(with_data: Path) -> None:
+    strategy = with_data / "conf/strategy/ma_trend.yaml"
+    edit(strategy, "    seed: 7", "    benchmark: AAPL\n    seed: 7")
+    edit(with_data / "conf/universe/us_sample_stocks.yaml", "[IXIC, SPX]", "[IXIC, SPX, MSFT]")
+    result = cli(with_data, "validate")
+    assert result.exit_code == 2
+    line = strategy.read_text().splitlines().index("    benchmark: AAPL") + 1
+    assert (
+        f"conf/strategy/ma_trend.yaml:{line}: error: strategy.backtest.benchmark: AAPL is neither"
+        in result.output
+    )
+    assert "[rule.benchmark_symbol]" in result.output
+    assert "universe.benchmarks: MSFT also traded" in result.output
+    assert "[rule.benchmark_traded]" in result.output

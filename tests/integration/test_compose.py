@@ -104,6 +104,7 @@ def test_an_option_with_a_defaults_list_is_composed_by_hydra_once_for_all(
         "sample_us_daily",
         "tickdb_us_daily",
         "us_sample",
+        "us_sample_stocks",
         "us_tech",
     ]
     with hydra_session(project):

@@ -83,6 +83,12 @@ def test_every_tutorial_command_runs_as_written(tmp_path: Path) -> None:
         assert "Traceback" not in result.stderr, command
     passport = (project / "generated/STR-2026-0051/passport.yaml").read_text()
     assert "name: momentum\n  version: 1.1.0" in passport
+    # the tutorial leaves no warning behind it does not explain
+    final = subprocess.run(
+        ["qcompile", "validate"], cwd=project, env=env, capture_output=True, text=True
+    )
+    warned = set(re.findall(r"\[([a-z_.]+)\]", final.stdout + final.stderr))
+    assert warned == {"data.missing", "report.stale"}, final.stdout + final.stderr
 
 
 def test_tutorial_shows_real_output() -> None:

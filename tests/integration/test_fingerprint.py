@@ -18,7 +18,7 @@ def _on_tickdb_source(root: Path) -> Path:
     strategy = root / "conf/strategy/ma_trend.yaml"
     edit(strategy, "status: research", "status: ideation")
     edit(strategy, "/data: sample_us_daily", "/data: tickdb_us_daily")
-    edit(strategy, "/universe: us_sample", "/universe: us_megacap")
+    edit(strategy, "/universe: us_sample_stocks", "/universe: us_megacap")
     return root
 
 

@@ -55,7 +55,7 @@ def test_an_added_requirement_shows_in_the_passport_and_the_index(example: Path)
 
 
 def test_a_short_sample_enters_validation_but_not_production(example: Path) -> None:
-    """STR-2026-0007: 52 trades where a daily strategy needs 200 (§3.2)."""
+    """STR-2026-0007: 29 trades where a daily strategy needs 200 (§3.2)."""
     assert cli(example, "build").exit_code == 0
     signed = cli(
         example, "signoff", "STR-2026-0007", "--role", "researcher", "--by", "a.novak@quantfund.com"
@@ -66,7 +66,7 @@ def test_a_short_sample_enters_validation_but_not_production(example: Path) -> N
     assert cli(example, "build").exit_code == 0
     passport = yaml.safe_load((example / "generated/STR-2026-0007/passport.yaml").read_text())
     missing = passport["lifecycle"]["next_gate_missing"]
-    assert missing[0].startswith("evidence.minimum_sample: sample too small: 52 trades")
+    assert missing[0].startswith("evidence.minimum_sample: sample too small: 29 trades")
     refused = cli(example, "promote", "STR-2026-0007", "--to", "production")
     assert refused.exit_code != 0 and "evidence.minimum_sample" in refused.output
 

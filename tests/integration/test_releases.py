@@ -153,7 +153,7 @@ def test_history_lists_a_release_with_its_commit(repo: Path) -> None:
     field = cli(repo, "history", "ma_trend", "--release", "latest", "--field", "commit")
     assert field.exit_code == 0 and field.output == f"{head}\n"
     pin = cli(repo, "history", STRATEGY, "--release", "2.1.0", "--field", "pins.signal.version")
-    assert pin.output == "1.2.0\n"
+    assert pin.output == "1.3.0\n"
 
 
 def test_history_without_releases(repo: Path) -> None:
@@ -326,3 +326,45 @@ def test_diff_names_a_gate_policy_change(released: Path) -> None:
     ]
     assert "  - gate production: pins.complete\n" in section
     assert "  + gate research: pins.complete\n" in section
+
+
+def test_a_parameter_change_shows_its_metrics_beside_the_config_change(repo: Path) -> None:
+    """Change fast, build, backtest: `qcompile diff --from HEAD` puts the committed report's
+    metrics beside the new ones and names the parameter, and report.html does the same."""
+    before = json.loads((repo / "reports/STR-2026-0007/2.1.0/evidence.json").read_text())
+    bump(repo, fast=10, version=None)
+    assert cli(repo, "backtest", STRATEGY).exit_code == 0
+    after = json.loads((repo / "reports/STR-2026-0007/2.1.0/evidence.json").read_text())
+    assert before["metrics"]["trade_count"] != after["metrics"]["trade_count"]
+    shown = cli(repo, "diff", STRATEGY, "--from", "HEAD")
+    assert shown.exit_code == 0, shown.output
+    text = shown.output
+    assert "metrics (reports/STR-2026-0007/2.1.0/evidence.json):" in text
+    trades = next(line for line in text.splitlines() if line.strip().startswith("trades "))
+    old, new = before["metrics"]["trade_count"], after["metrics"]["trade_count"]
+    assert trades.split() == ["trades", str(old), "->", str(new), f"{new - old:+d}"]
+    sharpe = next(line for line in text.splitlines() if line.strip().startswith("Sharpe ratio"))
+    assert sharpe.split()[2:5] == [
+        f"{before['metrics']['sharpe']:.3f}",
+        "->",
+        f"{after['metrics']['sharpe']:.3f}",
+    ]
+    inputs = text[text.index("inputs that changed (params.yaml):") : text.index("files:")]
+    assert [line.strip() for line in inputs.strip().splitlines()[1:]] == [
+        "signal.params.fast: 20 -> 10"
+    ]
+    page = (repo / "reports/STR-2026-0007/2.1.0/report.html").read_text()
+    since = page[page.index('id="since"') : page.index("</section>", page.index('id="since"'))]
+    assert "at HEAD (" in since and "<code>signal.params.fast</code>: 20 → 10" in since
+    assert f'<td class="num">{old}</td><td class="num">{new}</td>' in since
+
+
+def test_a_rerun_of_the_committed_report_says_nothing_changed(repo: Path) -> None:
+    assert cli(repo, "backtest", STRATEGY).exit_code == 0
+    page = (repo / "reports/STR-2026-0007/2.1.0/report.html").read_text()
+    assert "Same inputs and metrics as reports/STR-2026-0007/2.1.0/evidence.json at HEAD" in page
+    shown = cli(repo, "diff", STRATEGY, "--from", "HEAD")
+    assert shown.output == (
+        f"no differences in generated/{STRATEGY}/ between HEAD "
+        f"({git(repo, 'rev-parse', 'HEAD')[:7]}) and the working tree\n"
+    )

@@ -82,7 +82,7 @@ def sample_emulator(sample_bars: pl.DataFrame, **options: Any) -> Emulator:
         api_keys=[KEY],
         bars=sample_bars,
         replay_start="first_subscribe",
-        **{"messages_per_second": 800, **options},
+        **{"messages_per_second": 400, **options},  # two symbols: the replay lasts ~0.8 s
     )
 
 

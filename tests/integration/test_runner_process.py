@@ -120,7 +120,7 @@ def test_qcompile_run_replays_the_sample_end_to_end(deployed: Path) -> None:
         deployed, "run", STRATEGY, "--feed", "emulator", "--bars", "30", "--speed", "3000"
     )
     assert result.returncode == 0, result.stderr
-    assert "480 messages" in result.stdout  # 30 bars x 4 symbols x 4 ticks, every one decided
+    assert "240 messages" in result.stdout  # 30 bars x 2 symbols x 4 ticks, every one decided
     assert "Traceback" not in result.stderr
     assert (deployed / "state" / STRATEGY / "state.json").is_file()
 
@@ -137,7 +137,7 @@ def test_a_scenario_scripts_the_emulators_faults(deployed: Path) -> None:
         "--bars",
         "30",
         "--speed",
-        "200",  # slow enough that the replay outlasts the 1 s wait before the reconnect
+        "100",  # slow enough that the replay outlasts the 1 s wait before the reconnect
         "--scenario",
         str(scenario),
     )

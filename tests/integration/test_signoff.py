@@ -231,6 +231,30 @@ def test_checklist_item_signoff_is_recorded_and_counted(example: Path) -> None:
     assert item not in missing
 
 
+def test_several_items_are_signed_at_once_or_none_is(example: Path) -> None:
+    strategy_file = example / "conf/strategy/zscore_reversion.yaml"
+    before = strategy_file.read_bytes()
+    items = ["monitoring.dashboard", "docs.on_call", "data.api_permissions"]
+    wrong = ["--item", "monitoring.dashbord", "--item", "code.safe_state"]
+    refused = cli(
+        example, "signoff", "STR-2026-0063", "--item", items[0], *wrong, "--by", "a@quantfund.com"
+    )
+    assert refused.exit_code == 2
+    assert "unknown checklist item 'monitoring.dashbord'" in refused.output
+    assert "code.safe_state" in refused.output and "nothing was signed" in refused.output
+    assert strategy_file.read_bytes() == before
+    flags = [part for item in items for part in ("--item", item)]
+    signed = cli(example, "signoff", "STR-2026-0063", *flags, "--by", "ops@quantfund.com")
+    assert signed.exit_code == 0, signed.output
+    records = _signoff(example, "STR-2026-0063")["checklist"]
+    assert [records[item]["by"] for item in items] == ["ops@quantfund.com"] * 3
+    assert len({records[item]["at"] for item in items}) == 1  # one moment for the batch
+    both = cli(
+        example, "signoff", "STR-2026-0063", *flags, "--role", "researcher", "--by", "a@b.com"
+    )
+    assert both.exit_code == 2 and "not both" in both.output
+
+
 def test_the_quant_engineer_signs_the_generated_checklist(example: Path) -> None:
     missing = cli(
         example, "signoff", "STR-2026-0063", "--role", "quant_engineer", "--by", "eng@quantfund.com"

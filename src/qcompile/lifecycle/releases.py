@@ -555,6 +555,63 @@ def _pins(files: dict[str, bytes], strategy_id: str) -> dict[str, str]:
     return _flatten(pins) if isinstance(pins, dict) else {}
 
 
+def side_file(project: Project, side: _Side, path: str) -> bytes | None:
+    """A file of the project (``path`` relative to its root) as it is on ``side``; None where it
+    does not exist there."""
+    if side.commit is None:
+        file = project.root / path
+        return file.read_bytes() if file.is_file() else None
+    try:
+        return _git(project, "cat-file", "blob", f"{side.commit}:./{path}")
+    except ReleaseError:
+        return None
+
+
+def committed_file(project: Project, path: str, revision: str = "HEAD") -> tuple[str, bytes] | None:
+    """(label, content) of a project file (``path`` relative to the root) as committed at
+    ``revision``; None outside a git repository or where the file is not committed."""
+    commit = _commit_of(project, revision)
+    if commit is None:
+        return None
+    content = side_file(project, _Side(f"{revision} ({commit[:7]})", commit), path)
+    return None if content is None else (f"{revision} ({commit[:7]})", content)
+
+
+def _report_of(
+    project: Project, strategy_id: str, side: _Side, files: dict[str, bytes]
+) -> tuple[str | None, tuple[dict[str, Any], dict[str, Any]] | None]:
+    """Where the side's evidence.json is and (evidence, params), or None without one."""
+    path = f"generated/{strategy_id}/params.yaml"
+    params = _load_yaml(files[path], path) if path in files else None
+    if not isinstance(params, dict):
+        return None, None
+    backtest, strategy = params.get("backtest") or {}, params.get("strategy") or {}
+    where = f"{backtest.get('reports_dir', 'reports')}/{strategy_id}/{strategy.get('version')}"
+    raw = side_file(project, side, f"{where}/evidence.json")
+    try:
+        evidence = json.loads(raw) if raw is not None else None
+    except ValueError:
+        evidence = None
+    return f"{where}/evidence.json", (evidence, params) if isinstance(evidence, dict) else None
+
+
+def _metrics_section(
+    project: Project,
+    strategy_id: str,
+    before: tuple[_Side, dict[str, bytes]],
+    after: tuple[_Side, dict[str, bytes]],
+) -> list[str]:
+    """The backtest's metrics on both sides and the inputs that changed between them."""
+    from qcompile.research.backtest.compare import text
+
+    old_where, old = _report_of(project, strategy_id, *before)
+    new_where, new = _report_of(project, strategy_id, *after)
+    where = (
+        new_where if new_where == old_where or old_where is None else f"{old_where}, {new_where}"
+    )
+    return text(old, new, where or f"reports/{strategy_id}/<version>/evidence.json")
+
+
 def _gate_rules(files: dict[str, bytes], strategy_id: str) -> list[str]:
     """The passport's gate requirements (``gate phase: requirement``) and waivers in force
     (``waived requirement: ...``), as lines to compare."""
@@ -605,7 +662,8 @@ def diff(project: Project, strategy_id: str, from_rev: str | None, to_rev: str |
     releases = load_history(project, strategy_id)
     if from_rev is None and not releases:
         raise ReleaseError(
-            f"no releases of {strategy_id} yet to compare with: pass --from REV (a git revision)"
+            f"no releases of {strategy_id} yet to compare with: pass --from REV (a git revision; "
+            "--from HEAD compares the working tree with the last commit)"
         )
     a = _resolve_side(project, strategy_id, releases, from_rev or LATEST)
     b = WORKING_TREE if to_rev is None else _resolve_side(project, strategy_id, releases, to_rev)
@@ -616,7 +674,15 @@ def diff(project: Project, strategy_id: str, from_rev: str | None, to_rev: str |
         )
     changed = sorted(p for p in set(old) | set(new) if old.get(p) != new.get(p))
     if not changed:
-        return f"no differences in generated/{strategy_id}/ between {_phrase(a)} and {_phrase(b)}\n"
+        same = f"no differences in generated/{strategy_id}/ between {_phrase(a)} and {_phrase(b)}\n"
+        reports = [
+            _report_of(project, strategy_id, a, old),
+            _report_of(project, strategy_id, b, new),
+        ]
+        if all(r is not None for _, r in reports) and reports[0][1][0] != reports[1][1][0]:
+            # the same build, reports that differ (re-run by another qcompile, or by hand)
+            return same + "".join(_metrics_section(project, strategy_id, (a, old), (b, new)))
+        return same
 
     old_pins, new_pins = _pins(old, strategy_id), _pins(new, strategy_id)
     keys = list(new_pins) + [k for k in old_pins if k not in new_pins]
@@ -634,7 +700,7 @@ def diff(project: Project, strategy_id: str, from_rev: str | None, to_rev: str |
     ]
     if rule_lines:
         out += ["\n", "gates and waivers:\n", *rule_lines]
-    out += ["\n", "files:\n"]
+    out += ["\n", *_metrics_section(project, strategy_id, (a, old), (b, new)), "\n", "files:\n"]
     for path in changed:
         status = "A" if path not in old else "D" if path not in new else "M"
         out.append(f"  {status} {path}\n")
@@ -647,6 +713,7 @@ def diff(project: Project, strategy_id: str, from_rev: str | None, to_rev: str |
 __all__ = [
     "Release",
     "ReleaseError",
+    "committed_file",
     "diff",
     "field_value",
     "history",

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import difflib
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import Any
@@ -139,6 +139,30 @@ def sign(
         dict(previous) if isinstance(previous, dict) else None,
         changes if item is None and artefact == "checklist" else "",
     )
+
+
+def sign_items(
+    project: Project,
+    strategy: str,
+    by: str,
+    items: Sequence[str],
+    clock: Callable[[], datetime] = utc_now,
+) -> list[Signature]:
+    """Sign several manual checklist items, each a sign-off of its own at the same moment.
+    Every item is checked first: one unknown or automatic item signs none and names them all."""
+    problems = []
+    for item in dict.fromkeys(items):
+        try:
+            _check_item(item)
+        except QcompileError as error:
+            problems.append(str(error))
+    if problems:
+        raise QcompileError("; ".join(problems) + "; nothing was signed")
+    moment = clock()
+    return [
+        sign(project, strategy, by, item=item, clock=lambda: moment)
+        for item in dict.fromkeys(items)
+    ]
 
 
 def _checklist_to_sign(project: Project, strategy_id: str, where: str) -> tuple[str, str]:

@@ -39,8 +39,10 @@ def backtest(project: Project, strategy: str, overrides: list[str]) -> tuple[obj
         raise QcompileError(f"no strategy {strategy!r}")
     (compiled,) = compilation.strategies
     params = runtime_parameters(compiled)
+    baseline = committed_report(project, compiled.id, params)
     if not overrides:  # the evidence the gates read: only from what was built and committed
-        report = run_backtest(built_params_file(project, compiled.id, params), project.root)
+        params_file = built_params_file(project, compiled.id, params)
+        report = run_backtest(params_file, project.root, baseline=baseline)
         return report, summary(report, project.root)
     version_dir = (
         project.root
@@ -58,8 +60,32 @@ def backtest(project: Project, strategy: str, overrides: list[str]) -> tuple[obj
             target,
             origin=f"conf/ as compiled with overrides, not generated/{compiled.id}/params.yaml",
             overrides=tuple(overrides),
+            baseline=baseline,
         )
     return report, summary(report, project.root)
+
+
+def committed_report(
+    project: Project, strategy_id: str, params: dict
+) -> tuple[str, dict, dict] | None:
+    """The strategy's report as committed at HEAD, what report.html compares a new run with:
+    (label, evidence, params); None outside git or before a report was committed."""
+    import json
+
+    from qcompile.lifecycle.releases import committed_file
+
+    where = f"{params['backtest']['reports_dir']}/{strategy_id}/{params['strategy']['version']}"
+    evidence = committed_file(project, f"{where}/evidence.json")
+    built = committed_file(project, f"generated/{strategy_id}/params.yaml")
+    if evidence is None or built is None:
+        return None
+    try:
+        old_evidence, old_params = json.loads(evidence[1]), yaml.safe_load(built[1])
+    except (ValueError, yaml.YAMLError):
+        return None  # a committed file that does not parse is no baseline
+    if not isinstance(old_evidence, dict) or not isinstance(old_params, dict):
+        return None
+    return f"{where}/evidence.json at {evidence[0]}", old_evidence, old_params
 
 
 def download(project: Project, strategy: str, start: str | None, end: str | None) -> dict[str, int]:

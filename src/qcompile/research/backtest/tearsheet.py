@@ -28,6 +28,7 @@ import polars as pl
 
 from qcompile import templating
 from qcompile.research.backtest.benchmark import RELATIVE_FORMULAS
+from qcompile.research.backtest.compare import input_changes, metric_changes
 from qcompile.research.backtest.engine import Result
 
 TEMPLATES = Path(__file__).parent / "templates"
@@ -44,6 +45,7 @@ class Series:
     benchmark: np.ndarray  # the benchmark's equity on the strategy's timestamps
     monte_carlo_fan: dict[str, Any] | None  # bar indices and percentile paths (growth of 1)
     walk_forward: list[tuple[list[int], list[float]]]  # per fold: timestamps, growth of 1
+    baseline: tuple[str, dict[str, Any], dict[str, Any]] | None = None  # label, evidence, params
 
 
 @cache
@@ -603,6 +605,16 @@ def page(
     uplot_js, uplot_css, own_js, own_css = _assets()
     scripts, styles = [own_js, uplot_js], [uplot_css, own_css]
     verdict, warnings = verdict_and_warnings(evidence, params)
+    since = None
+    if series.baseline is not None:
+        label, old_evidence, old_params = series.baseline
+        rows = metric_changes(old_evidence, evidence)
+        since = {
+            "label": label,
+            "rows": rows,
+            "changed": any(row["change"] for row in rows),
+            "inputs": input_changes(old_params, params),
+        }
     signal = params["signal"]
     return (
         _environment()
@@ -618,6 +630,7 @@ def page(
             warnings=warnings,
             headline=_headline(evidence, (_volatility(equity, ppy), _volatility(benchmark, ppy))),
             relative=_relative(evidence),
+            since=since,
             benchmark=evidence["benchmark"]["description"],
             figures=grouped,
             monthly=monthly_returns(stamps, equity),
