@@ -93,6 +93,38 @@ def _console() -> Any:
     return Console(width=None if fits else 200)
 
 
+def _print_table(
+    console: Any, columns: list[str], rows: list[list[Any]], drop_first: list[str]
+) -> None:
+    """A table that fits ``console``: when it is too narrow for every column whole, the columns
+    of ``drop_first`` go, in that order, and a line under the table names them; no cell is cut
+    short (long values wrap)."""
+    from rich.table import Table
+    from rich.text import Text
+
+    def natural(index: int) -> int:  # widest cell plus padding and border
+        cells = [columns[index], *(r[index] for r in rows)]
+        return max(len(c.plain if isinstance(c, Text) else str(c)) for c in cells) + 3
+
+    keep = list(range(len(columns)))
+    dropped = []
+    for name in drop_first:
+        if sum(natural(i) for i in keep) + 1 <= console.width:
+            break
+        keep.remove(columns.index(name))
+        dropped.append(name)
+    table = Table()
+    for index in keep:
+        table.add_column(columns[index], overflow="fold", no_wrap=index == 0)
+    for row in rows:
+        table.add_row(*(row[i] for i in keep))
+    console.print(table)
+    if dropped:
+        console.print(
+            f"({', '.join(dropped)} left out to fit {console.width} columns: widen the terminal)"
+        )
+
+
 def _project() -> Any:
     from qcompile.project import find_project
 
@@ -180,6 +212,22 @@ def backtest(strategy: str, overrides: tuple[str, ...]) -> None:
 
     _, summary = run_backtest(_project(), strategy, list(overrides))
     click.echo(summary)
+    _exit_without_teardown()
+
+
+def _exit_without_teardown() -> None:
+    """Exit 0 now. The interpreter's teardown after a backtest takes ~0.5 s (numba's and polars'
+    objects finalised one by one) and does nothing the command needs: every file is written,
+    renamed into place and closed. In-process callers (tests, notebooks) keep their interpreter."""
+    if sys.stdout is not sys.__stdout__ or sys.stderr is not sys.__stderr__:
+        return
+    import logging
+    import os
+
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 @main.command()
@@ -553,19 +601,12 @@ def signals_command(name: str | None) -> None:
 @_handled
 def list_strategies(overrides: tuple[str, ...]) -> None:
     """List every strategy with its phase and pinned versions."""
-    from rich.table import Table
-
     from qcompile.compiler.views import strategy_rows
 
     rows = strategy_rows(_project(), list(overrides))
-    table = Table(show_lines=False)
-    for column in ("id", "name", "phase", "version", "signal", "data", "next gate"):
-        table.add_column(column)
-    for row in rows:
-        table.add_row(
-            *(row[c] for c in ("id", "name", "phase", "version", "signal", "data", "next gate"))
-        )
-    _console().print(table)
+    columns = ["id", "name", "phase", "version", "signal", "data", "next gate"]
+    cells = [[row[c] for c in columns] for row in rows]
+    _print_table(_console(), columns, cells, ["data", "name", "signal"])
 
 
 @main.command()
@@ -804,35 +845,34 @@ def status(as_json: bool) -> None:
         document = {"today": on.isoformat(), "strategies": rows, "mismatches": mismatches}
         click.echo(json.dumps(document, indent=2))
         return
-    from rich.table import Table
     from rich.text import Text
 
     liveness_style = {"up": "green", "stale": "yellow", "down": "red", "never": "dim"}
-    table = Table()
-    for column in ("id", "phase", "version", "signal", "data", "last review", "next review"):
-        table.add_column(column)
-    table.add_column("runner")
+    columns = ["id", "phase", "version", "signal", "data", "last review", "next review", "runner"]
 
     def cell(text: str, mismatch: bool) -> Text:
         return Text(f"{text} *", "red") if mismatch else Text(text)
 
+    cells = []
     for row in rows:
         due = row["next_review"] or ("no date" if row["phase"] == "production" else "")
         waived = row["waived_requirements"]
-        table.add_row(
-            row["id"],
-            Text(f"{row['phase']} (waived: {', '.join(waived)})", "yellow")
-            if waived
-            else Text(str(row["phase"])),
-            cell(row["version"], "version" in row["mismatch"]),
-            cell(row["signal"], "signal" in row["mismatch"]),
-            row["data"],
-            row["last_review"] or "",
-            Text(f"{due} overdue", "bold red") if row["review_overdue"] else Text(due),
-            Text(row["liveness"]["text"], liveness_style.get(row["liveness"]["state"], "")),
+        cells.append(
+            [
+                row["id"],
+                Text(f"{row['phase']} (waived: {', '.join(waived)})", "yellow")
+                if waived
+                else Text(str(row["phase"])),
+                cell(row["version"], "version" in row["mismatch"]),
+                cell(row["signal"], "signal" in row["mismatch"]),
+                row["data"],
+                row["last_review"] or "",
+                Text(f"{due} overdue", "bold red") if row["review_overdue"] else Text(due),
+                Text(row["liveness"]["text"], liveness_style.get(row["liveness"]["state"], "")),
+            ]
         )
     console = _console()
-    console.print(table)
+    _print_table(console, columns, cells, ["data", "last review", "signal"])
     for note in mismatches:
         console.print(Text(f"* {note}", "red"))
     for row in rows:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -375,3 +376,34 @@ def test_a_benchmark_outside_the_universe_or_traded_is_refused(with_data: Path) 
     assert "[rule.benchmark_symbol]" in result.output
     assert "universe.benchmarks: MSFT also traded" in result.output
     assert "[rule.benchmark_traded]" in result.output
+
+
+def test_a_first_run_compiles_beside_and_reports_the_same_numbers(
+    with_data: Path, tmp_path: Path
+) -> None:
+    """With numba's cache empty, the grid's kernels compile in a second process while the
+    command compiles the rest; the report is byte for byte the warm one's."""
+    assert cli(with_data, "backtest", "STR-2026-0007").exit_code == 0
+    directory = with_data / "reports/STR-2026-0007/2.1.0"
+    warm = {name: (directory / name).read_bytes() for name in ("evidence.json", "report.md")}
+    for name in warm:
+        (directory / name).unlink()
+    cold = subprocess.run(
+        [sys.executable, "-m", "qcompile.cli", "backtest", "STR-2026-0007"],
+        cwd=with_data,
+        env={
+            **os.environ,
+            "NUMBA_CACHE_DIR": str(tmp_path / "empty-cache"),
+            "QCOMPILE_PROJECT": str(with_data),
+        },
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert cold.returncode == 0, cold.stderr
+    assert "Traceback" not in cold.stderr
+    assert {name: (directory / name).read_bytes() for name in warm} == warm
+    cached = {p.name.split("-")[0] for p in (tmp_path / "empty-cache").rglob("*.nbi")}
+    # the report's small grid runs on one thread: the parallel kernels were never compiled
+    assert {"kernel.grid_accumulate_serial", "kernel.grid_finish"} <= cached, cached
+    assert "kernel.grid_accumulate" not in cached and "trend._rolling_sums_parallel" not in cached

@@ -97,7 +97,7 @@ CASES = [
         ),
     ),
     Case("unknown signal param", _edit(f"{S}/ma_trend.yaml", "fast: 20", "fats: 20")),
-    Case("signal version", _edit(f"{S}/ma_trend.yaml", "version: 1.3.0", "version: 1.4.0")),
+    Case("signal version", _edit(f"{S}/ma_trend.yaml", "version: 1.4.0", "version: 1.5.0")),
     Case("unknown signal", _edit(f"{S}/breakout.yaml", "name: breakout", "name: brekout")),
     Case(
         "unknown gate requirement", _edit("conf/qcompile.yaml", "- signoff.brief", "- signoff.brif")

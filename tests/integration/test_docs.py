@@ -105,7 +105,7 @@ def test_config_reference_is_generated_from_the_schemas() -> None:
 def test_signal_library_reference_is_generated_from_the_signal_source() -> None:
     text = (REPO / "docs/signals.md").read_text()
     assert text == project_signal_reference(Project(REPO))
-    assert "## `ma_crossover` 1.3.0" in text and "companions: grid, arrays, valid." in text
+    assert "## `ma_crossover` 1.4.0" in text and "companions: grid, arrays, valid." in text
     assert "| `allow_short` | bool | `False` |" in text
 
 
@@ -208,5 +208,10 @@ def test_tables_fit_an_80_column_terminal(example: Path) -> None:
         assert shown.exit_code == 0, shown.output
         widths = [len(line) for line in shown.output.splitlines()]
         assert max(widths) <= 80, (command, max(widths))
+        assert "…" not in shown.output, shown.output  # columns go whole, no cell is cut short
+    narrow = cli(example, "list", env={"COLUMNS": "80"}).output
+    for strategy_id in ("STR-2026-0007", "STR-2026-0042", "STR-2026-0088"):
+        assert f"│ {strategy_id} │" in narrow, narrow
+    assert "left out to fit 80 columns" in narrow
     piped = cli(example, "list")  # no terminal, no COLUMNS: one line per row, for grep
     assert any(len(line) > 80 for line in piped.output.splitlines())

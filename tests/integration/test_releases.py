@@ -128,7 +128,7 @@ def test_release_records_version_pins_artefacts_and_commit(repo: Path) -> None:
     assert list(recorded.artefacts) == sorted(recorded.artefacts)
     assert recorded.pins["strategy"] == {"id": STRATEGY, "version": "2.1.0"}
     assert recorded.pins["signal"]["name"] == "ma_crossover"
-    assert recorded.pins["signal"]["version"] == "1.3.0"
+    assert recorded.pins["signal"]["version"] == "1.4.0"
     assert len(recorded.pins["signal"]["source_sha256"]) == 64
     data = recorded.pins["data"]
     assert data["api_version"] == "pypi-snapshot-1" and data["protocol"] == "documented"
@@ -148,12 +148,12 @@ def test_history_lists_a_release_with_its_commit(repo: Path) -> None:
 
     shown = cli(repo, "history", STRATEGY)
     assert shown.exit_code == 0, shown.output
-    for text in ("2.1.0", head[:12], "ops@example.com", "ma_crossover@1.3.0", "go live"):
+    for text in ("2.1.0", head[:12], "ops@example.com", "ma_crossover@1.4.0", "go live"):
         assert text in shown.output
     field = cli(repo, "history", "ma_trend", "--release", "latest", "--field", "commit")
     assert field.exit_code == 0 and field.output == f"{head}\n"
     pin = cli(repo, "history", STRATEGY, "--release", "2.1.0", "--field", "pins.signal.version")
-    assert pin.output == "1.3.0\n"
+    assert pin.output == "1.4.0\n"
 
 
 def test_history_without_releases(repo: Path) -> None:

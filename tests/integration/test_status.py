@@ -95,7 +95,7 @@ def test_status_marks_a_runner_running_another_signal_version(example: Path) -> 
                 "suspended": False,
                 "seq": 7,
                 "strategy_version": "2.1.0",
-                "signal": "ma_crossover@1.0.0",  # generated/ pins 1.3.0: a stale deployment
+                "signal": "ma_crossover@1.0.0",  # generated/ pins 1.4.0: a stale deployment
             }
         )
     )
@@ -108,9 +108,9 @@ def test_status_marks_a_runner_running_another_signal_version(example: Path) -> 
     assert rows["STR-2026-0042"]["liveness"]["state"] == "never"
     (note,) = status["mismatches"]
     assert note.startswith(f"{TREND}: the runner reports signal ma_crossover@1.0.0")
-    assert "pins ma_crossover@1.3.0" in note
+    assert "pins ma_crossover@1.4.0" in note
     table = cli(example, "status").output
-    assert "ma_crossover@1.3.0 *" in table and f"* {TREND}: the runner reports" in table
+    assert "ma_crossover@1.4.0 *" in table and f"* {TREND}: the runner reports" in table
 
 
 def test_two_strategies_pinning_different_signal_versions_are_marked() -> None:

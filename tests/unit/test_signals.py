@@ -270,3 +270,19 @@ def test_a_grid_companion_gives_each_combinations_targets(name: str) -> None:
     grid = spec.grid(bars, combos)
     for row, combo in zip(grid, combos, strict=True):
         assert row.tolist() == spec.function(bars, **combo)["signal"].to_list()
+
+
+def test_rolling_sums_on_one_thread_and_in_parallel_are_the_same_numbers() -> None:
+    from qcompile.signals import trend
+
+    rng = np.random.default_rng(11)
+    values = rng.normal(100.0, 5.0, 5_000)
+    starts = np.array([0, 7, 1_500, 1_501, 3_200, 5_000], dtype=np.int64)
+    for window in (1, 3, 20, 2_000):
+        serial = trend._rolling_sums_serial(values, starts, window, float(window))
+        parallel = trend._rolling_sums_parallel(values, starts, window, float(window))
+        assert np.array_equal(serial, parallel, equal_nan=True), window
+        run = values[1_501:3_200]
+        expected = np.convolve(run, np.ones(window), "valid") / window if window <= run.size else []
+        assert np.allclose(serial[1_501 + window - 1 : 3_200], expected)
+        assert np.isnan(serial[1_501 : 1_501 + min(window - 1, run.size)]).all()

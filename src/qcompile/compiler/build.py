@@ -676,6 +676,27 @@ def _enforce_reviews(warnings: list[Diagnostic]) -> None:
         )
 
 
+def current_params_file(project: Project, strategy: str) -> tuple[str, Path] | None:
+    """(id, generated/<id>/params.yaml) when generated/ is exactly what a full build of conf/
+    writes now, by the build's own no-op test (the same inputs digest: conf/, signal code, data;
+    the same compiler; every output intact), and ``strategy`` (an id or a config name) is one of
+    its strategies. None when only compiling can tell: the caller compiles."""
+    from qcompile.compiler.generator import rendered_with_this_source
+
+    digest = inputs_digest(project, [], None)
+    manifest = read_manifest(project)
+    if digest is None or manifest.get("inputs_sha256") != digest:
+        return None
+    if not rendered_with_this_source(project.cache_dir):
+        return None
+    if not _outputs_intact(project, manifest, _existing(project)):
+        return None
+    for strategy_id, entry in sorted(manifest.get("strategies", {}).items()):
+        if strategy in (strategy_id, Path(str(entry.get("source", ""))).stem):
+            return strategy_id, project.generated_dir / strategy_id / "params.yaml"
+    return None
+
+
 def build(
     project: Project,
     overrides: list[str] | None = None,

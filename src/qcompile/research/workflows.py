@@ -29,10 +29,18 @@ def backtest(project: Project, strategy: str, overrides: list[str]) -> tuple[obj
     With overrides it goes to reports/<id>/<version>/runs/<hash of the overrides>/: an experiment
     never replaces the evidence of the configuration as committed.
     """
-    from qcompile.compiler.build import built_params_file, compile_project
-    from qcompile.compiler.plan import runtime_parameters
+    from qcompile.compiler.build import built_params_file, compile_project, current_params_file
     from qcompile.research.backtest.runner import backtest as run_backtest
     from qcompile.research.backtest.runner import summary
+
+    current = None if overrides else current_params_file(project, strategy)
+    if current is not None:  # generated/ is what conf/ compiles to now: no need to compile
+        strategy_id, params_file = current
+        params = yaml.safe_load(params_file.read_text(encoding="utf-8"))
+        baseline = committed_report(project, strategy_id, params)
+        report = run_backtest(params_file, project.root, baseline=baseline)
+        return report, summary(report, project.root)
+    from qcompile.compiler.plan import runtime_parameters
 
     compilation = compile_project(project, overrides, [strategy])
     if not compilation.strategies:

@@ -14,26 +14,55 @@ from qcompile.signals.frames import FrameColumns, hold, per_symbol, symbol_start
 from qcompile.signals.registry import signal
 
 
+@numba.njit(cache=True)
+def _rolling_run(
+    values: np.ndarray, first: int, last: int, window: int, divisor: float, out: np.ndarray
+) -> None:
+    """One symbol run of ``_rolling_sums``: its arithmetic is sequential and fixed."""
+    warm = min(first + window - 1, last)
+    total = 0.0
+    for i in range(first, warm):
+        total += values[i]
+        out[i] = np.nan
+    for i in range(warm, last):
+        total += values[i]
+        if i - first >= window:
+            total -= values[i - window]
+        out[i] = total / divisor
+
+
+@numba.njit(cache=True)
+def _rolling_sums_serial(
+    values: np.ndarray, starts: np.ndarray, window: int, divisor: float
+) -> np.ndarray:
+    out = np.empty(values.shape[0])
+    for run in range(starts.shape[0] - 1):
+        _rolling_run(values, starts[run], starts[run + 1], window, divisor, out)
+    return out
+
+
 @numba.njit(cache=True, parallel=True)
+def _rolling_sums_parallel(
+    values: np.ndarray, starts: np.ndarray, window: int, divisor: float
+) -> np.ndarray:
+    out = np.empty(values.shape[0])
+    for run in numba.prange(starts.shape[0] - 1):
+        _rolling_run(values, starts[run], starts[run + 1], window, divisor, out)
+    return out
+
+
+PARALLEL_ROWS = 1_000_000  # below this, threads cost more than they save
+
+
 def _rolling_sums(
     values: np.ndarray, starts: np.ndarray, window: int, divisor: float
 ) -> np.ndarray:
     """Sum of the last ``window`` values per symbol run, divided by ``divisor`` (NaN until a full
-    window exists). Symbols run in parallel; each one's arithmetic is sequential and fixed."""
-    out = np.empty(values.shape[0])
-    for run in numba.prange(starts.shape[0] - 1):
-        first, last = starts[run], starts[run + 1]
-        warm = min(first + window - 1, last)
-        total = 0.0
-        for i in range(first, warm):
-            total += values[i]
-            out[i] = np.nan
-        for i in range(warm, last):
-            total += values[i]
-            if i - first >= window:
-                total -= values[i - window]
-            out[i] = total / divisor
-    return out
+    window exists). Symbols run in parallel for a long history, on one thread otherwise (the
+    same numbers: each run's arithmetic is its own); a process that never needs the parallel
+    kernel never compiles it, which a first backtest's compilation would otherwise wait for."""
+    kernel = _rolling_sums_parallel if values.shape[0] >= PARALLEL_ROWS else _rolling_sums_serial
+    return kernel(values, starts, window, divisor)
 
 
 def _sma(columns: Mapping[str, np.ndarray], starts: np.ndarray) -> Callable[[int], np.ndarray]:
@@ -122,7 +151,7 @@ def _fast_below_slow(params: Mapping[str, Any]) -> str | None:
 
 @signal(
     "ma_crossover",
-    version="1.3.0",
+    version="1.4.0",
     grid=_ma_grid,
     arrays=partial(_crossover_arrays, _sma),
     valid=_fast_below_slow,
@@ -140,7 +169,7 @@ def ma_crossover(
 
 @signal(
     "vwma_crossover",
-    version="1.3.0",
+    version="1.4.0",
     grid=_vwma_grid,
     arrays=partial(_crossover_arrays, _vwma),
     valid=_fast_below_slow,

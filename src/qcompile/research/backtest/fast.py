@@ -38,13 +38,14 @@ def run(bars: pl.DataFrame, settings: Settings) -> Result:
     capital = sleeve_capital(settings, len(names))
     times = ordered["timestamp"].to_numpy()
     closes = ordered["close"].cast(pl.Float64).to_numpy()
-    signal = ordered["signal"].fill_null(0).cast(pl.Int64).to_numpy()
+    # int8, as the grid passes them: one compiled specialisation of the kernel serves both
+    signal = ordered["signal"].fill_null(0).cast(pl.Int8).to_numpy()
     if settings.execution == "next_open":
         prices = ordered["open"].cast(pl.Float64).to_numpy()
-        wanted = np.concatenate(([0], signal[:-1])).astype(np.int64)
+        wanted = np.concatenate(([0], signal[:-1])).astype(np.int8)
         wanted[starts[:-1]] = 0  # each sleeve starts flat: no signal before its first bar
     else:
-        prices, wanted = closes, signal
+        prices, wanted = closes, signal.copy()  # writable, as the grid's: the same kernel types
     n = len(times)
     equity, gross = np.empty(n), np.empty(n)
     position = np.empty(n, dtype=np.int8)

@@ -20,6 +20,8 @@ order of every sum is fixed however the work is spread, so the results never dep
 from __future__ import annotations
 
 import contextlib
+import subprocess
+import sys
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -29,7 +31,7 @@ import numba
 import numpy as np
 import polars as pl
 
-from qcompile.research.backtest.engine import Settings, sleeve_capital
+from qcompile.research.backtest.engine import Costs, Settings, sleeve_capital
 from qcompile.research.backtest.kernel import (
     GRID_COLUMNS,
     grid_accumulate,
@@ -53,6 +55,10 @@ class GridResult:
 BLOCK_CELLS = 48_000_000  # targets (combinations x rows) held at once: 48 MB of int8
 BLOCK_ROWS = 524_288  # history rows per block at most: a block's arrays stay small
 BATCH_ROWS = 262_144  # rows of sleeve curves held at once when sleeves run in parallel
+# A grid this small (combinations x traded rows) runs on one thread: it takes milliseconds, less
+# than starting the parallel kernel's threads, and a process that never needs the parallel
+# kernel never compiles it (5 s of a first run's numba compilation, for a report's grid).
+SERIAL_CELLS = 4_000_000
 
 
 def _symbol_runs(bars: pl.DataFrame) -> tuple[np.ndarray, Any, Any]:
@@ -202,8 +208,10 @@ class _Portfolios:
 
     def add(self, targets: np.ndarray, block: _Block, rows: slice, serial: bool = False) -> None:
         """Add a block's sleeves to the portfolios of the combinations ``rows``, in parallel
-        unless ``serial`` (the caller runs it on a thread of its own)."""
+        unless ``serial`` (the caller runs it on a thread of its own) or the whole grid is small
+        (``SERIAL_CELLS``)."""
         settings, costs, threads = self.settings, self.settings.costs, self.threads
+        serial = serial or self.combinations * self.traded.height <= SERIAL_CELLS
         starts = self.starts[block.sleeves.start : block.sleeves.stop + 1] - block.traded.start
         wanted = _wanted(targets, starts, settings.execution)
         data = (self.prices[block.traded], self.closes[block.traded])
@@ -227,6 +235,72 @@ class _Portfolios:
                 )  # fmt: skip
 
 
+# -- a first run's compilation, on the second core ---------------------------------------------
+
+_SMALL_GRID_KERNELS = (shared_calendar, grid_accumulate_serial, grid_finish)
+_HELPER: list[subprocess.Popen[bytes]] = []  # at most one: the process compiling them
+HELPER_TIMEOUT_S = 300.0
+
+
+def _cold(kernels: Sequence[Any] = _SMALL_GRID_KERNELS) -> bool:
+    """Whether numba's cache lacks a compiled kernel of ``kernels`` for this source (a first
+    run, or the kernels changed). Reads numba's cache index; where its internals moved, says no."""
+    try:
+        return any(not k._cache._cache_file._load_index() for k in kernels)
+    except Exception:  # numba internals moved: no helper, the kernels compile here as before
+        return False
+
+
+def compile_beside() -> None:
+    """On a first run, compile the small-grid kernels in a second process while this one
+    compiles the others (the signal's, the single run's): numba compiles on one core, and the
+    grid kernels are 3 of a first backtest's 7 seconds of compilation. ``run_grid`` waits for
+    it, then loads what it cached. Warm, this only reads numba's cache index."""
+    if _HELPER or not _cold():
+        return
+    _HELPER.append(
+        subprocess.Popen(
+            [sys.executable, "-c", "from qcompile.research.backtest.grid import warm; warm()"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+    )
+    if _cold([grid_finish]):  # the helper's last kernel: this process has the time, and caches it
+        out = np.empty((1, len(GRID_COLUMNS)))
+        grid_finish(np.ones((1, 2)), np.zeros((1, 2)), np.zeros((1, 4)), 252.0, out)
+
+
+def _await_helper() -> None:
+    while _HELPER:
+        helper = _HELPER.pop()
+        try:
+            helper.wait(HELPER_TIMEOUT_S)
+        except subprocess.TimeoutExpired:  # stuck: compile here instead
+            helper.kill()
+            helper.wait()
+
+
+def warm() -> None:
+    """Compile and cache the small-grid kernels with the argument types a backtest's grid passes
+    them (a tiny grid of two symbols and two combinations)."""
+    rows = 6
+    bars = pl.DataFrame(
+        {
+            "symbol": ["A"] * rows + ["B"] * rows,
+            "timestamp": list(range(0, rows * 86_400_000, 86_400_000)) * 2,
+            "open": [10.0 + i for i in range(rows)] * 2,
+            "close": [10.5 + i for i in range(rows)] * 2,
+        }
+    )
+
+    def alternating(frame: pl.DataFrame, **_: Any) -> pl.DataFrame:
+        flip = pl.int_range(pl.len()).mod(2).cast(pl.Int8)
+        return frame.with_columns(signal=flip)
+
+    settings = Settings(1000.0, Costs(1.0, 0.01, 1.0))
+    run_grid(bars, (0, rows * 86_400_000), [{}, {}], alternating, None, settings, 252.0)
+
+
 def run_grid(
     bars: pl.DataFrame,
     window: tuple[int, int],
@@ -239,6 +313,7 @@ def run_grid(
     """Metrics and equity curves of every combination over ``window`` (inclusive ms); signals see
     bars up to its end. ``bars`` must be sorted by symbol then time; combinations stay in order.
     """
+    _await_helper()
     start, end = window
     history_starts, first_time, last_time = _symbol_runs(bars)
     history = bars

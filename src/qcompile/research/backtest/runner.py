@@ -29,7 +29,7 @@ from qcompile.research.backtest import robustness
 from qcompile.research.backtest.benchmark import EQUAL_WEIGHT, buy_and_hold, describe, relative
 from qcompile.research.backtest.engine import Costs, Result, Settings
 from qcompile.research.backtest.fast import run
-from qcompile.research.backtest.grid import GridResult, run_grid
+from qcompile.research.backtest.grid import GridResult, compile_beside, run_grid
 from qcompile.research.backtest.kernel import GRID_COLUMNS
 from qcompile.research.backtest.metrics import FORMULAS, Metrics, compute
 from qcompile.research.backtest.overfitting import summarise
@@ -257,6 +257,7 @@ def backtest(
     compares the run with ``baseline`` (label, evidence, params: the committed report) if given."""
     params = yaml.safe_load(params_file.read_text(encoding="utf-8"))
     strategy, backtest_settings, source = params["strategy"], params["backtest"], params["data"]
+    compile_beside()  # a first run: the grid's kernels compile on the other core meanwhile
     bars, spec, data_sha, loaded = _inputs(params, root)
     signal_function = spec.function
     start, end = _window(backtest_settings)
@@ -291,6 +292,18 @@ def backtest(
     needed_trades = sample["required_trades"]
 
     seed = int(backtest_settings.get("seed", 0))
+    walk = backtest_settings.get("walk_forward")
+    window_bars = bars.filter(pl.col("timestamp").is_between(start, end))
+    # what needs no grid first: on a first run the grid's kernels are compiling beside
+    monte_carlo, fan = robustness.resample(bar_returns(result.equity["equity"].to_list()), seed)
+    look_ahead = robustness.look_ahead(
+        lambda b: signal_function(b, **chosen),
+        bars.filter(pl.col("timestamp") <= end),
+        full,
+        start,
+        seed,
+    )
+    benchmark, benchmark_equity = _benchmark(params, loaded, result, settings, (start, end), ppy)
     combos, skipped = robustness.tested_grid(
         params["signal"].get("ranges") or {}, chosen, spec.invalid
     )
@@ -303,19 +316,10 @@ def backtest(
             strict=True,
         )
     ]
-    walk = backtest_settings.get("walk_forward")
-    window_bars = bars.filter(pl.col("timestamp").is_between(start, end))
-    monte_carlo, fan = robustness.resample(bar_returns(result.equity["equity"].to_list()), seed)
     checks = {
         "parameter_sensitivity": {"grid": grid, "combinations": len(grid), "skipped": skipped},
         "monte_carlo": monte_carlo,
-        "look_ahead_bias": robustness.look_ahead(
-            lambda b: signal_function(b, **chosen),
-            bars.filter(pl.col("timestamp") <= end),
-            full,
-            start,
-            seed,
-        ),
+        "look_ahead_bias": look_ahead,
         "survivorship_bias": robustness.survivorship(
             window_bars, end, params["universe"]["survivorship"], params["universe"]["as_of"]
         ),
@@ -330,7 +334,6 @@ def backtest(
         checks["walk_forward"], walk_curves = _walk_forward(
             bars, spec, params, settings, start, end, int(walk["folds"]), ppy
         )
-    benchmark, benchmark_equity = _benchmark(params, loaded, result, settings, (start, end), ppy)
     critical = []
     if not checks["look_ahead_bias"]["passed"]:
         bar = checks["look_ahead_bias"]["first_offending_bar"]
