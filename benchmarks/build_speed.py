@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import shutil
 import statistics
 import subprocess
@@ -29,8 +30,8 @@ REPO = Path(__file__).resolve().parents[1]
 UNIVERSES = ["us_megacap", "us_tech"]
 COSTS = ["retail", "institutional", "zero"]
 DEPLOYMENTS = ["paper", "live_redis"]
-SIGNALS = [  # (name, version, params, ranges)
-    ("ma_crossover", "1.3.0", "fast: {a}\n      slow: {b}", "fast: [{a}]\n      slow: [{b}]"),
+SIGNALS = [  # (name, version (None: as the MA-trend example pins it), params, ranges)
+    ("ma_crossover", None, "fast: {a}\n      slow: {b}", "fast: [{a}]\n      slow: [{b}]"),
     (
         "zscore_reversion",
         "1.0.0",
@@ -56,8 +57,10 @@ def make_project(root: Path, count: int) -> None:
         text = text.replace("status: research", "status: ideation")
         text = text.replace("/costs: retail", f"/costs: {COSTS[index % 3]}")
         text = text.replace("/deployment: paper", f"/deployment: {DEPLOYMENTS[index % 2]}")
+        pinned = re.search(r"name: ma_crossover\n    version: (\S+)", template)
+        assert pinned, "conf/strategy/ma_trend.yaml no longer pins ma_crossover"
         text = text.replace(
-            "name: ma_crossover\n    version: 1.3.0", f"name: {name}\n    version: {version}"
+            pinned.group(0), f"name: {name}\n    version: {version or pinned.group(1)}"
         )
         text = text.replace("fast: 20\n      slow: 100", params.format(a=a, b=b))
         text = text.replace(

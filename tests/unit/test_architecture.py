@@ -28,6 +28,8 @@ SHARED = (
     "qcompile.runtimedefaults",
     "qcompile.dailystats",
     "qcompile.execution",
+    "qcompile.comparison",
+    "qcompile.vcs",
 )
 RESEARCH_LIBRARY = (
     "qcompile.research.data",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from qcompile.research.backtest.compare import input_changes, metric_changes, stale, text
+from qcompile.comparison import input_changes, metric_changes, stale, text
 
 
 def evidence(total: float, trades: int, sharpe: float | None) -> dict:

@@ -16,7 +16,6 @@ import fcntl
 import json
 import os
 import re
-import subprocess
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
@@ -25,6 +24,7 @@ from typing import IO, Any
 
 import yaml
 
+from qcompile import vcs
 from qcompile.errors import DiagnosticsError, QcompileError, StaleError
 from qcompile.hashing import sha256_file
 from qcompile.project import Project
@@ -94,15 +94,9 @@ class Release:
 def _git(project: Project, *args: str) -> bytes:
     """Run git in the project root; a failure becomes a ReleaseError quoting git's message."""
     try:
-        done = subprocess.run(
-            ["git", *args], cwd=project.root, capture_output=True, check=True, timeout=60
-        )
-    except FileNotFoundError as error:
-        raise ReleaseError("git is not installed (or not on PATH)") from error
-    except subprocess.CalledProcessError as error:
-        message = error.stderr.decode(errors="replace").strip() or f"exit {error.returncode}"
-        raise ReleaseError(f"`git {' '.join(args)}` failed: {message}") from error
-    return done.stdout
+        return vcs.git(project.root, *args)
+    except vcs.VcsError as error:
+        raise ReleaseError(str(error)) from error
 
 
 def _git_text(project: Project, *args: str) -> str:
@@ -121,12 +115,7 @@ def _require_repository(project: Project) -> None:
 
 def _commit_of(project: Project, revision: str) -> str | None:
     """The full sha of a git revision, or None when git does not know it."""
-    if revision.startswith("-"):
-        return None  # never let a revision be read as an option
-    try:
-        return _git_text(project, "rev-parse", "--verify", "--quiet", f"{revision}^{{commit}}")
-    except ReleaseError:
-        return None
+    return vcs.commit_of(project.root, revision)
 
 
 def _tracked_files(project: Project, commit: str, folder: str) -> list[str]:
@@ -561,20 +550,7 @@ def side_file(project: Project, side: _Side, path: str) -> bytes | None:
     if side.commit is None:
         file = project.root / path
         return file.read_bytes() if file.is_file() else None
-    try:
-        return _git(project, "cat-file", "blob", f"{side.commit}:./{path}")
-    except ReleaseError:
-        return None
-
-
-def committed_file(project: Project, path: str, revision: str = "HEAD") -> tuple[str, bytes] | None:
-    """(label, content) of a project file (``path`` relative to the root) as committed at
-    ``revision``; None outside a git repository or where the file is not committed."""
-    commit = _commit_of(project, revision)
-    if commit is None:
-        return None
-    content = side_file(project, _Side(f"{revision} ({commit[:7]})", commit), path)
-    return None if content is None else (f"{revision} ({commit[:7]})", content)
+    return vcs.file_at(project.root, side.commit, path)
 
 
 def _report_of(
@@ -602,7 +578,7 @@ def _metrics_section(
     after: tuple[_Side, dict[str, bytes]],
 ) -> list[str]:
     """The backtest's metrics on both sides and the inputs that changed between them."""
-    from qcompile.research.backtest.compare import text
+    from qcompile.comparison import text
 
     old_where, old = _report_of(project, strategy_id, *before)
     new_where, new = _report_of(project, strategy_id, *after)
@@ -713,7 +689,6 @@ def diff(project: Project, strategy_id: str, from_rev: str | None, to_rev: str |
 __all__ = [
     "Release",
     "ReleaseError",
-    "committed_file",
     "diff",
     "field_value",
     "history",

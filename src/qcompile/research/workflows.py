@@ -80,11 +80,11 @@ def committed_report(
     (label, evidence, params); None outside git or before a report was committed."""
     import json
 
-    from qcompile.lifecycle.releases import committed_file
+    from qcompile.vcs import committed_file
 
     where = f"{params['backtest']['reports_dir']}/{strategy_id}/{params['strategy']['version']}"
-    evidence = committed_file(project, f"{where}/evidence.json")
-    built = committed_file(project, f"generated/{strategy_id}/params.yaml")
+    evidence = committed_file(project.root, f"{where}/evidence.json")
+    built = committed_file(project.root, f"generated/{strategy_id}/params.yaml")
     if evidence is None or built is None:
         return None
     try:

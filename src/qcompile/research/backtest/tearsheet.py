@@ -27,8 +27,8 @@ import numpy as np
 import polars as pl
 
 from qcompile import templating
+from qcompile.comparison import input_changes, metric_changes
 from qcompile.research.backtest.benchmark import RELATIVE_FORMULAS
-from qcompile.research.backtest.compare import input_changes, metric_changes
 from qcompile.research.backtest.engine import Result
 
 TEMPLATES = Path(__file__).parent / "templates"
