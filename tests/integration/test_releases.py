@@ -333,7 +333,13 @@ def test_a_parameter_change_shows_its_metrics_beside_the_config_change(repo: Pat
     metrics beside the new ones and names the parameter, and report.html does the same."""
     before = json.loads((repo / "reports/STR-2026-0007/2.1.0/evidence.json").read_text())
     bump(repo, fast=10, version=None)
-    assert cli(repo, "backtest", STRATEGY).exit_code == 0
+    ran = cli(repo, "backtest", STRATEGY)
+    assert ran.exit_code == 0
+    # generated/ reads the evidence: the command says a build must follow, and it must
+    assert "the evidence changed: generated/ reads it" in ran.output
+    assert cli(repo, "build", "--check").exit_code == 1
+    build(repo)
+    assert cli(repo, "build", "--check").exit_code == 0
     after = json.loads((repo / "reports/STR-2026-0007/2.1.0/evidence.json").read_text())
     assert before["metrics"]["trade_count"] != after["metrics"]["trade_count"]
     shown = cli(repo, "diff", STRATEGY, "--from", "HEAD")
@@ -360,7 +366,8 @@ def test_a_parameter_change_shows_its_metrics_beside_the_config_change(repo: Pat
 
 
 def test_a_rerun_of_the_committed_report_says_nothing_changed(repo: Path) -> None:
-    assert cli(repo, "backtest", STRATEGY).exit_code == 0
+    ran = cli(repo, "backtest", STRATEGY)
+    assert ran.exit_code == 0 and "the evidence changed" not in ran.output
     page = (repo / "reports/STR-2026-0007/2.1.0/report.html").read_text()
     assert "Same inputs and metrics as reports/STR-2026-0007/2.1.0/evidence.json at HEAD" in page
     shown = cli(repo, "diff", STRATEGY, "--from", "HEAD")

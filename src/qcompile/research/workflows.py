@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
@@ -38,8 +38,9 @@ def backtest(project: Project, strategy: str, overrides: list[str]) -> tuple[obj
         strategy_id, params_file = current
         params = yaml.safe_load(params_file.read_text(encoding="utf-8"))
         baseline = committed_report(project, strategy_id, params)
+        before = _evidence_bytes(project, strategy_id, params)
         report = run_backtest(params_file, project.root, baseline=baseline)
-        return report, summary(report, project.root)
+        return report, summary(report, project.root) + _rebuild_note(report, before)
     from qcompile.compiler.plan import runtime_parameters
 
     compilation = compile_project(project, overrides, [strategy])
@@ -50,8 +51,9 @@ def backtest(project: Project, strategy: str, overrides: list[str]) -> tuple[obj
     baseline = committed_report(project, compiled.id, params)
     if not overrides:  # the evidence the gates read: only from what was built and committed
         params_file = built_params_file(project, compiled.id, params)
+        before = _evidence_bytes(project, compiled.id, params)
         report = run_backtest(params_file, project.root, baseline=baseline)
-        return report, summary(report, project.root)
+        return report, summary(report, project.root) + _rebuild_note(report, before)
     version_dir = (
         project.root
         / params["backtest"]["reports_dir"]
@@ -71,6 +73,28 @@ def backtest(project: Project, strategy: str, overrides: list[str]) -> tuple[obj
             baseline=baseline,
         )
     return report, summary(report, project.root)
+
+
+def _evidence_bytes(project: Project, strategy_id: str, params: dict) -> bytes | None:
+    path = (
+        project.root
+        / params["backtest"]["reports_dir"]
+        / strategy_id
+        / params["strategy"]["version"]
+        / "evidence.json"
+    )
+    return path.read_bytes() if path.is_file() else None
+
+
+def _rebuild_note(report: Any, before: bytes | None) -> str:
+    """generated/ reads the evidence (the checklist, the passport's gate status, the runner's
+    monitoring baseline): new evidence leaves it stale until the next build, so say so."""
+    if report.evidence.read_bytes() == before:
+        return ""
+    return (
+        "\nthe evidence changed: generated/ reads it (checklist, passport, monitoring baseline); "
+        "run `qcompile build` and commit both"
+    )
 
 
 def committed_report(

@@ -52,6 +52,18 @@ def _fill_seq(fill: dict[str, Any]) -> int:
     return int(fill.get("seq") or 0)
 
 
+class BrokerError(Exception):
+    """A broker call failed; the message says what the broker answered (never a credential)."""
+
+
+class OrderRejected(BrokerError):
+    """The broker refused an order (insufficient buying power, unknown asset, a closed market)."""
+
+
+class BrokerUnavailable(BrokerError):
+    """The broker could not be reached or kept refusing (rate limits): retry later, safely."""
+
+
 class Broker(Protocol):
     def submit(self, order: Order) -> list[Fill]: ...
     def fills_after(self, seq: int) -> list[Fill]: ...

@@ -229,7 +229,7 @@ def _histogram(returns: Sequence[float]) -> dict[str, Any] | None:
     return {
         "x": "number",
         "xLabel": "trade return %",
-        "y": {"format": "number"},
+        "y": {"format": "count"},
         "height": 240,
         "data": [_values(centres, 3), counts.tolist()],
         "series": [_line("trades", "#5b7fc7", kind="bars")],

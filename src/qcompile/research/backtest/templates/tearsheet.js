@@ -18,6 +18,7 @@
     money: (v) => (v == null ? "–" : Math.round(v).toLocaleString("en-US")),
     number: (v) => (v == null ? "–" : (Math.abs(v) >= 100 ? v.toFixed(0) : v.toFixed(2))),
     growth: (v) => (v == null ? "–" : v.toFixed(2) + "×"),
+    count: (v) => (v == null ? "–" : v.toFixed(0)),
   };
   // Axis labels are short (1.2M, 500k); the legend shows the full value.
   const compact = (v) => {
@@ -27,6 +28,12 @@
     return formats.number(v);
   };
   const axisFormats = { ...formats, money: (v) => (v == null ? "" : compact(v)) };
+  const nice = (value, up) => {
+    const power = 10 ** Math.floor(Math.log10(value));
+    const steps = up ? [1, 2, 3, 4, 5, 6, 7, 8, 9, 10] : [10, 9, 8, 7, 6, 5, 4, 3, 2, 1];
+    const step = steps.find((s) => (up ? s * power >= value : s * power <= value));
+    return step * power;
+  };
   const day = (seconds) => new Date(seconds * 1000).toISOString().slice(0, 10);
 
   function options(spec, width) {
@@ -66,11 +73,14 @@
       bands: (spec.bands || []).map((b) => ({ series: [b[0], b[1]], fill: b[2] })),
       scales: {
         x: { time: spec.x === "time" },
-        y: spec.y.log ? { distr: 3, log: 10 } : {},
+        // a log axis fitted to the data (to a whole multiple of a power of ten), not whole decades
+        y: spec.y.log ? { distr: 3, log: 10, range: (u, min, max) => [nice(min, false), nice(max, true)] } : {},
       },
       axes: [
         spec.x === "time" ? {} : { values: (u, ticks) => ticks.map(formats.number) },
-        { size: 64, values: (u, ticks) => ticks.map(axisFormat) },
+        spec.y.format === "count"
+          ? { size: 64, incrs: [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000] }
+          : { size: 64, values: (u, ticks) => ticks.map(axisFormat) },
       ],
       cursor: { drag: { x: true, y: false } },
       legend: { live: true },

@@ -1,0 +1,224 @@
+"""Alpaca (US equities) through Alpaca's own SDK, alpaca-py: the first real order route.
+
+Orders carry the runner's deterministic ids as Alpaca client order ids (strategy, decision bar,
+symbol and leg: ``Engine`` makes them), so submitting is idempotent however often it is tried:
+Alpaca refuses a second order with the same client id, and the adapter then reads the first one
+back instead of sending anything. A submit whose answer is lost (a timeout, a dropped connection,
+a process killed between sending and reading) is resolved the same way: the adapter asks Alpaca
+for the order by its client id and only sends again if Alpaca never saw it.
+
+Alpaca's rate limit answers 429 with a Retry-After header: the adapter waits as told (the SDK's
+own retry waits a fixed 3 s and ignores it, so it is switched off), up to ``max_waits`` times,
+then gives up with ``BrokerUnavailable``. Alpaca's error bodies become ``OrderRejected`` (the
+broker said no) or ``BrokerError``; credentials appear in no message.
+
+Fills are read by polling orders (``poll_fills``): each working order's filled quantity against
+what was already reported, the increment priced from the change in Alpaca's average fill price.
+(The trade-updates stream, durable fill sequencing across restarts and the runner's use of this
+adapter are the next steps of issue 19.)
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import requests
+from alpaca.common.exceptions import APIError
+from alpaca.trading.client import TradingClient
+from alpaca.trading.enums import OrderSide, OrderStatus, QueryOrderStatus, TimeInForce
+from alpaca.trading.requests import GetOrdersRequest, MarketOrderRequest
+
+from qcompile.runtime.broker import (
+    BrokerError,
+    BrokerUnavailable,
+    Fill,
+    Order,
+    OrderRejected,
+)
+
+T = TypeVar("T")
+DUPLICATE_CLIENT_ID = "client_order_id must be unique"
+OPEN = {
+    OrderStatus.NEW,
+    OrderStatus.ACCEPTED,
+    OrderStatus.PENDING_NEW,
+    OrderStatus.PARTIALLY_FILLED,
+}
+
+
+def _ms(moment: dt.datetime | None) -> int:
+    return 0 if moment is None else int(moment.timestamp() * 1000)
+
+
+def _number(value: Any) -> float:
+    return 0.0 if value is None else float(value)
+
+
+class AlpacaBroker:
+    """The broker interface over Alpaca's trading API (paper or live endpoint)."""
+
+    def __init__(
+        self,
+        key_id: str,
+        secret_key: str,
+        *,
+        paper: bool = True,
+        url: str | None = None,
+        fractional: bool = False,
+        max_waits: int = 5,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.client = TradingClient(key_id, secret_key, paper=paper, url_override=url)
+        # the SDK retries a 429 after a fixed wait, ignoring Retry-After: we wait as told instead
+        self.client._retry_codes = []
+        self.fractional = fractional
+        self.max_waits = max_waits
+        self.sleep = sleep
+        self._reported: dict[str, tuple[float, float]] = {}  # client id -> (qty, cost) reported
+        self._fill_seq = 0
+
+    # -- calls ------------------------------------------------------------------------------
+
+    def _call(self, what: str, function: Callable[..., T], *args: Any) -> T:
+        for attempt in range(self.max_waits + 1):
+            try:
+                return function(*args)
+            except APIError as error:
+                if error.status_code == 429 and attempt < self.max_waits:
+                    self.sleep(_retry_after(error))
+                    continue
+                raise _mapped(what, error) from None
+            except requests.exceptions.RequestException as error:
+                raise BrokerUnavailable(
+                    f"{what}: Alpaca unreachable ({type(error).__name__})"
+                ) from None
+        raise AssertionError("unreachable")  # the loop returns or raises
+
+    # -- the broker interface ---------------------------------------------------------------
+
+    def submit(self, order: Order) -> list[Fill]:
+        """Send ``order`` as a market order for the day under its id as client order id; an id
+        Alpaca already has is read back, never sent twice. Returns nothing: fills arrive through
+        ``poll_fills``."""
+        quantity = abs(order.quantity)
+        if not self.fractional and not math.isclose(quantity, round(quantity)):
+            raise OrderRejected(f"{order.id}: {quantity:g} shares; fractional shares are off")
+        request = MarketOrderRequest(
+            symbol=order.symbol,
+            qty=quantity,
+            side=OrderSide.BUY if order.quantity > 0 else OrderSide.SELL,
+            time_in_force=TimeInForce.DAY,
+            client_order_id=order.id,
+        )
+        try:
+            self._call(f"order {order.id}", self.client.submit_order, request)
+        except OrderRejected as error:
+            if DUPLICATE_CLIENT_ID not in str(error):
+                raise
+        except BrokerUnavailable:
+            # the answer was lost: did Alpaca take it? Only if not is it sent again
+            if self.find(order.id) is None:
+                self._call(f"order {order.id}", self.client.submit_order, request)
+        return []
+
+    def find(self, client_id: str) -> Order | None:
+        """The order Alpaca knows under ``client_id``, working or not; None if it never arrived."""
+        try:
+            found = self._call(f"order {client_id}", self.client.get_order_by_client_id, client_id)
+        except BrokerError as error:
+            if "order not found" in str(error):
+                return None
+            raise
+        return _ours(found)
+
+    def working_orders(self) -> list[Order]:
+        listed = self._call(
+            "open orders",
+            self.client.get_orders,
+            GetOrdersRequest(status=QueryOrderStatus.OPEN, limit=500),
+        )
+        return [_ours(o) for o in listed]
+
+    def cancel_all(self) -> list[Order]:
+        """Cancel every working order of the account; returns the orders that were working."""
+        working = self.working_orders()
+        self._call("cancel all", self.client.cancel_orders)
+        return working
+
+    def positions(self) -> dict[str, float]:
+        held = self._call("positions", self.client.get_all_positions)
+        return {p.symbol: _number(p.qty) for p in held if _number(p.qty) != 0.0}
+
+    def cash(self) -> float:
+        return _number(self._call("account", self.client.get_account).cash)
+
+    def equity(self) -> float:
+        return _number(self._call("account", self.client.get_account).equity)
+
+    def on_quote(self, symbol: str, price: float, timestamp: int) -> list[Fill]:
+        return []  # Alpaca fills at its own market; fills are read with poll_fills
+
+    def poll_fills(self) -> list[Fill]:
+        """The fills since the last poll, from every order of the day: each order's filled
+        quantity beyond what was already reported, priced from the change in its average price."""
+        listed = self._call(
+            "orders",
+            self.client.get_orders,
+            GetOrdersRequest(status=QueryOrderStatus.ALL, limit=500),
+        )
+        fills = []
+        for order in sorted(listed, key=lambda o: (_ms(o.updated_at), o.client_order_id)):
+            qty, average = _number(order.filled_qty), _number(order.filled_avg_price)
+            reported_qty, reported_cost = self._reported.get(order.client_order_id, (0.0, 0.0))
+            new = qty - reported_qty
+            if new <= 1e-12:
+                continue
+            cost = qty * average
+            sign = 1.0 if order.side == OrderSide.BUY else -1.0
+            self._fill_seq += 1
+            fills.append(
+                Fill(
+                    order.client_order_id,
+                    str(order.symbol),
+                    sign * new,
+                    (cost - reported_cost) / new,
+                    0.0,  # Alpaca charges no commission on US equities
+                    _ms(order.filled_at or order.updated_at),
+                    self._fill_seq,
+                )
+            )
+            self._reported[order.client_order_id] = (qty, cost)
+        return fills
+
+
+def _ours(order: Any) -> Order:
+    sign = 1.0 if order.side == OrderSide.BUY else -1.0
+    return Order(
+        order.client_order_id, str(order.symbol), sign * _number(order.qty), _ms(order.submitted_at)
+    )
+
+
+def _retry_after(error: APIError) -> float:
+    response = error.response
+    header = response.headers.get("Retry-After") if response is not None else None
+    try:
+        return max(0.0, float(header)) if header is not None else 1.0
+    except ValueError:
+        return 1.0
+
+
+def _mapped(what: str, error: APIError) -> BrokerError:
+    """Alpaca's error as ours: its message, never the request (which holds the key headers)."""
+    try:
+        message = str(error.message)
+    except (ValueError, KeyError, TypeError):
+        message = f"HTTP {error.status_code}"
+    if error.status_code in (403, 422):
+        return OrderRejected(f"{what}: Alpaca refused it: {message}")
+    if error.status_code == 429:
+        return BrokerUnavailable(f"{what}: Alpaca's rate limit held after retries: {message}")
+    return BrokerError(f"{what}: Alpaca answered {error.status_code}: {message}")
