@@ -189,7 +189,8 @@ def signal_summary(source: SignalSource) -> dict[str, str]:
         "name": source.name,
         "version": source.version,
         "parameters": ", ".join(parameters),
-        "description": " ".join(first.split()),
+        # reST literals (``fast``) read as plain words in a terminal table
+        "description": " ".join(first.replace("``", "").split()),
         "where": f"{source.file}:{source.line}",
     }
 
