@@ -22,14 +22,14 @@ An aiohttp application runs in a daemon thread with its own event loop::
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
-import threading
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
+
+from qcompile.emulator.loopback import LoopbackApi
 
 KEY_ID, SECRET_KEY = "PKTEST0000000000", "test-secret-0000000000000000000000000000"
 
@@ -105,8 +105,10 @@ class EmulatedOrder:
         }
 
 
-class AlpacaEmulator:
+class AlpacaEmulator(LoopbackApi):
     """Alpaca's trading REST API on 127.0.0.1, one account, in a thread of its own."""
+
+    name = "alpaca-emulator"
 
     def __init__(
         self,
@@ -116,64 +118,17 @@ class AlpacaEmulator:
         auto_fill_at: dict[str, float] | None = None,
         tradable: set[str] | None = None,
     ) -> None:
+        super().__init__()
         self.cash = cash
         self.key_id, self.secret_key = key_id, secret_key
         self.auto_fill_at = dict(auto_fill_at or {})
         self.tradable = tradable  # None: every symbol
         self.orders: dict[str, EmulatedOrder] = {}
         self.positions: dict[str, tuple[float, float]] = {}  # symbol -> (qty, average price)
-        self.requests: list[tuple[str, str]] = []  # (method, path) of every request
         self.account_id = str(uuid.uuid4())
-        self._limited: list[int] = []  # Retry-After seconds of the next 429s
-        self._lose_next = False
         self._reject_next: str | None = None
-        self._lock = threading.Lock()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._runner: web.AppRunner | None = None
-        self._thread: threading.Thread | None = None
-        self.port = 0
 
-    # -- life cycle -------------------------------------------------------------------------
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def __enter__(self) -> AlpacaEmulator:
-        ready = threading.Event()
-        failure: list[BaseException] = []
-
-        def serve() -> None:
-            loop = asyncio.new_event_loop()
-            self._loop = loop
-            try:
-                loop.run_until_complete(self._start())
-            except BaseException as error:  # reported to the caller, not swallowed
-                failure.append(error)
-                ready.set()
-                return
-            ready.set()
-            loop.run_forever()
-
-        self._thread = threading.Thread(target=serve, name="alpaca-emulator", daemon=True)
-        self._thread.start()
-        ready.wait(10)
-        if failure:
-            raise failure[0]
-        return self
-
-    def __exit__(self, *_: Any) -> None:
-        loop = self._loop
-        if loop is None:
-            return
-        if self._runner is not None:
-            asyncio.run_coroutine_threadsafe(self._runner.cleanup(), loop).result(10)
-        loop.call_soon_threadsafe(loop.stop)
-        if self._thread is not None:
-            self._thread.join(10)
-
-    async def _start(self) -> None:
-        app = web.Application(middlewares=[self._gate])
+    def routes(self, app: web.Application) -> None:
         app.router.add_get("/v2/account", self._account)
         app.router.add_post("/v2/orders", self._submit)
         app.router.add_get("/v2/orders", self._list)
@@ -181,21 +136,8 @@ class AlpacaEmulator:
         app.router.add_delete("/v2/orders", self._cancel_all)
         app.router.add_delete("/v2/orders/{order_id}", self._cancel)
         app.router.add_get("/v2/positions", self._positions)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        self.port = self._runner.addresses[0][1]
 
     # -- what a test drives -----------------------------------------------------------------
-
-    def rate_limit(self, requests: int = 1, retry_after: int = 1) -> None:
-        with self._lock:
-            self._limited += [retry_after] * requests
-
-    def lose_next_response(self) -> None:
-        with self._lock:
-            self._lose_next = True
 
     def reject_next(self, message: str = "insufficient buying power") -> None:
         with self._lock:
@@ -236,21 +178,18 @@ class AlpacaEmulator:
 
     # -- the API ----------------------------------------------------------------------------
 
-    @web.middleware
-    async def _gate(self, request: web.Request, handler: Any) -> web.StreamResponse:
-        with self._lock:
-            self.requests.append((request.method, request.path))
-            limited = self._limited.pop(0) if self._limited else None
-        if limited is not None:
-            return _error(
-                429, 42910000, "rate limit exceeded", headers={"Retry-After": str(limited)}
-            )
+    def rate_limited(self, retry_after: int) -> web.Response:
+        return _error(
+            429, 42910000, "rate limit exceeded", headers={"Retry-After": str(retry_after)}
+        )
+
+    def refused(self, request: web.Request) -> web.Response | None:
         if (
             request.headers.get("APCA-API-KEY-ID") != self.key_id
             or request.headers.get("APCA-API-SECRET-KEY") != self.secret_key
         ):
             return _error(401, 40110000, "request is not authorized")
-        return await handler(request)
+        return None
 
     async def _account(self, _: web.Request) -> web.Response:
         with self._lock:
@@ -316,12 +255,10 @@ class AlpacaEmulator:
             price = self.auto_fill_at.get(symbol)
             if price is not None and order.order_type == "market":
                 self._fill(order, order.qty, price)
-            lose, self._lose_next = self._lose_next, False
+            lose = self._take_lost()
             answer = order.as_json()
         if lose:  # processed, and the answer never arrives
-            if request.transport is not None:
-                request.transport.abort()
-            raise asyncio.CancelledError
+            self._drop(request)
         return web.json_response(answer)
 
     async def _list(self, request: web.Request) -> web.Response:
