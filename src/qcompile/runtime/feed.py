@@ -150,6 +150,7 @@ class Feed:
         self._poll_s = min(0.05, heartbeat_s / 10)
         # the server's Retry-After (a 429 on the upgrade, a 3001 frame): no attempt before this
         self._not_before: float | None = None
+        self._told_at: float | None = None  # when the server said so
 
     def abort(self, reason: str) -> None:
         """From another thread: drop the connection even if this thread is stuck reading a
@@ -215,7 +216,8 @@ class Feed:
 
     def _remember_retry_after(self, seconds: float) -> None:
         """The server's Retry-After: the next connection attempt waits for it (plus jitter)."""
-        self._not_before = self.clock() + self.backoff.after_retry_after(seconds)
+        self._told_at = self.clock()
+        self._not_before = self._told_at + self.backoff.after_retry_after(seconds)
         self.stats.retry_after.append(seconds)
 
     def _server_said_wait(self, seconds: float, why: str) -> None:
@@ -228,14 +230,16 @@ class Feed:
         if stable:
             self.backoff.reset()
         now = self.clock()
+        told_at = self._told_at
         if self._not_before is not None and self._not_before > now:
             delay = self._not_before - now  # what the server asked; the schedule resumes after
         else:
-            delay = self.backoff.next_delay()
-        self._not_before = None
-        self.stats.delays.append(delay)
+            delay, told_at = self.backoff.next_delay(), None
+        self._not_before = self._told_at = None
         log.warning("feed down (%s); reconnecting in %.2f s", reason, delay)
         stop.wait(delay)
+        # a server-given wait counts from when the server said it, as measured: at least that
+        self.stats.delays.append(delay if told_at is None else self.clock() - told_at)
 
     @staticmethod
     def _close(ws: websocket.WebSocket) -> None:

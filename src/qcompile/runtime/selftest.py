@@ -230,7 +230,9 @@ def check_rate_limits(bench: _Bench, scratch: Path) -> str:
     try:
         assert _wait(runner.feed.connected.is_set), "never connected after the refused upgrade"
         first = runner.feed.stats.delays[0] if runner.feed.stats.delays else 0.0
-        assert 1.0 <= first <= 1.1 + 1e-9, f"upgrade 429 Retry-After 1 s, waited {first:.2f} s"
+        # measured from the refusal to the next attempt: never sooner than told; the jitter
+        # (10 %) and a busy machine's scheduling may add a little
+        assert 1.0 <= first <= 1.6, f"upgrade 429 Retry-After 1 s, waited {first:.2f} s"
     finally:
         runner.stop()
     return (
