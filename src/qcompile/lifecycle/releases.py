@@ -553,9 +553,11 @@ def side_file(project: Project, side: _Side, path: str) -> bytes | None:
     return vcs.file_at(project.root, side.commit, path)
 
 
-def _report_of(
-    project: Project, strategy_id: str, side: _Side, files: dict[str, bytes]
-) -> tuple[str | None, tuple[dict[str, Any], dict[str, Any]] | None]:
+# where a side's evidence.json is, and its (evidence, params); None where it has none
+Report = tuple[str | None, tuple[dict[str, Any], dict[str, Any]] | None]
+
+
+def _report_of(project: Project, strategy_id: str, side: _Side, files: dict[str, bytes]) -> Report:
     """Where the side's evidence.json is and (evidence, params), or None without one."""
     path = f"generated/{strategy_id}/params.yaml"
     params = _load_yaml(files[path], path) if path in files else None
@@ -571,17 +573,11 @@ def _report_of(
     return f"{where}/evidence.json", (evidence, params) if isinstance(evidence, dict) else None
 
 
-def _metrics_section(
-    project: Project,
-    strategy_id: str,
-    before: tuple[_Side, dict[str, bytes]],
-    after: tuple[_Side, dict[str, bytes]],
-) -> list[str]:
-    """The backtest's metrics on both sides and the inputs that changed between them."""
+def _metrics_section(strategy_id: str, before: Report, after: Report) -> list[str]:
+    """The backtest's metrics on both sides (``_report_of`` each) and the inputs that changed."""
     from qcompile.comparison import text
 
-    old_where, old = _report_of(project, strategy_id, *before)
-    new_where, new = _report_of(project, strategy_id, *after)
+    (old_where, old), (new_where, new) = before, after
     where = (
         new_where if new_where == old_where or old_where is None else f"{old_where}, {new_where}"
     )
@@ -649,15 +645,13 @@ def diff(project: Project, strategy_id: str, from_rev: str | None, to_rev: str |
             f"generated/{strategy_id}/ exists in neither {_phrase(a)} nor {_phrase(b)}"
         )
     changed = sorted(p for p in set(old) | set(new) if old.get(p) != new.get(p))
+    reports = (_report_of(project, strategy_id, a, old), _report_of(project, strategy_id, b, new))
     if not changed:
         same = f"no differences in generated/{strategy_id}/ between {_phrase(a)} and {_phrase(b)}\n"
-        reports = [
-            _report_of(project, strategy_id, a, old),
-            _report_of(project, strategy_id, b, new),
-        ]
-        if all(r is not None for _, r in reports) and reports[0][1][0] != reports[1][1][0]:
+        first, second = reports
+        if first[1] is not None and second[1] is not None and first[1][0] != second[1][0]:
             # the same build, reports that differ (re-run by another qcompile, or by hand)
-            return same + "".join(_metrics_section(project, strategy_id, (a, old), (b, new)))
+            return same + "".join(_metrics_section(strategy_id, first, second))
         return same
 
     old_pins, new_pins = _pins(old, strategy_id), _pins(new, strategy_id)
@@ -676,7 +670,7 @@ def diff(project: Project, strategy_id: str, from_rev: str | None, to_rev: str |
     ]
     if rule_lines:
         out += ["\n", "gates and waivers:\n", *rule_lines]
-    out += ["\n", *_metrics_section(project, strategy_id, (a, old), (b, new)), "\n", "files:\n"]
+    out += ["\n", *_metrics_section(strategy_id, *reports), "\n", "files:\n"]
     for path in changed:
         status = "A" if path not in old else "D" if path not in new else "M"
         out.append(f"  {status} {path}\n")

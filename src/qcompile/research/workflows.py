@@ -31,14 +31,14 @@ def backtest(project: Project, strategy: str, overrides: list[str]) -> tuple[obj
     """
     from qcompile.compiler.build import built_params_file, compile_project, current_params_file
     from qcompile.research.backtest.runner import backtest as run_backtest
-    from qcompile.research.backtest.runner import summary
+    from qcompile.research.backtest.runner import report_directory, summary
 
     current = None if overrides else current_params_file(project, strategy)
     if current is not None:  # generated/ is what conf/ compiles to now: no need to compile
         strategy_id, params_file = current
         params = yaml.safe_load(params_file.read_text(encoding="utf-8"))
         baseline = committed_report(project, strategy_id, params)
-        before = _evidence_bytes(project, strategy_id, params)
+        before = _evidence_bytes(project, params)
         report = run_backtest(params_file, project.root, baseline=baseline)
         return report, summary(report, project.root) + _rebuild_note(report, before)
     from qcompile.compiler.plan import runtime_parameters
@@ -51,16 +51,10 @@ def backtest(project: Project, strategy: str, overrides: list[str]) -> tuple[obj
     baseline = committed_report(project, compiled.id, params)
     if not overrides:  # the evidence the gates read: only from what was built and committed
         params_file = built_params_file(project, compiled.id, params)
-        before = _evidence_bytes(project, compiled.id, params)
+        before = _evidence_bytes(project, params)
         report = run_backtest(params_file, project.root, baseline=baseline)
         return report, summary(report, project.root) + _rebuild_note(report, before)
-    version_dir = (
-        project.root
-        / params["backtest"]["reports_dir"]
-        / compiled.id
-        / params["strategy"]["version"]
-    )
-    target = version_dir / "runs" / sha256_json(overrides)[:12]
+    target = project.root / report_directory(params) / "runs" / sha256_json(overrides)[:12]
     with tempfile.TemporaryDirectory() as scratch:
         params_file = Path(scratch) / "params.yaml"
         params_file.write_text(yaml.safe_dump(params, sort_keys=False), encoding="utf-8")
@@ -75,14 +69,10 @@ def backtest(project: Project, strategy: str, overrides: list[str]) -> tuple[obj
     return report, summary(report, project.root)
 
 
-def _evidence_bytes(project: Project, strategy_id: str, params: dict) -> bytes | None:
-    path = (
-        project.root
-        / params["backtest"]["reports_dir"]
-        / strategy_id
-        / params["strategy"]["version"]
-        / "evidence.json"
-    )
+def _evidence_bytes(project: Project, params: dict) -> bytes | None:
+    from qcompile.research.backtest.runner import report_directory
+
+    path = project.root / report_directory(params) / "evidence.json"
     return path.read_bytes() if path.is_file() else None
 
 
@@ -104,9 +94,10 @@ def committed_report(
     (label, evidence, params); None outside git or before a report was committed."""
     import json
 
+    from qcompile.research.backtest.runner import report_directory
     from qcompile.vcs import committed_file
 
-    where = f"{params['backtest']['reports_dir']}/{strategy_id}/{params['strategy']['version']}"
+    where = report_directory(params)
     evidence = committed_file(project.root, f"{where}/evidence.json")
     built = committed_file(project.root, f"generated/{strategy_id}/params.yaml")
     if evidence is None or built is None:

@@ -28,6 +28,7 @@ import polars as pl
 
 from qcompile import templating
 from qcompile.comparison import input_changes, metric_changes
+from qcompile.dailystats import bar_returns
 from qcompile.research.backtest.benchmark import RELATIVE_FORMULAS
 from qcompile.research.backtest.engine import Result
 
@@ -388,8 +389,7 @@ def _relative(evidence: dict[str, Any]) -> list[dict[str, str]]:
 
 
 def _volatility(equity: np.ndarray, ppy: float) -> float | None:
-    usable = equity[:-1] > 0
-    returns = (equity[1:] / np.where(usable, equity[:-1], 1.0) - 1.0)[usable]
+    returns = bar_returns(equity.tolist())  # the metrics' own bar returns
     return float(np.std(returns, ddof=1) * math.sqrt(ppy)) if len(returns) >= 2 else None
 
 
