@@ -407,3 +407,10 @@ def test_a_first_run_compiles_beside_and_reports_the_same_numbers(
     # the report's small grid runs on one thread: the parallel kernels were never compiled
     assert {"kernel.grid_accumulate_serial", "kernel.grid_finish"} <= cached, cached
     assert "kernel.grid_accumulate" not in cached and "trend._rolling_sums_parallel" not in cached
+
+
+def test_an_empty_benchmark_is_one_diagnostic(with_data: Path) -> None:
+    result = cli(with_data, "validate", "+strategy.backtest.benchmark=''")
+    assert result.exit_code == 2
+    assert "strategy.backtest.benchmark: must not be empty [schema.empty]" in result.output
+    assert "rule.benchmark_symbol" not in result.output  # not blamed twice

@@ -520,7 +520,12 @@ def cross_field_diagnostics(composed: ComposedStrategy, data: dict[str, Any]) ->
             "list each symbol once: in symbols to trade it, in benchmarks to compare against it",
         )
     chosen = backtest.get("benchmark")
-    if isinstance(chosen, str) and chosen != "equal_weight" and chosen not in tradable + references:
+    if (
+        chosen
+        and isinstance(chosen, str)
+        and chosen != "equal_weight"
+        and chosen not in tradable + references
+    ):
         add(
             "strategy.backtest.benchmark",
             f"{chosen} is neither in universe.symbols nor in universe.benchmarks",
