@@ -104,6 +104,40 @@ ALERTS: dict[str, AlertEntry] = {
         "between the two): they were applied as if received, and the orders are not sent again.",
         "None if the runner was killed or crashed; otherwise find out why it stopped.",
     ),
+    "broker.mismatch": AlertEntry(
+        "critical",
+        "A real broker's positions differ from the runner's books (at start-up, or after a "
+        "reconnect once no order was working): working orders were cancelled and trading is "
+        "held; fresh data does not lift it.",
+        "Find out who moved the account (a manual trade, a fill the runner missed); then "
+        "`qcompile reconcile STRATEGY` shows the differences and `--accept-broker` adopts the "
+        "broker's positions (docs/brokers.md).",
+    ),
+    "broker.rejected": AlertEntry(
+        "critical",
+        "The broker refused an order (buying power, an unknown or halted asset, a closed "
+        "market): the strategy's position is not what it decided.",
+        "Read the broker's reason; fix the account or the universe. The next bar's decision "
+        "tries again.",
+    ),
+    "broker.cancel_failed": AlertEntry(
+        "critical",
+        "A safe state could not cancel the working orders at the broker (unreachable or "
+        "refusing); the runner keeps trying every poll interval.",
+        "Cancel them by hand in the broker's console if the broker stays unreachable.",
+    ),
+    "broker.unreachable": AlertEntry(
+        "warning",
+        "The broker did not answer the runner's questions about its working orders; after 30 s "
+        "the runner fails into its safe state and exits non-zero.",
+        "Check the broker's status page and the host's network.",
+    ),
+    "runner.broker_override": AlertEntry(
+        "warning",
+        "deployment.broker.url sends orders to another address than the broker's own API (a "
+        "local stand-in for a rehearsal).",
+        "Expected in a rehearsal; in production, remove deployment.broker.url.",
+    ),
     "runner.lagging": AlertEntry(
         "warning",
         "Decisions fall behind the feed: max_queued_pushes pushes are waiting (the queue then "

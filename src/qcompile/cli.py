@@ -519,6 +519,26 @@ def stop(strategy: str, timeout: float) -> None:
 
 @main.command()
 @click.argument("strategy")
+@click.option(
+    "--accept-broker",
+    is_flag=True,
+    help="Cancel working orders at the broker, adopt its positions and lift the hold.",
+)
+@click.option("--by", "operator", metavar="EMAIL", help="Who accepts (recorded in the journal).")
+@_handled
+def reconcile(strategy: str, accept_broker: bool, operator: str | None) -> None:
+    """Compare STRATEGY's stopped runner's books with its broker's (exit 1 if they differ); with
+    --accept-broker, adopt the broker's positions so a held runner can trade again."""
+    from qcompile.runtime.command import reconcile_runner
+
+    if accept_broker and not operator:
+        raise click.UsageError("--accept-broker needs --by EMAIL: the journal records who")
+    project = _project()
+    reconcile_runner(_params_file(project, strategy), project.root, accept_broker, operator or "")
+
+
+@main.command()
+@click.argument("strategy")
 @click.option("--wait", type=click.FloatRange(min=0), default=0.0, help="Seconds to wait.")
 @click.option("--since", metavar="ISO8601", help="Only a heartbeat written after this time.")
 @_handled

@@ -16,7 +16,7 @@ from alpaca.trading.models import Position, TradeAccount
 
 from qcompile.emulator.alpaca import KEY_ID, SECRET_KEY, AlpacaEmulator
 from qcompile.runtime.alpaca import AlpacaBroker
-from qcompile.runtime.broker import BrokerError, Order, OrderRejected
+from qcompile.runtime.broker import BrokerError, Order, OrderRejected, fill_increment
 
 
 @pytest.fixture
@@ -51,31 +51,40 @@ def test_every_answer_parses_into_the_sdks_own_models(alpaca: AlpacaEmulator) ->
     assert found.filled_avg_price == "300.0000" and isinstance(found.id, uuid.UUID)
 
 
-def test_a_market_order_fills_and_the_fill_is_reported_once(alpaca: AlpacaEmulator) -> None:
+def test_a_market_order_fills_and_the_report_is_cumulative(alpaca: AlpacaEmulator) -> None:
     adapter, _ = broker(alpaca)
     adapter.submit(order("MSFT", 10.0))
     assert [o.id for o in adapter.working_orders()] == [order().id]
+    assert adapter.report(order()).open
     alpaca.fill(order().id, 4, 300.0)
     alpaca.fill(order().id, 6, 310.0)  # a partial fill, then the rest at another price
-    fills = adapter.poll_fills()
-    assert [(f.order_id, f.symbol, f.quantity) for f in fills] == [(order().id, "MSFT", 10.0)]
-    assert fills[0].price == pytest.approx(306.0)  # (4 x 300 + 6 x 310) / 10
-    assert adapter.poll_fills() == []  # reported once
+    report = adapter.report(order())
+    assert (report.order_id, report.symbol, report.side, report.filled) == (
+        order().id,
+        "MSFT",
+        1,
+        10.0,
+    )
+    assert report.cost == pytest.approx(3_060.0) and not report.open  # 4 x 300 + 6 x 310
+    assert fill_increment(report, [10.0, 3_060.0, 0.0]) is None  # booked already: nothing new
     assert adapter.positions() == {"MSFT": 10.0}
     assert adapter.cash() == pytest.approx(100_000.0 - 3_060.0)
     assert adapter.equity() == pytest.approx(100_000.0)
+    assert adapter.report(order("AAPL")) is None  # never sent
 
 
-def test_partial_fills_across_polls_are_priced_by_their_increments(alpaca: AlpacaEmulator) -> None:
+def test_partial_fills_are_booked_by_their_increments(alpaca: AlpacaEmulator) -> None:
     adapter, _ = broker(alpaca)
     adapter.submit(order("MSFT", -10.0))
     alpaca.fill(order().id, 3, 200.0)
-    (first,) = adapter.poll_fills()
+    first_report = adapter.report(order())
+    first = fill_increment(first_report, [0.0, 0.0, 0.0])
     alpaca.fill(order().id, 7, 210.0)
-    (second,) = adapter.poll_fills()
+    booked = [first_report.filled, first_report.cost, first_report.commission]
+    second = fill_increment(adapter.report(order()), booked)
+    assert first_report.open and first_report.side == -1
     assert (first.quantity, first.price) == (-3.0, pytest.approx(200.0))
     assert (second.quantity, second.price) == (-7.0, pytest.approx(210.0))
-    assert second.seq == first.seq + 1
 
 
 def test_the_same_order_is_never_sent_twice(alpaca: AlpacaEmulator) -> None:

@@ -9,7 +9,13 @@ from collections.abc import Iterator
 import pytest
 
 from qcompile.emulator.binance import API_KEY, SECRET, BinanceEmulator
-from qcompile.runtime.broker import BrokerError, BrokerUnavailable, Order, OrderRejected
+from qcompile.runtime.broker import (
+    BrokerError,
+    BrokerUnavailable,
+    Order,
+    OrderRejected,
+    fill_increment,
+)
 from qcompile.runtime.exchange import CcxtBroker, client_order_id
 
 SYMBOLS = ["BTC/USDT", "ETH/USDT"]
@@ -40,18 +46,23 @@ def test_client_ids_are_deterministic_and_fit_the_exchange() -> None:
     assert re.fullmatch(r"[.A-Z:/a-z0-9_-]{1,36}", first)  # Binance's rule
 
 
-def test_an_order_fills_and_is_reported_once_with_its_price(binance: BinanceEmulator) -> None:
+def test_an_order_fills_and_is_booked_by_increments_with_its_price(
+    binance: BinanceEmulator,
+) -> None:
     adapter, _ = broker(binance)
     adapter.submit(order("BTC/USDT", 0.5))
     assert [o.id for o in adapter.working_orders()] == [order().id]
     client = client_order_id(order().id)
     binance.fill(client, 0.2, 50_000.0)
-    (first,) = adapter.poll_fills()
+    report = adapter.report(order())
+    first = fill_increment(report, [0.0, 0.0, 0.0])
     binance.fill(client, 0.3, 51_000.0)
-    (second,) = adapter.poll_fills()
+    final = adapter.report(order())
+    second = fill_increment(final, [report.filled, report.cost, report.commission])
     assert (first.order_id, first.quantity, first.price) == (order().id, 0.2, pytest.approx(50_000))
     assert (second.quantity, second.price) == (pytest.approx(0.3), pytest.approx(51_000))
-    assert adapter.poll_fills() == []
+    assert report.open and not final.open
+    assert fill_increment(final, [final.filled, final.cost, final.commission]) is None
     assert adapter.positions() == {"BTC/USDT": pytest.approx(0.5), "ETH/USDT": 5.0}
     assert adapter.cash() == pytest.approx(100_000.0 - 0.2 * 50_000 - 0.3 * 51_000)
 
@@ -60,7 +71,7 @@ def test_a_sell_reduces_the_base_balance(binance: BinanceEmulator) -> None:
     binance.auto_fill_at["ETHUSDT"] = 3_000.0
     adapter, _ = broker(binance)
     adapter.submit(order("ETH/USDT", -2.0))
-    (fill,) = adapter.poll_fills()
+    fill = fill_increment(adapter.report(order("ETH/USDT", -2.0)), [0.0, 0.0, 0.0])
     assert (fill.quantity, fill.price) == (-2.0, pytest.approx(3_000.0))
     assert adapter.positions()["ETH/USDT"] == pytest.approx(3.0)
 

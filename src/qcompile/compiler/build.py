@@ -375,6 +375,7 @@ def compile_project(
             artefacts=artefacts,
             unticked=unticked,
             waivers=waivers,
+            deployment=data["deployment"],
         )
         declared = gate(strategy["status"])
         waived = [u for u in declared if u.waived] + [

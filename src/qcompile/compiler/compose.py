@@ -272,10 +272,7 @@ def _apply_leaf_overrides(cfg: DictConfig, overrides: list[Override]) -> list[tu
 
     failures: list[tuple[Override, str]] = []
     for override in overrides:
-        exists = (
-            OmegaConf.select(cfg, override.key, default=_MISSING, throw_on_missing=False)
-            is not _MISSING
-        )
+        exists = _exists(cfg, override.key)
         try:
             if override.kind == "delete":
                 if not exists:
@@ -298,6 +295,19 @@ def _apply_leaf_overrides(cfg: DictConfig, overrides: list[Override]) -> list[tu
 
 
 _MISSING = object()
+
+
+def _exists(cfg: DictConfig, key: str) -> bool:
+    """Whether ``key`` names a node of ``cfg``, without resolving it: a ``${oc.env:NAME}``
+    value exists whether or not NAME is set here."""
+    from omegaconf import DictConfig, OmegaConf
+
+    parent, _, leaf = key.rpartition(".")
+    node = OmegaConf.select(cfg, parent, default=_MISSING) if parent else cfg
+    if "[" in leaf or not isinstance(node, DictConfig):  # an item of a list: select it
+        selected = OmegaConf.select(cfg, key, default=_MISSING, throw_on_missing=False)
+        return selected is not _MISSING
+    return leaf in OmegaConf.to_container(node, resolve=False)
 
 
 def _selection_of(config: ConfigFile) -> dict[str, str]:

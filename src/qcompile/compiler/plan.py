@@ -153,6 +153,7 @@ def passport(compiled: CompiledStrategy) -> dict[str, Any]:
         },
         "deployment": {
             "target": deployment["name"],
+            "broker": broker_summary(deployment),
             "deployment_date": record.get("deployment_date"),
             "parameters_file": f"generated/{strategy['id']}/params.yaml",
             "signal_version": f"{strategy['signal']['name']}@{strategy['signal']['version']}",
@@ -245,6 +246,30 @@ def _environment_names(value: Any) -> set[str]:
     return set(ENV_REFERENCE.findall(value)) if isinstance(value, str) else set()
 
 
+def broker_summary(deployment: dict[str, Any]) -> dict[str, Any]:
+    """Where a deployment's orders go, for the passport, runbook and checklist: the broker, its
+    endpoint and account, never a key (the key references are in the environment list)."""
+    broker = deployment.get("broker", "paper")
+    settings = {"kind": broker} if isinstance(broker, str) else dict(broker)
+    kind = settings.get("kind", "paper")
+    if kind == "alpaca":
+        endpoint = settings.get("endpoint", "paper")
+        where = f"Alpaca ({endpoint} endpoint)"
+    elif kind == "ccxt":
+        sandbox = " (sandbox)" if settings.get("sandbox") else ""
+        where = f"{settings.get('exchange')} spot through ccxt{sandbox}"
+    else:
+        where = "the paper broker"
+    account = settings.get("account")
+    return {
+        "kind": kind,
+        "description": where + (f", account {account}" if account else ""),
+        "account": account,
+        "url": settings.get("url"),  # a stand-in's address, shown so that no one misses it
+        "real": kind != "paper",
+    }
+
+
 def state_directory(store: dict[str, Any], strategy_id: str) -> str | None:
     """Where a file state store (a deployment's ``state_store``) keeps a strategy's state, journal
     and logs, relative to the project; None for other stores."""
@@ -296,7 +321,7 @@ def runbook(compiled: CompiledStrategy) -> dict[str, Any]:
         "environment": sorted(_environment_names({"data": source, "deployment": deployment})),
         "deployment": {
             "name": deployment["name"],
-            "broker": deployment["broker"],
+            "broker": broker_summary(deployment),
             "heartbeat_interval_s": deployment["heartbeat_interval_s"],
             "silence_s": 2 * deployment["heartbeat_interval_s"],
             "reconnect": reconnect,
@@ -350,6 +375,8 @@ def checklist(compiled: CompiledStrategy) -> dict[str, Any]:
         "ticked": sum(item.ticked for item in items),
         "total": len(items),
         "signoffs": signoffs,
+        "deployment": compiled.data["deployment"]["name"],
+        "broker": broker_summary(compiled.data["deployment"]),
     }
 
 
@@ -371,6 +398,7 @@ def rollback(compiled: CompiledStrategy) -> dict[str, Any]:
         "stop_timeout_s": 60,
         # a restarted runner writes its heartbeat once connected; allow two intervals and start-up
         "heartbeat_timeout_s": int(2 * heartbeat + 60),
+        "real_broker": broker_summary(deployment)["real"],
     }
 
 

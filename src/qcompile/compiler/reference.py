@@ -37,14 +37,15 @@ def _rows(schema: dict[str, Any], prefix: str) -> list[str]:
     for key, rule in schema.items():
         path = f"{prefix}.{key}" if prefix else key
         doc = rule.get("meta", {}).get("doc", "")
-        kind = rule.get("type", "any")
+        kinds = rule.get("type", "any")
+        kind = " or ".join(kinds) if isinstance(kinds, list) else kinds
         required = "required" if rule.get("required") else "optional"
         notes = _constraints(rule)
         rows.append(
             f"| `{path}` | {kind} | {required} | {doc}{' (' + notes + ')' if notes else ''} |"
         )
         inner = rule.get("schema")
-        if kind == "dict" and isinstance(inner, dict):
+        if "dict" in (kinds if isinstance(kinds, list) else [kinds]) and isinstance(inner, dict):
             rows += _rows(inner, path)
         elif kind == "list" and isinstance(inner, dict) and inner.get("type") == "dict":
             rows += _rows(inner.get("schema", {}), path + "[]")

@@ -657,7 +657,63 @@ DEPLOYMENT_SCHEMA: dict[str, Any] = {
         schema={
             "name": _text("Deployment target name."),
             "broker": _doc(
-                "Broker implementation.", type="string", required=True, allowed=["paper"]
+                "Where orders go: `paper` (the paper broker: fills at the next quote with the "
+                "strategy's cost model), or a mapping naming a real broker (docs/brokers.md).",
+                type=["string", "dict"],
+                required=True,
+                check_with="broker",
+                schema={
+                    "kind": _doc(
+                        "paper, alpaca (US equities through alpaca-py) or ccxt (a crypto "
+                        "exchange's spot market through ccxt).",
+                        type="string",
+                        required=True,
+                        allowed=["paper", "alpaca", "ccxt"],
+                    ),
+                    "account": _text(
+                        "The account's name or number, shown in the passport, runbook and "
+                        "checklist (never a key).",
+                        required=False,
+                    ),
+                    "api_key": _doc(
+                        "Alpaca key id or exchange API key: a ${oc.env:NAME} reference.",
+                        type="string",
+                        required=False,
+                    ),
+                    "secret": _doc(
+                        "Alpaca secret key or exchange secret: a ${oc.env:NAME} reference.",
+                        type="string",
+                        required=False,
+                    ),
+                    "endpoint": _doc(
+                        "Alpaca: paper (default) or live.",
+                        type="string",
+                        required=False,
+                        allowed=["paper", "live"],
+                    ),
+                    "exchange": _text(
+                        "ccxt: the exchange's ccxt id (binance, kraken, coinbase...).",
+                        required=False,
+                        regex=r"[a-z][a-z0-9]*",
+                    ),
+                    "sandbox": _doc(
+                        "ccxt: trade on the exchange's test network (default false).",
+                        type="boolean",
+                        required=False,
+                    ),
+                    "url": _text(
+                        "Another base URL for the broker's API (a local stand-in for a "
+                        "rehearsal); the runner alerts when it is set.",
+                        required=False,
+                        regex=r"https?://\S+",
+                    ),
+                    "poll_interval_s": _number(
+                        "Seconds between the runner's questions about its working orders "
+                        "(default 1).",
+                        minimum=0.05,
+                        required=False,
+                    ),
+                },
             ),
             "state_store": _doc(
                 "Durable state store.",

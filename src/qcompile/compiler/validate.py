@@ -184,6 +184,14 @@ class _Validator(Validator):
                 field, f"unknown gate requirement {value!r}" + (f"; {hint}" if hint else "")
             )
 
+    def _check_with_broker(self, field: str, value: Any) -> None:
+        if isinstance(value, str) and value != "paper":
+            self._error(
+                field,
+                f"{value!r} is not a broker: write paper, or a mapping whose kind is alpaca or "
+                "ccxt (docs/brokers.md)",
+            )
+
     def _check_with_checklist_item(self, field: str, value: Any) -> None:
         if value not in CHECKLIST_ITEMS:
             hint = did_you_mean(value, CHECKLIST_ITEMS)
@@ -420,6 +428,18 @@ def cross_field_diagnostics(composed: ComposedStrategy, data: dict[str, Any]) ->
         found.append((key, message, code, hint))
 
     strategy = data.get("strategy") if isinstance(data.get("strategy"), dict) else {}
+    deployment = data.get("deployment") if isinstance(data.get("deployment"), dict) else {}
+    broker = deployment.get("broker")
+    needed = {"alpaca": ("api_key", "secret"), "ccxt": ("exchange", "api_key", "secret")}
+    if isinstance(broker, dict):
+        for name in needed.get(str(broker.get("kind")), ()):
+            if broker.get(name) in (None, ""):
+                add(
+                    f"deployment.broker.{name}",
+                    f"required when kind is {broker['kind']}",
+                    "rule.broker_settings",
+                    "docs/brokers.md shows a complete deployment",
+                )
     backtest = strategy.get("backtest") if isinstance(strategy.get("backtest"), dict) else {}
     start, end = _date(backtest.get("start_date")), _date(backtest.get("end_date"))
     if start and end and start >= end:

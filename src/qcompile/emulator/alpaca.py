@@ -12,7 +12,9 @@ The test drives the market: ``fill(order, qty, price)`` fills all or part of a w
 network or broker would: ``rate_limit(n, retry_after)`` answers the next n requests 429 with a
 Retry-After header; ``lose_next_response()`` processes the next order and then drops the
 connection before answering (the client cannot tell whether it arrived); ``reject_next(message)``
-refuses the next order with 403, as an insufficient buying power does.
+refuses the next order with 403, as an insufficient buying power does; ``answer_delay_s`` holds
+each order's answer back after the order was taken (a slow broker: a process killed meanwhile
+never learns of an order that exists).
 
 An aiohttp application runs in a daemon thread with its own event loop::
 
@@ -22,6 +24,7 @@ An aiohttp application runs in a daemon thread with its own event loop::
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import uuid
 from dataclasses import dataclass, field
@@ -127,6 +130,9 @@ class AlpacaEmulator(LoopbackApi):
         self.positions: dict[str, tuple[float, float]] = {}  # symbol -> (qty, average price)
         self.account_id = str(uuid.uuid4())
         self._reject_next: str | None = None
+        # seconds between taking an order and answering: the window in which a runner killed
+        # between submit and acknowledgement leaves an order it never heard back about
+        self.answer_delay_s = 0.0
 
     def routes(self, app: web.Application) -> None:
         app.router.add_get("/v2/account", self._account)
@@ -150,6 +156,14 @@ class AlpacaEmulator(LoopbackApi):
             if order is None or not order.open:
                 raise ValueError(f"no working order {order_id}")
             self._fill(order, min(qty, order.qty - order.filled_qty), price)
+
+    def cancel(self, order_id: str) -> None:
+        """Cancel a working order (by Alpaca id or client id), as its owner would by hand."""
+        with self._lock:
+            order = self._find(order_id)
+            if order is None or not order.open:
+                raise ValueError(f"no working order {order_id}")
+            self._cancel_one(order)
 
     def _find(self, order_id: str) -> EmulatedOrder | None:
         return self.orders.get(order_id) or next(
@@ -257,6 +271,8 @@ class AlpacaEmulator(LoopbackApi):
                 self._fill(order, order.qty, price)
             lose = self._take_lost()
             answer = order.as_json()
+        if self.answer_delay_s:
+            await asyncio.sleep(self.answer_delay_s)
         if lose:  # processed, and the answer never arrives
             self._drop(request)
         return web.json_response(answer)

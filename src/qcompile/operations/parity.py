@@ -407,6 +407,7 @@ class _LiveRun:
             emulator.rest_url,
             "--i-know",
             "--history-replay",
+            "--paper",  # fills at the backtest's cost model: never a real broker's
         ]
         with self.log.open("a", encoding="utf-8") as log_file:
             return subprocess.Popen(

@@ -12,16 +12,17 @@ own retry waits a fixed 3 s and ignores it, so it is switched off), up to ``max_
 then gives up with ``BrokerUnavailable``. Alpaca's error bodies become ``OrderRejected`` (the
 broker said no) or ``BrokerError``; credentials appear in no message.
 
-Fills are read by polling orders (``poll_fills``): each working order's filled quantity against
-what was already reported, the increment priced from the change in Alpaca's average fill price.
-(The trade-updates stream, durable fill sequencing across restarts and the runner's use of this
-adapter are the next steps of issue 19.)
+Fills are read by asking for the runner's open orders by client id (``report``): Alpaca's
+cumulative filled quantity and average price, from which the runner books the increase (it keeps
+what it booked of each order in its durable state, so a restart books nothing twice and misses
+nothing).
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import math
+import threading
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -38,15 +39,19 @@ from qcompile.runtime.broker import (
     Fill,
     Order,
     OrderRejected,
+    OrderReport,
 )
 
 T = TypeVar("T")
 DUPLICATE_CLIENT_ID = "client_order_id must be unique"
-OPEN = {
-    OrderStatus.NEW,
-    OrderStatus.ACCEPTED,
-    OrderStatus.PENDING_NEW,
-    OrderStatus.PARTIALLY_FILLED,
+# an order in any other state may still fill (new, accepted, partially filled, pending cancel...)
+CLOSED = {
+    OrderStatus.FILLED,
+    OrderStatus.CANCELED,
+    OrderStatus.EXPIRED,
+    OrderStatus.REJECTED,
+    OrderStatus.REPLACED,
+    OrderStatus.DONE_FOR_DAY,
 }
 
 
@@ -61,6 +66,8 @@ def _number(value: Any) -> float:
 class AlpacaBroker:
     """The broker interface over Alpaca's trading API (paper or live endpoint)."""
 
+    remote = True
+
     def __init__(
         self,
         key_id: str,
@@ -72,14 +79,25 @@ class AlpacaBroker:
         max_waits: int = 5,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
-        self.client = TradingClient(key_id, secret_key, paper=paper, url_override=url)
-        # the SDK retries a 429 after a fixed wait, ignoring Retry-After: we wait as told instead
-        self.client._retry_codes = []
+        self.paper = paper
+        self._credentials = (key_id, secret_key, url)
+        # one client per thread: the SDK's HTTP session is not safe to share, and the runner's
+        # safe state (feed thread) must not wait behind the broker thread's poll
+        self._local = threading.local()
         self.fractional = fractional
         self.max_waits = max_waits
         self.sleep = sleep
-        self._reported: dict[str, tuple[float, float]] = {}  # client id -> (qty, cost) reported
-        self._fill_seq = 0
+
+    @property
+    def client(self) -> TradingClient:
+        client = getattr(self._local, "client", None)
+        if client is None:
+            key_id, secret_key, url = self._credentials
+            client = TradingClient(key_id, secret_key, paper=self.paper, url_override=url)
+            # the SDK retries a 429 after a fixed wait, ignoring Retry-After: we wait as told
+            client._retry_codes = []
+            self._local.client = client
+        return client
 
     # -- calls ------------------------------------------------------------------------------
 
@@ -103,7 +121,7 @@ class AlpacaBroker:
     def submit(self, order: Order) -> list[Fill]:
         """Send ``order`` as a market order for the day under its id as client order id; an id
         Alpaca already has is read back, never sent twice. Returns nothing: fills arrive through
-        ``poll_fills``."""
+        ``report``."""
         quantity = abs(order.quantity)
         if not self.fractional and not math.isclose(quantity, round(quantity)):
             raise OrderRejected(f"{order.id}: {quantity:g} shares; fractional shares are off")
@@ -125,15 +143,36 @@ class AlpacaBroker:
                 self._call(f"order {order.id}", self.client.submit_order, request)
         return []
 
-    def find(self, client_id: str) -> Order | None:
-        """The order Alpaca knows under ``client_id``, working or not; None if it never arrived."""
+    def _lookup(self, client_id: str) -> Any | None:
+        """Alpaca's order under ``client_id``, working or not; None if it never arrived."""
         try:
-            found = self._call(f"order {client_id}", self.client.get_order_by_client_id, client_id)
+            return self._call(f"order {client_id}", self.client.get_order_by_client_id, client_id)
         except BrokerError as error:
             if "order not found" in str(error):
                 return None
             raise
-        return _ours(found)
+
+    def find(self, client_id: str) -> Order | None:
+        """The order Alpaca knows under ``client_id``, working or not; None if it never arrived."""
+        found = self._lookup(client_id)
+        return None if found is None else _ours(found)
+
+    def report(self, order: Order) -> OrderReport | None:
+        """Alpaca's account of ``order`` (cumulative fills), or None if it never arrived."""
+        found = self._lookup(order.id)
+        if found is None:
+            return None
+        filled = _number(found.filled_qty)
+        return OrderReport(
+            order.id,
+            str(found.symbol),
+            1 if found.side == OrderSide.BUY else -1,
+            filled,
+            filled * _number(found.filled_avg_price),
+            0.0,  # Alpaca charges no commission on US equities
+            found.status not in CLOSED,
+            _ms(found.filled_at or found.updated_at),
+        )
 
     def working_orders(self) -> list[Order]:
         listed = self._call(
@@ -160,39 +199,13 @@ class AlpacaBroker:
         return _number(self._call("account", self.client.get_account).equity)
 
     def on_quote(self, symbol: str, price: float, timestamp: int) -> list[Fill]:
-        return []  # Alpaca fills at its own market; fills are read with poll_fills
+        return []  # Alpaca fills at its own market; fills are read with report
 
-    def poll_fills(self) -> list[Fill]:
-        """The fills since the last poll, from every order of the day: each order's filled
-        quantity beyond what was already reported, priced from the change in its average price."""
-        listed = self._call(
-            "orders",
-            self.client.get_orders,
-            GetOrdersRequest(status=QueryOrderStatus.ALL, limit=500),
-        )
-        fills = []
-        for order in sorted(listed, key=lambda o: (_ms(o.updated_at), o.client_order_id)):
-            qty, average = _number(order.filled_qty), _number(order.filled_avg_price)
-            reported_qty, reported_cost = self._reported.get(order.client_order_id, (0.0, 0.0))
-            new = qty - reported_qty
-            if new <= 1e-12:
-                continue
-            cost = qty * average
-            sign = 1.0 if order.side == OrderSide.BUY else -1.0
-            self._fill_seq += 1
-            fills.append(
-                Fill(
-                    order.client_order_id,
-                    str(order.symbol),
-                    sign * new,
-                    (cost - reported_cost) / new,
-                    0.0,  # Alpaca charges no commission on US equities
-                    _ms(order.filled_at or order.updated_at),
-                    self._fill_seq,
-                )
-            )
-            self._reported[order.client_order_id] = (qty, cost)
-        return fills
+    def fills_after(self, seq: int) -> list[Fill]:
+        return []  # the runner asks for its own orders' reports instead
+
+    def describe(self) -> str:
+        return f"Alpaca ({'paper' if self.paper else 'live'} endpoint)"
 
 
 def _ours(order: Any) -> Order:

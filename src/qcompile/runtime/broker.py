@@ -64,7 +64,46 @@ class BrokerUnavailable(BrokerError):
     """The broker could not be reached or kept refusing (rate limits): retry later, safely."""
 
 
+@dataclass(frozen=True)
+class OrderReport:
+    """What a remote broker says of one of our orders: cumulative, so reading it twice is
+    harmless. The runner keeps what it has booked of each order and books only the increase."""
+
+    order_id: str  # the runner's id
+    symbol: str
+    side: int  # +1 buys, -1 sells
+    filled: float  # quantity filled so far, unsigned
+    cost: float  # what the filled part cost, quantity times price, unsigned
+    commission: float  # fees charged so far, in the account's currency
+    open: bool  # still working at the broker (False: filled, cancelled, rejected or expired)
+    updated_ms: int
+
+
+def fill_increment(report: OrderReport, booked: list[float]) -> Fill | None:
+    """The fill ``report`` adds to what was ``booked`` of its order ([filled, cost, commission],
+    all cumulative): the new quantity, priced from the change in cost, with the new fees; None
+    if nothing was filled since. A report never takes back a fill it once showed."""
+    filled, cost, commission = booked
+    new = report.filled - filled
+    if new <= 1e-12:
+        return None
+    return Fill(
+        report.order_id,
+        report.symbol,
+        report.side * new,
+        (report.cost - cost) / new,
+        max(0.0, report.commission - commission),
+        report.updated_ms,
+    )
+
+
 class Broker(Protocol):
+    """What the engine needs of any broker. A broker whose books live elsewhere (``remote``)
+    also answers ``report`` for the orders the runner sent; fills then come from those reports
+    (the runner polls them), not from ``on_quote``."""
+
+    remote: bool
+
     def submit(self, order: Order) -> list[Fill]: ...
     def fills_after(self, seq: int) -> list[Fill]: ...
     def cancel_all(self) -> list[Order]: ...
@@ -74,8 +113,16 @@ class Broker(Protocol):
     def working_orders(self) -> list[Order]: ...
 
 
+class RemoteBroker(Broker, Protocol):
+    def report(self, order: Order) -> OrderReport | None: ...
+    def equity(self) -> float: ...
+    def describe(self) -> str: ...
+
+
 class PaperBroker:
     """Fills at the next quote with the cost model; its ledger is saved with the state."""
+
+    remote = False
 
     def __init__(
         self, costs: dict[str, Any], initial_cash: float, ledger: dict[str, Any] | None = None
@@ -155,3 +202,6 @@ class PaperBroker:
 
     def working_orders(self) -> list[Order]:
         return list(self._working.values())
+
+    def describe(self) -> str:
+        return "paper broker"

@@ -70,9 +70,10 @@ def run_options(function: Callable[..., Any]) -> Callable[..., Any]:
             help="Emulator: a fault scenario YAML (docs/emulator.md).",
         ),
         click.option(
-            "--paper/--live",
-            default=True,
-            help="Trade against the paper broker (the only broker so far).",
+            "--paper",
+            is_flag=True,
+            help="Trade against the paper broker whatever deployment.broker names (a rehearsal "
+            "of a strategy that routes to a real broker).",
         ),
         click.option(
             "--duration",
@@ -151,12 +152,12 @@ def execute(
             click.echo(line)
         return
     configure_logging(verbose)
-    if not paper:
-        raise click.UsageError("--live needs a real broker; only the paper broker exists yet")
     params = load_params(params_file)
     if history_replay and not ws_url:  # never against the vendor: its clock check stays on
         raise click.UsageError("--history-replay needs --ws-url: a feed that replays history")
-    session = Session(acks=acks, ws_base=ws_url, rest_base=rest_url, replay=history_replay)
+    session = Session(
+        acks=acks, ws_base=ws_url, rest_base=rest_url, replay=history_replay, paper_broker=paper
+    )
     emulator = None
     if ws_url or rest_url:
         _check_feed_override(params_file, feed, replay, scenario, override_production)
@@ -238,6 +239,20 @@ def stop_runner(params_file: Path, root: Path, timeout: float) -> None:
     from qcompile.runtime.runner import load_params
 
     click.echo(stop(load_params(params_file), root, timeout))
+
+
+def reconcile_runner(params_file: Path, root: Path, accept_broker: bool, operator: str) -> None:
+    """Print how the stopped runner's books compare with its broker's; exit 1 if they differ
+    and were not accepted."""
+    from qcompile.runtime.control import reconcile
+    from qcompile.runtime.runner import load_params
+
+    lines, agree = reconcile(load_params(params_file), root, accept_broker, operator)
+    for line in lines:
+        click.echo(line)
+    if not agree:
+        click.echo("differences remain: --accept-broker adopts the broker's positions", err=True)
+        raise SystemExit(1)
 
 
 def await_heartbeat(params_file: Path, root: Path, wait: float, since: str | None) -> None:

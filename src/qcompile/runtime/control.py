@@ -159,3 +159,86 @@ def journal_event(
     finally:
         store.close()
     return record
+
+
+def reconcile(
+    params: Mapping[str, Any],
+    root: Path,
+    accept_broker: bool,
+    operator: str,
+    env: Mapping[str, str] = os.environ,
+) -> tuple[list[str], bool]:
+    """Compare the stopped runner's persisted books with its broker's: (lines to print,
+    whether they agree). With ``accept_broker``, working orders are cancelled at the broker, its
+    positions in the universe become the state's, the hold is lifted and the journal says who
+    did it; the runner resumes from there at its next start."""
+    from qcompile.runtime.broker import BrokerError
+    from qcompile.runtime.routing import broker_settings, open_remote_broker
+
+    if broker_settings(params["deployment"])["kind"] == "paper":
+        raise ControlError(
+            "deployment.broker is paper: its books are saved with the runner's state, in the "
+            "same write, so there is nothing to reconcile"
+        )
+    store = _store(params, root, env)
+    try:
+        try:
+            store.acquire()
+        except LeaseError as held:
+            raise ControlError(f"{held}; stop the runner first (qcompile stop)") from None
+        saved = store.load()
+        if saved is None:
+            raise ControlError(f"{store.location}: no persisted state; nothing to reconcile")
+        try:
+            broker = open_remote_broker(params, params["deployment"], env)
+            held = broker.positions()
+            working = broker.working_orders()
+        except BrokerError as error:
+            raise ControlError(f"the broker: {error}") from None
+        symbols = list(params["universe"]["symbols"])
+        ours = {k: float(v) for k, v in (saved.get("positions") or {}).items()}
+        lines = [f"{store.location}: state seq {saved.get('seq')}; broker {broker.describe()}"]
+        if saved.get("hold"):
+            lines.append(f"held: {saved['hold']}")
+        differences = [
+            f"{symbol}: state {ours.get(symbol, 0.0):g}, broker {held.get(symbol, 0.0):g}"
+            for symbol in symbols
+            if abs(ours.get(symbol, 0.0) - held.get(symbol, 0.0))
+            > 1e-9 * max(1.0, abs(ours.get(symbol, 0.0)), abs(held.get(symbol, 0.0)))
+        ]
+        lines += differences or ["positions agree"]
+        lines += [f"working at the broker: {o.id} {o.symbol} {o.quantity:+g}" for o in working]
+        pending = saved.get("pending_orders") or []
+        lines += [f"pending in the state: {o.get('id')}" for o in pending]
+        agree = not differences and not working and not pending and not saved.get("hold")
+        if not accept_broker or agree:
+            return lines, agree
+        try:
+            broker.cancel_all()
+        except BrokerError as error:
+            raise ControlError(f"cancelling the working orders: {error}") from None
+        state = dict(saved)
+        state["positions"] = {
+            **{s: q for s, q in ours.items() if s not in symbols},
+            **{s: held[s] for s in symbols if held.get(s)},
+        }
+        state["pending_orders"] = []
+        state.pop("booked", None)
+        state.pop("hold", None)
+        state["seq"] = int(saved["seq"]) + 1
+        store.save(state)
+        from datetime import UTC
+
+        store.append_journal(
+            {
+                "type": "reconciled",
+                "at": datetime.now(UTC).isoformat(timespec="milliseconds"),
+                "by": operator,
+                "detail": "accepted the broker's positions",
+                "differences": differences,
+            }
+        )
+        lines.append(f"accepted the broker's positions (state seq {state['seq']}); hold lifted")
+        return lines, True
+    finally:
+        store.close()

@@ -29,7 +29,15 @@ import polars as pl
 from qcompile.execution import Costs, Rebalance, rebalance, sleeve_capital
 from qcompile.research.data import detect_unit, stamp_text
 from qcompile.runtime.alerts import Alert, Alerter
-from qcompile.runtime.broker import Broker, Fill, Order
+from qcompile.runtime.broker import (
+    Broker,
+    BrokerError,
+    Fill,
+    Order,
+    OrderRejected,
+    OrderReport,
+    fill_increment,
+)
 from qcompile.runtime.monitor import Monitor, MonitorState
 
 log = logging.getLogger("qcompile.live")
@@ -212,6 +220,12 @@ class EngineState:
     monitor: MonitorState = field(default_factory=MonitorState)
     suspended: bool = True  # nothing is decided until a connected feed proved its data fresh
     suspended_reason: str = "starting"
+    # a remote broker's orders: what was booked of each pending one, [filled, cost, commission]
+    # (cumulative, as its reports give them), so a restart books nothing twice
+    booked: dict[str, list[float]] = field(default_factory=dict)
+    # why the runner must stay in the safe state until an operator reconciles it (qcompile
+    # reconcile): the broker's books and ours disagree; fresh data does not lift it
+    hold: str = ""
 
     def to_dict(self, config: EngineConfig) -> dict[str, Any]:
         # copies (a saver thread serialises them while decisions go on), left unsorted: the
@@ -234,6 +248,9 @@ class EngineState:
             "monitor": self.monitor.to_dict(),
             "suspended": self.suspended,
             "suspended_reason": self.suspended_reason,
+            # only where used: a paper runner's states stay as they were
+            **({"booked": dict(self.booked)} if self.booked else {}),
+            **({"hold": self.hold} if self.hold else {}),
         }
 
     @classmethod
@@ -254,7 +271,9 @@ class EngineState:
             day=None if data.get("day") is None else int(data["day"]),
             monitor=MonitorState.from_dict(data.get("monitor")),
             suspended=True,  # a restart re-proves the feed before deciding anything
-            suspended_reason="restarted",
+            suspended_reason=f"held: {data['hold']}" if data.get("hold") else "restarted",
+            booked={k: [float(x) for x in v] for k, v in (data.get("booked") or {}).items()},
+            hold=str(data.get("hold") or ""),
         )
 
 
@@ -280,6 +299,11 @@ class Engine:
         self.signal = signal
         self.signal_arrays = signal_arrays
         self.broker = broker
+        # a broker whose books are not saved with ours: orders are recorded durably before they
+        # are sent, and fills come from its reports (settle), not from quotes
+        self.remote = bool(getattr(broker, "remote", False))
+        self.cancel_owed = False  # a safe state could not reach the broker: cancel again
+        self.recheck_positions = False  # reconnected: compare positions with the broker's
         self.alerter = alerter
         self._save = save
         self._history_source = history
@@ -354,6 +378,7 @@ class Engine:
         is the fresh data check that lifts a suspension."""
         with self.lock:
             self.epoch, self.feed_ready = epoch, True
+            self.recheck_positions = self.remote
 
     def safe_state(self, reason: str, detected_at: float, planned: bool = False) -> float:
         """Cancel working orders, suspend signals, persist; returns the milliseconds it took from
@@ -363,8 +388,7 @@ class Engine:
             self.feed_ready = False
             self.state.suspended, self.state.suspended_reason = True, reason
             self._decide_closes()  # suspended: the closes join the history, undecided
-            cancelled = self.broker.cancel_all()
-            self.state.pending.clear()
+            cancelled = self._cancel_working()
             self.persist(wait=True)
             done = self.clock()
             elapsed_ms = (done - detected_at) * 1000.0
@@ -443,8 +467,7 @@ class Engine:
         self.feed_ready = False
         if not self.state.suspended:
             self.state.suspended, self.state.suspended_reason = True, f"data contract: {reason}"
-            self.state.pending.clear()
-            self.broker.cancel_all()
+            self._cancel_working()
         self.counters.violations += 1  # last: whoever sees the count sees the suspension
         self._alert("feed.contract", "critical", f"data contract violated: {reason}")
         self.request_reconnect(f"data contract violated: {reason}")
@@ -589,7 +612,7 @@ class Engine:
                 )
             return False
         self._behind = 0
-        if self.state.suspended and self.feed_ready and epoch == self.epoch:
+        if self.state.suspended and self.feed_ready and epoch == self.epoch and not self.state.hold:
             self.state.suspended, self.state.suspended_reason = False, ""
             log.info("fresh data checked on connection %d: signals resumed", epoch)
             self._alert("runner.resumed", "info", "feed data fresh again: signals resumed")
@@ -716,23 +739,34 @@ class Engine:
         for symbol, close in closes.items():
             self._history(symbol, int(close.row[0])).append(close.row)
         targets = self._signal_targets(sorted(closes))
+        remote_orders: list[Order] = []
         for symbol, close in closes.items():  # in the order the bars closed
             target, bar_ms = targets[symbol], int(close.row[0])
             self.counters.decisions += 1
             self.state.targets[symbol] = target
             for leg, quantity in self._legs(symbol, target, close.price).orders():
                 order_id = f"{self.config.strategy_id}-{bar_ms}-{symbol}-{leg}"
-                self.submit(Order(order_id, symbol, quantity, bar_ms))
+                order = Order(order_id, symbol, quantity, bar_ms)
+                if self.remote:
+                    remote_orders.append(order)
+                    continue
+                self.submit(order)
                 log.info("%s: target %+d, %s order %+g submitted", symbol, target, leg, quantity)
             for fill in self.broker.on_quote(symbol, close.price, close.timestamp):
                 self._filled(fill)
+        if remote_orders:
+            self.send_orders(remote_orders)
         self._watch(max(close.timestamp for close in closes.values()))
 
     def _legs(self, symbol: str, target: int, price: float) -> Rebalance:
         """The orders that take ``symbol``'s sleeve to ``target`` at ``price``: the backtest's
         rules (qcompile.execution), so both size and charge a trade alike. Already in the trade:
         nothing (sized at entry and held)."""
-        pending = sum(o["quantity"] for o in self.state.pending.values() if o["symbol"] == symbol)
+        pending = sum(
+            o["quantity"] - math.copysign(self.state.booked.get(order_id, [0.0])[0], o["quantity"])
+            for order_id, o in self.state.pending.items()
+            if o["symbol"] == symbol
+        )
         held = self.state.positions.get(symbol, 0.0) + pending
         side = (held > 1e-12) - (held < -1e-12)
         return rebalance(
@@ -754,6 +788,124 @@ class Engine:
         self.counters.orders += 1
         for fill in known:
             self._filled(fill)
+
+    def send_orders(self, orders: list[Order]) -> None:
+        """Send a cycle's orders to a remote broker (call with the lock held). Each is recorded
+        and saved durably first, so a process killed at any moment after that knows every
+        order that may have reached the broker and asks for it by its id at the restart; a kill
+        before it leaves nothing sent. A refused order is dropped and alerted; an unreachable
+        broker raises (the runner fails into its safe state and is restarted)."""
+        for order in orders:
+            self.state.pending[order.id] = asdict(order)
+            self.state.booked[order.id] = [0.0, 0.0, 0.0]
+        self.persist(wait=True)
+        for order in orders:
+            try:
+                self.broker.submit(order)
+            except OrderRejected as refused:
+                self.state.pending.pop(order.id, None)
+                self.state.booked.pop(order.id, None)
+                self._alert(
+                    "broker.rejected",
+                    "critical",
+                    f"order {order.id} ({order.symbol} {order.quantity:+g}) refused: {refused}",
+                )
+                continue
+            self.counters.orders += 1
+            log.info("%s: order %+g sent (%s)", order.symbol, order.quantity, order.id)
+
+    def pending_orders(self) -> list[Order]:
+        with self.lock:
+            return [
+                Order(o["id"], o["symbol"], o["quantity"], o["submitted_ms"])
+                for o in self.state.pending.values()
+            ]
+
+    def settle(
+        self, reports: list[tuple[Order, OrderReport | None]], recovered: bool = False
+    ) -> bool:
+        """Book what a remote broker reports of our pending orders: the fills since the last
+        report, and the end of each order that is no longer working. Returns whether anything
+        changed (and was handed to the saver)."""
+        changed = False
+        with self.lock:
+            for order, report in reports:
+                if order.id not in self.state.pending:
+                    continue  # settled meanwhile
+                if report is None:  # recorded, then the process died before sending it
+                    log.info("order %s never reached the broker: dropped", order.id)
+                    self.state.pending.pop(order.id)
+                    self.state.booked.pop(order.id, None)
+                    changed = True
+                    continue
+                booked = self.state.booked.setdefault(order.id, [0.0, 0.0, 0.0])
+                fill = fill_increment(report, booked)
+                if fill is not None:
+                    self._filled(fill, recovered, settled=False)
+                    self.state.booked[order.id] = [report.filled, report.cost, report.commission]
+                    changed = True
+                if not report.open:
+                    self.state.pending.pop(order.id)
+                    self.state.booked.pop(order.id, None)
+                    changed = True
+            if changed:
+                self.persist()
+        return changed
+
+    def _cancel_working(self) -> list[Order]:
+        """Cancel the broker's working orders (call with the lock held). A remote broker's
+        orders stay pending until their final reports are booked (a cancel can race a fill); if
+        the broker cannot be reached, a critical alert, and the runner's broker thread keeps
+        trying (``cancel_owed``)."""
+        try:
+            cancelled = self.broker.cancel_all()
+        except BrokerError as error:
+            self.cancel_owed = True
+            self._alert(
+                "broker.cancel_failed",
+                "critical",
+                f"could not cancel the working orders at the broker: {error}; retrying",
+            )
+            return []
+        self.cancel_owed = False
+        if not self.remote:
+            self.state.pending.clear()
+        return cancelled
+
+    def retry_cancel(self) -> None:
+        with self.lock:
+            if self.cancel_owed:
+                cancelled = self._cancel_working()
+                if not self.cancel_owed:
+                    log.warning(
+                        "working orders cancelled at the broker at last: %d", len(cancelled)
+                    )
+
+    def compare_positions(self, broker_positions: dict[str, float]) -> list[str]:
+        """Where the broker's positions in our universe differ from ours (pending orders count
+        for nothing: call with none working)."""
+        differences = []
+        for symbol in self.config.symbols:
+            ours, theirs = self.state.positions.get(symbol, 0.0), broker_positions.get(symbol, 0.0)
+            if abs(ours - theirs) > 1e-9 * max(1.0, abs(ours), abs(theirs)):
+                differences.append(f"{symbol}: state {ours:g}, broker {theirs:g}")
+        return differences
+
+    def hold(self, differences: list[str], when: str) -> None:
+        """Books that disagree with the broker's: safe state, and held there (fresh data does
+        not lift it) until an operator reconciles: ``qcompile reconcile STRATEGY``."""
+        with self.lock:
+            self.state.hold = f"{when}: " + "; ".join(differences)
+            self.state.suspended, self.state.suspended_reason = True, f"held: {self.state.hold}"
+            self._cancel_working()
+            self.persist(wait=True)
+        self._alert(
+            "broker.mismatch",
+            "critical",
+            f"positions differ from the broker's {when}; trading held until an operator "
+            "reconciles (qcompile reconcile)",
+            {"differences": differences},
+        )
 
     def _signal_targets(self, symbols: list[str]) -> dict[str, int]:
         """The signal's target at the last bar of each of ``symbols`` (sorted), from one call
@@ -788,8 +940,9 @@ class Engine:
         held = sum(q * self.last_price.get(s, 0.0) for s, q in self.state.positions.items())
         return self.state.cash + held
 
-    def _filled(self, fill: Fill, recovered: bool = False) -> None:
-        self.state.pending.pop(fill.order_id, None)
+    def _filled(self, fill: Fill, recovered: bool = False, settled: bool = True) -> None:
+        if settled:  # a paper fill is the whole order; a remote order ends with its report
+            self.state.pending.pop(fill.order_id, None)
         if fill.seq and fill.seq <= self.state.fill_seq:
             return  # applied before: a broker's answer to a repeated submit
         if not math.isfinite(fill.quantity * fill.price + fill.commission):
@@ -848,7 +1001,12 @@ class Engine:
         """At start-up: apply the fills the broker made after the last save, cancel the orders
         the previous process left working, and adopt the broker's positions and cash where the
         state still disagrees (the broker is the truth: a crash can fall between its fill and
-        our save); returns what differed, for the log and an alert."""
+        our save); returns what differed, for the log and an alert.
+
+        A remote broker's books are not saved with ours, so a difference there is not adopted:
+        see ``_reconcile_remote``."""
+        if self.remote:
+            return self._reconcile_remote()
         with self.lock:
             # fills the broker made after our last save (a crash between the two): applied as
             # if received, so positions, sleeves and the journal agree with the broker
@@ -910,3 +1068,27 @@ class Engine:
         records, self._records = self._records, []
         self.journal(*records, journal_alert(alert))
         self.alerter.send(alert)
+
+    def _reconcile_remote(self) -> list[str]:
+        """At start-up, against a remote broker: book what it did with the orders the last
+        process recorded (found by their ids; one recorded but never sent is dropped), cancel
+        what is left working, then compare positions. A difference holds the runner in its
+        safe state (``hold``) rather than being adopted: the broker is the truth, but only an
+        operator can say whether our books or someone's hand moved it."""
+        recorded = self.pending_orders()
+        self.settle([(o, self.broker.report(o)) for o in recorded], recovered=True)
+        with self.lock:
+            orphans = [o.id for o in self._cancel_working()]
+        still = self.pending_orders()  # a cancel can race a fill: their last word
+        self.settle([(o, self.broker.report(o)) for o in still], recovered=True)
+        notes = [f"order {o}: left working by the last process, cancelled" for o in orphans]
+        if self.state.hold:
+            notes.append(f"held since the last run: {self.state.hold}")
+            return notes
+        if self.pending_orders():
+            self.recheck_positions = True  # compared once their reports are final
+            return notes
+        differences = self.compare_positions(self.broker.positions())
+        if differences:
+            self.hold(differences, "at start-up")
+        return notes + differences

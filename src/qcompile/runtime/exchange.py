@@ -19,14 +19,19 @@ ccxt (MIT) speaks each exchange's own API and keeps to its documented request we
   anything else ``BrokerError``. No message carries the key or the secret.
 
 Spot positions are balances: a universe symbol ``BTC/USDT`` is held as its base asset, cash is
-the quote asset. Fills are read by polling the orders this adapter sent (``poll_fills``).
-(The runner's use of this adapter is the next step of issue 19; see docs/brokers.md.)
+the quote asset. Fills are read by asking for the runner's open orders by client id (``report``):
+the exchange's cumulative filled amount, cost and fee, from which the runner books the increase.
+A fee charged in the base asset (Binance's default on a buy) is taken from the quantity booked,
+as the exchange takes it from the balance; a fee in the quote asset is the commission; a fee in
+a third asset (BNB) is not valued, and the report says so in the log.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
+import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
@@ -40,9 +45,11 @@ from qcompile.runtime.broker import (
     Fill,
     Order,
     OrderRejected,
+    OrderReport,
 )
 
 T = TypeVar("T")
+log = logging.getLogger("qcompile.live")
 REJECTED = (ccxt.InsufficientFunds, ccxt.InvalidOrder, ccxt.BadSymbol, ccxt.BadRequest)
 # spot only: no margin, futures or currency listings (each is more requests, and keys for them)
 SPOT_OPTIONS = {
@@ -61,6 +68,8 @@ def client_order_id(order_id: str) -> str:
 class CcxtBroker:
     """The broker interface over one ccxt exchange's spot market."""
 
+    remote = True
+
     def __init__(
         self,
         exchange: str,
@@ -69,27 +78,61 @@ class CcxtBroker:
         symbols: Sequence[str],
         *,
         url: str | None = None,
+        sandbox: bool = False,
         max_waits: int = 5,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         kind = getattr(ccxt, exchange, None)
         if not isinstance(kind, type) or not issubclass(kind, ccxt.Exchange):
             raise BrokerError(f"ccxt has no exchange {exchange!r}")
-        self.exchange = kind(
-            {"apiKey": api_key, "secret": secret, "enableRateLimit": True, "options": SPOT_OPTIONS}
-        )
-        if url is not None:  # a local stand-in (tests, rehearsals): same paths, another host
-            _point_at(self.exchange, url)
+        self.name = exchange
+
+        def make() -> Any:
+            made = kind(
+                {
+                    "apiKey": api_key,
+                    "secret": secret,
+                    "enableRateLimit": True,
+                    "options": dict(SPOT_OPTIONS),
+                }
+            )
+            if sandbox:  # the exchange's own test network (ccxt knows its address)
+                made.set_sandbox_mode(True)
+            if url is not None:  # a local stand-in (tests, rehearsals): same paths, other host
+                _point_at(made, url)
+            return made
+
+        self._make = make
+        # one exchange object per thread: ccxt's HTTP session is not safe to share, and the
+        # runner's safe state (feed thread) must not wait behind the broker thread's poll
+        self._local = threading.local()
         self.symbols = list(symbols)
         self.max_waits = max_waits
         self.sleep = sleep
         self._sent: dict[str, Order] = {}  # client id -> the order it carries
-        self._reported: dict[str, tuple[float, float]] = {}  # client id -> (qty, cost)
-        self._fill_seq = 0
         self._call("markets", self.exchange.load_markets)
-        unknown = [s for s in self.symbols if s not in self.exchange.markets]
+        self._markets = (self.exchange.markets, self.exchange.currencies)
+        # a universe names markets by the exchange's id (BTCUSDT: configs allow no slash) or by
+        # ccxt's unified symbol (BTC/USDT); calls use the unified one, the runner sees its own
+        self._unified: dict[str, str] = {}
+        for symbol in self.symbols:
+            market = self.exchange.markets.get(symbol) or _by_id(self.exchange, symbol)
+            if market is not None:
+                self._unified[symbol] = market["symbol"]
+        unknown = [s for s in self.symbols if s not in self._unified]
         if unknown:
             raise BrokerError(f"{exchange} lists no spot market {', '.join(unknown)}")
+        self._ours_by_unified = {u: s for s, u in self._unified.items()}
+
+    @property
+    def exchange(self) -> Any:
+        made = getattr(self._local, "exchange", None)
+        if made is None:
+            made = self._local.exchange = self._make()
+            first = getattr(self, "_markets", None)
+            if first is not None:  # listed once, by the first thread: not asked again
+                made.set_markets(*first)
+        return made
 
     # -- calls ------------------------------------------------------------------------------
 
@@ -123,7 +166,7 @@ class CcxtBroker:
 
     def submit(self, order: Order) -> list[Fill]:
         """A market order under the order's client id; never sent twice. Fills arrive through
-        ``poll_fills``."""
+        ``report``."""
         client = client_order_id(order.id)
         self._sent[client] = order
 
@@ -131,7 +174,7 @@ class CcxtBroker:
             self._call(
                 f"order {order.id}",
                 self.exchange.create_order,
-                order.symbol,
+                self._unified[order.symbol],
                 "market",
                 "buy" if order.quantity > 0 else "sell",
                 abs(order.quantity),
@@ -161,7 +204,7 @@ class CcxtBroker:
                 f"order {order.id}",
                 self.exchange.fetch_order,
                 None,
-                order.symbol,
+                self._unified[order.symbol],
                 {"origClientOrderId": client_order_id(order.id)},
             )
         except ccxt.OrderNotFound:
@@ -171,7 +214,7 @@ class CcxtBroker:
         working = []
         for symbol in self.symbols:
             for found in self._call(
-                f"open orders {symbol}", self.exchange.fetch_open_orders, symbol
+                f"open orders {symbol}", self.exchange.fetch_open_orders, self._unified[symbol]
             ):
                 working.append(self._ours(found))
         return working
@@ -181,7 +224,9 @@ class CcxtBroker:
         for symbol in sorted({o.symbol for o in working}):
             # filled or cancelled since it was listed: nothing left to cancel there
             with contextlib.suppress(ccxt.OrderNotFound):
-                self._call(f"cancel all {symbol}", self.exchange.cancel_all_orders, symbol)
+                self._call(
+                    f"cancel all {symbol}", self.exchange.cancel_all_orders, self._unified[symbol]
+                )
         return working
 
     def _balances(self) -> dict[str, Any]:
@@ -191,50 +236,56 @@ class CcxtBroker:
         totals = self._balances().get("total") or {}
         held = {}
         for symbol in self.symbols:
-            amount = float(totals.get(self.exchange.markets[symbol]["base"]) or 0.0)
+            amount = float(totals.get(self._market(symbol)["base"]) or 0.0)
             if amount:
                 held[symbol] = amount
         return held
 
     def cash(self) -> float:
-        quotes = {self.exchange.markets[s]["quote"] for s in self.symbols}
+        quotes = {self._market(s)["quote"] for s in self.symbols}
         totals = self._balances().get("total") or {}
         return sum(float(totals.get(q) or 0.0) for q in sorted(quotes))
 
     def on_quote(self, symbol: str, price: float, timestamp: int) -> list[Fill]:
-        return []  # the exchange fills at its own market; fills are read with poll_fills
+        return []  # the exchange fills at its own market; fills are read with report
 
-    def poll_fills(self) -> list[Fill]:
-        """Fills of the orders sent since the last poll: each order's filled amount beyond what
-        was reported, priced from the change in its cost (quote amount)."""
-        fills = []
-        for client, order in list(self._sent.items()):
-            reported_qty, reported_cost = self._reported.get(client, (0.0, 0.0))
-            if reported_qty >= abs(order.quantity) - 1e-12:
-                continue
-            found = self.find(order)
-            if found is None:
-                continue
-            filled = float(found.get("filled") or 0.0)
-            cost = float(found.get("cost") or 0.0)
-            new = filled - reported_qty
-            if new <= 1e-12:
-                continue
-            fee = (found.get("fee") or {}).get("cost")
-            self._fill_seq += 1
-            fills.append(
-                Fill(
-                    order.id,
-                    order.symbol,
-                    new if order.quantity > 0 else -new,
-                    (cost - reported_cost) / new,
-                    float(fee or 0.0),
-                    int(found.get("lastTradeTimestamp") or found.get("timestamp") or 0),
-                    self._fill_seq,
-                )
-            )
-            self._reported[client] = (filled, cost)
-        return fills
+    def fills_after(self, seq: int) -> list[Fill]:
+        return []  # the runner asks for its own orders' reports instead
+
+    def describe(self) -> str:
+        return f"{self.name} spot through ccxt"
+
+    def report(self, order: Order) -> OrderReport | None:
+        """The exchange's account of ``order`` (cumulative), or None if it never arrived."""
+        found = self.find(order)
+        if found is None:
+            return None
+        self._sent.setdefault(client_order_id(order.id), order)
+        filled = float(found.get("filled") or 0.0)
+        cost = float(found.get("cost") or 0.0)
+        commission = 0.0
+        market = self._market(order.symbol)
+        for fee in found.get("fees") or ([found["fee"]] if found.get("fee") else []):
+            amount = float(fee.get("cost") or 0.0)
+            if fee.get("currency") == market["quote"]:
+                commission += amount
+            elif fee.get("currency") == market["base"] and order.quantity > 0:
+                filled -= amount  # taken from what was bought: the balance holds the rest
+            elif amount:
+                log.warning("%s: a fee of %g %s is not valued", order.id, amount, fee["currency"])
+        return OrderReport(
+            order.id,
+            order.symbol,
+            1 if order.quantity > 0 else -1,
+            filled,
+            cost,
+            commission,
+            found.get("status") == "open",
+            int(found.get("lastTradeTimestamp") or found.get("timestamp") or 0),
+        )
+
+    def _market(self, symbol: str) -> dict[str, Any]:
+        return self.exchange.markets[self._unified[symbol]]
 
     def _ours(self, found: dict[str, Any]) -> Order:
         client = str(found.get("clientOrderId") or found.get("id"))
@@ -242,10 +293,17 @@ class CcxtBroker:
         sign = 1.0 if found.get("side") == "buy" else -1.0
         return Order(
             known.id if known else client,
-            str(found.get("symbol")),
+            self._ours_by_unified.get(str(found.get("symbol")), str(found.get("symbol"))),
             sign * float(found.get("amount") or 0.0),
             int(found.get("timestamp") or 0),
         )
+
+
+def _by_id(exchange: Any, market_id: str) -> dict[str, Any] | None:
+    """The spot market the exchange calls ``market_id`` (ccxt lists each id's markets)."""
+    listed = (exchange.markets_by_id or {}).get(market_id) or []
+    spot = [m for m in (listed if isinstance(listed, list) else [listed]) if m.get("spot")]
+    return spot[0] if spot else None
 
 
 def _point_at(exchange: Any, url: str) -> None:

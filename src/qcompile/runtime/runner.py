@@ -51,7 +51,12 @@ from qcompile.marketdata.rest import RestClient
 from qcompile.research.data import Convention, load_bars
 from qcompile.runtime.alerts import Alert, Alerter, build_sinks
 from qcompile.runtime.backoff import Backoff
-from qcompile.runtime.broker import PaperBroker
+from qcompile.runtime.broker import (
+    Broker,
+    BrokerError,
+    BrokerUnavailable,
+    PaperBroker,
+)
 from qcompile.runtime.engine import (
     BAR_COLUMNS,
     STATE_FORMAT,
@@ -62,8 +67,9 @@ from qcompile.runtime.engine import (
 )
 from qcompile.runtime.feed import Feed
 from qcompile.runtime.pushqueue import PushQueue
+from qcompile.runtime.routing import broker_settings, open_remote_broker
 from qcompile.runtime.saver import Saver
-from qcompile.runtime.secrets import install_redaction, resolve
+from qcompile.runtime.secrets import SecretError, install_redaction, resolve
 from qcompile.runtime.state import StateStore, canonical_json, open_store
 from qcompile.runtimedefaults import (
     CHANNEL,
@@ -81,6 +87,9 @@ log = logging.getLogger("qcompile.live")
 
 
 SWITCH_INTERVAL_S = 0.0002  # see Runner.start
+BROKER_POLL_S = 1.0  # how often a remote broker is asked about the orders still working
+# a remote broker unreachable for this long fails the runner (safe state, alert, exit non-zero)
+BROKER_UNREACHABLE_S = 30.0
 LEDGER = "paper-broker"  # where the paper broker's books were kept before they moved into the state
 
 
@@ -104,6 +113,7 @@ class Session:
     acks: Path | None = None  # append "seq sha256" per acknowledged state (crash tests)
     settings: dict[str, Any] = field(default_factory=dict)  # deployment overrides (tests)
     replay: bool = False  # a replay of history: push times are not compared with the clock
+    paper_broker: bool = False  # trade against the paper broker whatever the deployment names
 
 
 @dataclass
@@ -299,7 +309,7 @@ class Runner:
 
         return from_rest
 
-    def _engine(self, state: EngineState | None, broker: PaperBroker) -> Engine:
+    def _engine(self, state: EngineState | None, broker: Broker) -> Engine:
         params, data = self.params, self.params["data"]
         backtest = params["backtest"]
         monitoring = params.get("monitoring") or {}
@@ -420,18 +430,16 @@ class Runner:
         )
         # the paper account is saved inside the state, in the same atomic write, so a kill -9
         # can never leave the two out of step; a state from before that keeps it beside
-        ledger = saved.get("paper_ledger") if saved else None
-        if saved is not None and ledger is None:
-            ledger = self.store.load_document(LEDGER)
-        self.broker = PaperBroker(
-            self.params["costs"], float(self.params["backtest"]["initial_capital"]), ledger
-        )
+        self.broker = self._broker(saved)
         state = EngineState.from_dict(saved) if saved else None
         self.engine = self._engine(state, self.broker)
         if self.history_is_local:  # a REST warm-up would spend the vendor's quota at every start
             with single_threaded_signals():
                 self.engine.warm_up(int(time.time() * 1000))
-        differences = self.engine.reconcile()
+        try:
+            differences = self.engine.reconcile()
+        except BrokerError as error:
+            raise RunnerError(f"reconciling with the broker at start-up: {error}") from None
         if saved:
             log.info(
                 "resumed %s from state seq %d (%s)",
@@ -474,6 +482,8 @@ class Runner:
         self._spawn("feed", lambda: self.feed.run(self._feed_stop))
         self._spawn("decisions", self._decide_loop)
         self._spawn("staleness", self._watch_staleness)
+        if self.engine.remote:
+            self._spawn("broker", self._watch_broker)
         self._alert("runner.started", "info", f"runner started ({self.session.instance_id})")
         data = self.params["data"]
         overridden = [
@@ -486,6 +496,69 @@ class Runner:
         ]
         if overridden and not self.session.replay:  # an operator's override, never silent
             self._alert("runner.feed_override", "warning", "; ".join(overridden))
+        broker_url = broker_settings(self.deployment).get("url")
+        if self.engine.remote and broker_url:  # a rehearsal's stand-in: never a silent one
+            self._alert(
+                "runner.broker_override",
+                "warning",
+                f"orders go to {broker_url}, not {self.broker.describe()}'s own API "
+                "(deployment.broker.url)",
+            )
+
+    def _broker(self, saved: dict[str, Any] | None) -> Broker:
+        """The broker ``deployment.broker`` names (the paper broker when the session asks for
+        it); a paper account's books come from the saved state."""
+        settings = broker_settings(self.deployment)
+        if settings["kind"] == "paper" or self.session.paper_broker:
+            # the paper account is saved inside the state, in the same atomic write, so a kill
+            # -9 can never leave the two out of step; a state from before that keeps it beside
+            ledger = saved.get("paper_ledger") if saved else None
+            if saved is not None and ledger is None and self.store is not None:
+                ledger = self.store.load_document(LEDGER)
+            return PaperBroker(
+                self.params["costs"], float(self.params["backtest"]["initial_capital"]), ledger
+            )
+        try:
+            broker = open_remote_broker(self.params, self.deployment, self.env)
+        except (BrokerError, SecretError) as error:
+            raise RunnerError(str(error)) from None
+        log.info("trading through %s", broker.describe())
+        return broker
+
+    def _watch_broker(self) -> None:
+        """A remote broker's side of the books, on a thread of its own (its calls take
+        milliseconds to seconds, never inside a decision): the reports of the orders still
+        working, booked as they fill; a cancel a safe state could not make, made; after a
+        reconnect, once nothing is working, the positions compared (a difference holds the
+        runner). Unreachable for BROKER_UNREACHABLE_S, the runner fails (safe state, alert)."""
+        interval = float(broker_settings(self.deployment).get("poll_interval_s", BROKER_POLL_S))
+        engine, broker = self.engine, self.broker
+        down_since: float | None = None
+        while not self._feed_stop.wait(interval):
+            try:
+                if engine.cancel_owed:
+                    engine.retry_cancel()
+                orders = engine.pending_orders()
+                if orders:
+                    engine.settle([(o, broker.report(o)) for o in orders])
+                elif engine.recheck_positions and not engine.state.hold:
+                    engine.recheck_positions = False
+                    differences = engine.compare_positions(broker.positions())
+                    if differences:
+                        engine.hold(differences, "after a reconnect")
+            except BrokerUnavailable as error:
+                now = time.monotonic()
+                if down_since is None:
+                    down_since = now
+                    self._alert("broker.unreachable", "warning", f"broker unreachable: {error}")
+                elif now - down_since > BROKER_UNREACHABLE_S:
+                    raise RunnerFailed(
+                        f"the broker was unreachable for {now - down_since:.0f} s: {error}"
+                    ) from None
+                continue
+            if down_since is not None:
+                down_since = None
+                log.info("the broker answers again")
 
     def _spawn(self, name: str, target: Callable[[], None]) -> None:
         """Start a worker under supervision: if it raises, or returns while the runner is still
@@ -668,6 +741,7 @@ class Runner:
             thread.join(timeout=30)
         for step in (
             lambda: self.engine.safe_state("runner stopped", time.perf_counter(), planned=True),
+            self._settle_last,
             self.saver.close,
             self._liveness,
         ):
@@ -686,6 +760,15 @@ class Runner:
         self.alerter.flush(5.0)
         self.alerter.close()
         return summary
+
+    def _settle_last(self) -> None:
+        """A remote broker's last word on the orders the stop cancelled (a cancel can race a
+        fill): booked before the final save; what is still unknown is asked at the next start."""
+        if not self.engine.remote:
+            return
+        orders = self.engine.pending_orders()
+        if orders:
+            self.engine.settle([(o, self.broker.report(o)) for o in orders])
 
     def summary(self) -> Summary:
         counters, state = self.engine.counters, self.engine.state
@@ -753,4 +836,5 @@ def emulator_for(
         acks=session.acks,
         settings=session.settings,
         replay=True,
+        paper_broker=session.paper_broker,
     )

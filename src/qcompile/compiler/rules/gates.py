@@ -65,6 +65,10 @@ REQUIREMENTS: dict[str, tuple[str, str]] = {
         "quant engineer signed the deployment checklist",
         "strategy.signoffs.checklist",
     ),
+    "deployment.real_broker": (
+        "orders go to a real broker: the safe state's cancel is a real broker call",
+        "deployment.broker",
+    ),
 }
 
 # The source document's requirements (§2.1, §3.2, §5), each at the phase it guards: a project's
@@ -92,6 +96,7 @@ FLOORS: dict[str, tuple[str, ...]] = {
         "checklist.complete",
         "pins.complete",
         "signoff.checklist",
+        "deployment.real_broker",
     ),
 }
 
@@ -231,6 +236,7 @@ def evaluate(
     artefacts: dict[str, SignedArtefact] | None = None,
     unticked: list[str] | None = None,
     waivers: dict[str, str] | None = None,
+    deployment: dict[str, Any] | None = None,
 ) -> list[Unmet]:
     """Every unmet requirement for ``phase`` (cumulative), in gate order.
 
@@ -250,6 +256,7 @@ def evaluate(
             expected_inputs,
             signed,
             unticked,
+            deployment,
         )
         if detail:
             key = REQUIREMENTS[requirement][1]
@@ -281,9 +288,16 @@ def _check(
     expected_inputs: dict[str, Any],
     artefacts: dict[str, SignedArtefact],
     unticked: list[str] | None = None,
+    deployment: dict[str, Any] | None = None,
 ) -> str:
     """Empty when met, else what is missing."""
     group, _, item = requirement.partition(".")
+    if group == "deployment":
+        broker = (deployment or {}).get("broker", "paper")
+        kind = broker if isinstance(broker, str) else (broker or {}).get("kind")
+        if kind == "paper":  # the source document: a placeholder cancel exposes open orders
+            return "deployment.broker is the paper broker: production trades at a real one"
+        return ""
     if group == "brief":
         value = (
             strategy.get("alpha_thesis")

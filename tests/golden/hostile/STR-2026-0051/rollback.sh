@@ -5,8 +5,9 @@
 # Do not edit: change the config and run `qcompile build`.
 #
 # Rollback of STR-2026-0051: restore a previous release's generated artefacts (params.yaml and
-# with it the pinned signal and data versions) from git, stop the running instance, check that its
-# persisted state can be resumed, restart it and confirm its heartbeat.
+# with it the pinned signal and data versions) from git, stop the running instance (its working
+# orders cancelled at the broker), check the books against the broker's where it is a real one,
+# check that its persisted state can be resumed, restart it and confirm its heartbeat.
 #
 #   generated/STR-2026-0051/rollback.sh [--dry-run] [--to VERSION] [-- RUN_OPTIONS...]
 #
