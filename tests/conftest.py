@@ -86,6 +86,18 @@ def signed_into_production(strategy_file: Path, engineer: str = "j.chen@quantfun
     text += "  monitoring:\n    max_drawdown_pct: 20\n"
     text += "  deployment_record:\n    monitoring_alerts: [drawdown_threshold]\n"
     strategy_file.write_text(text, encoding="utf-8")
+    routed_to_alpaca(strategy_file)  # production trades at a real broker
+
+
+def routed_to_alpaca(strategy_file: Path) -> None:
+    """Route a strategy's orders to Alpaca's paper endpoint (keys from the environment), in its
+    own file: the rest of its deployment stays as it was."""
+    with strategy_file.open("a", encoding="utf-8") as out:
+        out.write(
+            "deployment:\n  broker:\n    kind: alpaca\n    account: PA-TEST\n"
+            "    api_key: ${oc.env:ALPACA_API_KEY_ID}\n"
+            "    secret: ${oc.env:ALPACA_API_SECRET_KEY}\n"
+        )
 
 
 def tree_digest(directory: Path) -> dict[str, str]:

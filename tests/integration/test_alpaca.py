@@ -6,17 +6,29 @@ TradeAccount), so a field it got wrong fails here, as it would against the real 
 
 from __future__ import annotations
 
+import contextlib
+import queue
+import threading
+import time
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from alpaca.trading.client import TradingClient
 from alpaca.trading.models import Order as AlpacaOrder
 from alpaca.trading.models import Position, TradeAccount
+from alpaca.trading.stream import TradingStream
 
 from qcompile.emulator.alpaca import KEY_ID, SECRET_KEY, AlpacaEmulator
 from qcompile.runtime.alpaca import AlpacaBroker
-from qcompile.runtime.broker import BrokerError, Order, OrderRejected, fill_increment
+from qcompile.runtime.broker import (
+    BrokerError,
+    Order,
+    OrderRejected,
+    OrderReport,
+    fill_increment,
+)
 
 
 @pytest.fixture
@@ -154,3 +166,58 @@ def test_wrong_credentials_are_an_error_that_does_not_repeat_them(alpaca: Alpaca
     with pytest.raises(BrokerError) as raised:
         adapter.positions()
     assert "401" in str(raised.value) and "wrong-secret-value" not in str(raised.value)
+
+
+def test_trade_updates_stream_through_the_sdks_own_client(alpaca: AlpacaEmulator) -> None:
+    """alpaca-py's TradingStream against the emulator's stream: authenticated, subscribed, and
+    every update parsed by the SDK's TradeUpdate model (a wrong field would not reach us)."""
+    adapter, _ = broker(alpaca)
+    reports: queue.Queue[OrderReport] = queue.Queue()
+    adapter.stream_reports(reports.put)
+    try:
+        assert wait_for(lambda: alpaca.listening == 1)
+        adapter.submit(order("MSFT", 10.0))
+        alpaca.fill(order().id, 4, 300.0)
+        alpaca.cancel(order().id)
+        seen = [reports.get(timeout=5) for _ in range(3)]
+        assert [(r.filled, r.open) for r in seen] == [(0.0, True), (4.0, True), (4.0, False)]
+        assert seen[1].cost == pytest.approx(1_200.0) and seen[0].order_id == order().id
+
+        alpaca.drop_stream()  # the SDK reconnects by itself (after a second)
+        assert wait_for(lambda: alpaca.listening == 0, timeout=5)
+        assert wait_for(lambda: alpaca.listening == 1, timeout=10)
+        adapter.submit(order("GOOGL", 2.0))
+        assert reports.get(timeout=5).symbol == "GOOGL"
+    finally:
+        adapter.close()
+
+
+def test_the_stream_refuses_wrong_keys(alpaca: AlpacaEmulator) -> None:
+    stream = TradingStream(
+        KEY_ID, "not-the-secret", url_override=alpaca.url.replace("http", "ws") + "/stream"
+    )
+    updates: list[Any] = []
+
+    async def collect(update: Any) -> None:
+        updates.append(update)
+
+    stream.subscribe_trade_updates(collect)
+    thread = threading.Thread(target=stream.run, daemon=True)
+    thread.start()
+    time.sleep(1.0)
+    adapter, _ = broker(alpaca)
+    alpaca.auto_fill_at["MSFT"] = 300.0
+    adapter.submit(order())
+    time.sleep(0.5)
+    assert alpaca.listening == 0 and updates == []
+    with contextlib.suppress(Exception):
+        stream.stop()
+
+
+def wait_for(predicate: Any, timeout: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.01)
+    return False

@@ -27,6 +27,9 @@ import pytest
 from qcompile.emulator import Emulator, ticks_from_bars
 from qcompile.emulator import load_bars as emulator_bars
 from qcompile.emulator.alpaca import KEY_ID, SECRET_KEY, AlpacaEmulator
+from qcompile.emulator.binance import API_KEY as EXCHANGE_KEY
+from qcompile.emulator.binance import SECRET as EXCHANGE_SECRET
+from qcompile.emulator.binance import BinanceEmulator
 from qcompile.runtime.state import FileStateStore
 from tests.conftest import cli_process, copy_example_project, edit, without_production_example
 
@@ -38,6 +41,7 @@ ENV = {
     "ALPACA_API_SECRET_KEY": SECRET_KEY,
     "TICKDB_API_KEY": FEED_KEY,
 }
+EXCHANGE_ENV = {"EXCHANGE_KEY": EXCHANGE_KEY, "EXCHANGE_SECRET": EXCHANGE_SECRET}
 DAY = 86_400_000
 
 
@@ -226,3 +230,58 @@ def test_kill_9_between_decision_and_acknowledgement_never_duplicates_an_order(
     state = state_of(project)
     assert "hold" not in state, state.get("hold")  # every restart's books agreed
     assert state["positions"] == broker_positions(alpaca)
+
+
+def test_qcompile_run_trades_through_ccxt_on_an_exchanges_spot_market(tmp_path: Path) -> None:
+    """A strategy whose universe is two Binance spot markets (by the exchange's ids), deployed
+    to ccxt's Binance client, built and run as a user does; the sample's two stock series stand
+    in for their prices."""
+    root = without_production_example(copy_example_project(tmp_path / "project"))
+    sample, data = root / "data/sample_us_daily", root / "data/crypto_sample"
+    data.mkdir()
+    shutil.copy(sample / "GOOGL.parquet", data / "BTCUSDT.parquet")
+    shutil.copy(sample / "MSFT.parquet", data / "ETHUSDT.parquet")
+    source = (root / "conf/data/sample_us_daily.yaml").read_text(encoding="utf-8")
+    source = source.replace("symbols: [GOOGL, IXIC, MSFT, SPX]", "symbols: [BTCUSDT, ETHUSDT]")
+    source = source.replace("path: data/sample_us_daily", "path: data/crypto_sample")
+    (root / "conf/data/crypto_sample.yaml").write_text(source, encoding="utf-8")
+    (root / "conf/universe/crypto_spot.yaml").write_text(
+        'name: Two spot markets\nas_of: "2009-06-01"\nsymbols: [BTCUSDT, ETHUSDT]\n'
+        "benchmarks: []\nfilters:\n  availability: the two largest markets\nrebalance: none\n"
+        "survivorship: survivors_only\n",
+        encoding="utf-8",
+    )
+    strategy = root / "conf/strategy/ma_trend.yaml"
+    edit(strategy, "/universe: us_sample_stocks", "/universe: crypto_spot")
+    edit(strategy, "/data: sample_us_daily", "/data: crypto_sample")
+    fills = {"BTCUSDT": 100.0, "ETHUSDT": 50.0}
+    replay = ("--feed", "emulator", "--bars", "120", "--speed", "3000")
+    with BinanceEmulator(balances={"USDT": 10_000_000.0}, auto_fill_at=fills) as exchange:
+        with strategy.open("a", encoding="utf-8") as out:
+            out.write(
+                "deployment:\n  broker:\n    kind: ccxt\n    exchange: binance\n"
+                "    account: spot-test\n    api_key: ${oc.env:EXCHANGE_KEY}\n"
+                f"    secret: ${{oc.env:EXCHANGE_SECRET}}\n    url: {exchange.url}\n"
+                "    poll_interval_s: 0.05\n"
+            )
+        built = cli_process(root, "build")
+        assert built.returncode == 0, built.stderr
+        runbook = (root / f"generated/{STRATEGY}/runbook.md").read_text(encoding="utf-8")
+        assert "binance spot through ccxt, account spot-test" in runbook
+        process = subprocess.run(
+            [sys.executable, "-m", "qcompile.cli", "run", STRATEGY, *replay],
+            cwd=root,
+            env={**os.environ, "QCOMPILE_PROJECT": str(root), **EXCHANGE_ENV},
+            capture_output=True,
+            text=True,
+            timeout=180,
+        )
+        assert process.returncode == 0, process.stderr
+        assert EXCHANGE_SECRET not in process.stderr + process.stdout
+        sent = list(exchange.orders.values())
+        held = {s: exchange.balances.get(s.removesuffix("USDT"), 0.0) for s in fills}
+    assert sent, "the replay decided trades: they went to the exchange"
+    assert all(o.status == "FILLED" for o in sent)
+    state = state_of(root)
+    assert state["positions"] == {s: q for s, q in held.items() if q}
+    assert "hold" not in state and state["pending_orders"] == []

@@ -246,6 +246,33 @@ def test_a_fill_during_a_disconnection_is_booked_once(
         assert runner.engine.state.hold == ""
 
 
+def test_fills_arrive_by_the_trade_updates_stream_without_waiting_for_a_poll(
+    project: Path, runners: list[Runner], sample_bars: pl.DataFrame
+) -> None:
+    with (
+        AlpacaEmulator(cash=1_000_000.0) as broker,
+        quiet_feed(sample_bars) as feed,
+    ):
+        slow_polls = {**alpaca_settings(broker), "poll_interval_s": 60.0}
+        runner = start(runners, project, feed, slow_polls)
+        assert wait_until(lambda: broker.listening == 1)
+        with runner.engine.lock:
+            runner.engine.send_orders([Order("streamed", "MSFT", 10.0, 0)])
+        broker.fill("streamed", 4, 300.0)
+        assert wait_until(lambda: runner.engine.state.positions == {"MSFT": 4.0}, timeout=3)
+        broker.drop_stream()  # the SDK reconnects by itself; what it missed comes cumulatively
+        broker.fill("streamed", 3, 301.0)  # sent to no one
+        assert wait_until(lambda: broker.listening == 1, timeout=10)
+        broker.fill("streamed", 3, 302.0)
+        assert wait_until(lambda: books_settled(runner), timeout=3)
+        assert runner.engine.state.positions == {"MSFT": 10.0}
+        fills = [r for r in journal(project) if r["type"] == "fill"]
+        assert [f["quantity"] for f in fills] == [4.0, 6.0]  # the missed fill in the next one
+        assert fills[1]["price"] == pytest.approx((3 * 301 + 3 * 302) / 6)
+        runner.stop()
+        assert wait_until(lambda: broker.listening == 0, timeout=10)  # the stream was closed
+
+
 def test_a_rejected_order_is_alerted_and_not_booked(
     project: Path,
     runners: list[Runner],

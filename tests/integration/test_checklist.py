@@ -7,7 +7,7 @@ import shutil
 from pathlib import Path
 
 from qcompile.compiler.rules.checklist import MANUAL_ITEMS, RUNTIME_ITEMS
-from tests.conftest import cli, edit, without_production_example
+from tests.conftest import cli, edit, routed_to_alpaca, without_production_example
 
 STRATEGY = "STR-2026-0063"  # the z-score example, in validation with its report signed
 ENGINEER = "j.chen@quantfund.com"
@@ -116,6 +116,13 @@ def test_a_complete_checklist_opens_the_production_gate(example: Path) -> None:
     assert "22 of 22 items ticked: complete." in checklist(example)
     engineer = cli(example, "signoff", STRATEGY, "--role", "quant_engineer", "--by", ENGINEER)
     assert engineer.exit_code == 0, engineer.output
+    paper = cli(example, "promote", STRATEGY, "--to", "production")
+    assert paper.exit_code == 2 and "requires deployment.real_broker" in paper.output
+    routed_to_alpaca(path)
+    assert cli(example, "build").exit_code == 0
+    engineer = cli(example, "signoff", STRATEGY, "--role", "quant_engineer", "--by", ENGINEER)
+    assert engineer.exit_code == 0, engineer.output  # the checklist now names the broker
+    assert "orders go to Alpaca (paper endpoint), account PA-TEST" in checklist(example)
     promoted = cli(example, "promote", STRATEGY, "--to", "production")
     assert promoted.exit_code == 0, promoted.output
     assert cli(example, "build").exit_code == 0

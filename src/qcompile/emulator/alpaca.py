@@ -26,11 +26,12 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import json
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from aiohttp import web
+from aiohttp import WSMsgType, web
 
 from qcompile.emulator.loopback import LoopbackApi
 
@@ -133,6 +134,8 @@ class AlpacaEmulator(LoopbackApi):
         # seconds between taking an order and answering: the window in which a runner killed
         # between submit and acknowledgement leaves an order it never heard back about
         self.answer_delay_s = 0.0
+        self._sockets: set[web.WebSocketResponse] = set()  # stream connections
+        self._listeners: set[web.WebSocketResponse] = set()  # those subscribed to trade_updates
 
     def routes(self, app: web.Application) -> None:
         app.router.add_get("/v2/account", self._account)
@@ -142,6 +145,7 @@ class AlpacaEmulator(LoopbackApi):
         app.router.add_delete("/v2/orders", self._cancel_all)
         app.router.add_delete("/v2/orders/{order_id}", self._cancel)
         app.router.add_get("/v2/positions", self._positions)
+        app.router.add_get("/stream", self._stream)
 
     # -- what a test drives -----------------------------------------------------------------
 
@@ -164,6 +168,82 @@ class AlpacaEmulator(LoopbackApi):
             if order is None or not order.open:
                 raise ValueError(f"no working order {order_id}")
             self._cancel_one(order)
+
+    @property
+    def listening(self) -> int:
+        """Trade-updates connections subscribed now."""
+        with self._lock:
+            return len(self._listeners)
+
+    def drop_stream(self) -> None:
+        """Close every trade-updates connection (as a network fault or Alpaca's restart would):
+        the updates until the client is back are not sent again."""
+        loop = self._loop
+        if loop is None:
+            return
+        for socket in list(self._sockets):
+            asyncio.run_coroutine_threadsafe(socket.close(), loop).result(5)
+
+    def __exit__(self, *exc: Any) -> None:
+        self.drop_stream()  # the server's shutdown waits for open connections to end
+        super().__exit__(*exc)
+
+    def _update(self, order: EmulatedOrder, event: str, **fill: float) -> None:
+        """(Under the lock.) A trade update to every listener, as Alpaca's stream sends it."""
+        if not self._listeners or self._loop is None:
+            return
+        data: dict[str, Any] = {
+            "event": event,
+            "execution_id": str(uuid.uuid4()),
+            "order": order.as_json(),
+            "timestamp": order.updated_at,
+        }
+        if "price" in fill:  # fill and partial_fill carry the execution and the new position
+            held, _ = self.positions.get(order.symbol, (0.0, 0.0))
+            data |= {"price": str(fill["price"]), "qty": str(fill["qty"])}
+            data["position_qty"] = str(held)
+        message = json.dumps({"stream": "trade_updates", "data": data}).encode()
+        for socket in list(self._listeners):  # binary frames, as Alpaca sends them
+            self._loop.call_soon_threadsafe(asyncio.ensure_future, socket.send_bytes(message))
+
+    async def _stream(self, request: web.Request) -> web.WebSocketResponse:
+        """Alpaca's trading stream: authenticate, listen to trade_updates, then the updates."""
+        socket = web.WebSocketResponse()
+        await socket.prepare(request)
+        self._sockets.add(socket)
+        async for message in socket:
+            if message.type not in (WSMsgType.TEXT, WSMsgType.BINARY):
+                break
+            try:
+                command = json.loads(message.data)
+                action, data = command.get("action"), command.get("data") or {}
+            except (ValueError, AttributeError):
+                await socket.close()
+                break
+            if action in ("auth", "authenticate"):
+                authorized = (data.get("key_id"), data.get("secret_key")) == (
+                    self.key_id,
+                    self.secret_key,
+                )
+                status = "authorized" if authorized else "unauthorized"
+                reply = {"stream": "authorization", "data": {"status": status, "action": action}}
+                await socket.send_bytes(json.dumps(reply).encode())
+                if not authorized:
+                    await socket.close()
+                    break
+            elif action == "listen":
+                streams = [s for s in data.get("streams") or [] if s == "trade_updates"]
+                with self._lock:
+                    if streams:
+                        self._listeners.add(socket)
+                    else:
+                        self._listeners.discard(socket)
+                reply = {"stream": "listening", "data": {"streams": streams}}
+                await socket.send_bytes(json.dumps(reply).encode())
+        with self._lock:
+            self._listeners.discard(socket)
+        self._sockets.discard(socket)
+        return socket
 
     def _find(self, order_id: str) -> EmulatedOrder | None:
         return self.orders.get(order_id) or next(
@@ -189,6 +269,8 @@ class AlpacaEmulator(LoopbackApi):
             growing = held == 0 or (held > 0) == (signed > 0)
             cost = (held * average + signed * price) / after if growing else average
             self.positions[order.symbol] = (after, cost)
+        event = "fill" if order.status == "filled" else "partial_fill"
+        self._update(order, event, price=price, qty=qty)
 
     # -- the API ----------------------------------------------------------------------------
 
@@ -198,6 +280,8 @@ class AlpacaEmulator(LoopbackApi):
         )
 
     def refused(self, request: web.Request) -> web.Response | None:
+        if request.path == "/stream":  # the stream authenticates in its first message
+            return None
         if (
             request.headers.get("APCA-API-KEY-ID") != self.key_id
             or request.headers.get("APCA-API-SECRET-KEY") != self.secret_key
@@ -266,6 +350,7 @@ class AlpacaEmulator(LoopbackApi):
                 status="accepted",
             )
             self.orders[order.id] = order
+            self._update(order, "new")
             price = self.auto_fill_at.get(symbol)
             if price is not None and order.order_type == "market":
                 self._fill(order, order.qty, price)
@@ -300,6 +385,7 @@ class AlpacaEmulator(LoopbackApi):
     def _cancel_one(self, order: EmulatedOrder) -> None:
         order.status = "canceled"
         order.canceled_at = order.updated_at = _now()
+        self._update(order, "canceled")
 
     async def _cancel_all(self, _: web.Request) -> web.Response:
         with self._lock:

@@ -12,14 +12,15 @@ own retry waits a fixed 3 s and ignores it, so it is switched off), up to ``max_
 then gives up with ``BrokerUnavailable``. Alpaca's error bodies become ``OrderRejected`` (the
 broker said no) or ``BrokerError``; credentials appear in no message.
 
-Fills are read by asking for the runner's open orders by client id (``report``): Alpaca's
-cumulative filled quantity and average price, from which the runner books the increase (it keeps
-what it booked of each order in its durable state, so a restart books nothing twice and misses
-nothing).
+Fills come from Alpaca's trade-updates stream as they happen (``stream_reports``) and from asking
+for the runner's open orders by client id (``report``), the backstop: Alpaca's cumulative filled
+quantity and average price either way, from which the runner books the increase (it keeps what it
+booked of each order in its durable state, so a restart books nothing twice and misses nothing).
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import math
 import threading
@@ -31,7 +32,9 @@ import requests
 from alpaca.common.exceptions import APIError
 from alpaca.trading.client import TradingClient
 from alpaca.trading.enums import OrderSide, OrderStatus, QueryOrderStatus, TimeInForce
+from alpaca.trading.models import TradeUpdate
 from alpaca.trading.requests import GetOrdersRequest, MarketOrderRequest
+from alpaca.trading.stream import TradingStream
 
 from qcompile.runtime.broker import (
     BrokerError,
@@ -160,19 +163,30 @@ class AlpacaBroker:
     def report(self, order: Order) -> OrderReport | None:
         """Alpaca's account of ``order`` (cumulative fills), or None if it never arrived."""
         found = self._lookup(order.id)
-        if found is None:
-            return None
-        filled = _number(found.filled_qty)
-        return OrderReport(
-            order.id,
-            str(found.symbol),
-            1 if found.side == OrderSide.BUY else -1,
-            filled,
-            filled * _number(found.filled_avg_price),
-            0.0,  # Alpaca charges no commission on US equities
-            found.status not in CLOSED,
-            _ms(found.filled_at or found.updated_at),
-        )
+        return None if found is None else _report(found)
+
+    def stream_reports(self, on_report: Callable[[OrderReport], None]) -> None:
+        """Alpaca's trade-updates stream, through the SDK's own client on a thread of its own:
+        each update's order, as a report, to ``on_report`` at once (the SDK reconnects a dropped
+        stream; updates sent meanwhile are not repeated, so polling stays the backstop)."""
+        key_id, secret_key, url = self._credentials
+        stream_url = None if url is None else url.replace("http", "ws", 1) + "/stream"
+        self._stream = TradingStream(key_id, secret_key, paper=self.paper, url_override=stream_url)
+
+        async def handle(update: TradeUpdate) -> None:
+            if update.order.client_order_id:
+                on_report(_report(update.order))
+
+        self._stream.subscribe_trade_updates(handle)
+        # its reconnect waits start at a second (the SDK's own schedule)
+        threading.Thread(target=self._stream.run, name="alpaca-trade-updates", daemon=True).start()
+
+    def close(self) -> None:
+        """Stop the trade-updates stream, if one runs."""
+        stream = getattr(self, "_stream", None)
+        if stream is not None:
+            with contextlib.suppress(Exception):  # already gone: nothing to stop
+                stream.stop()
 
     def working_orders(self) -> list[Order]:
         listed = self._call(
@@ -206,6 +220,20 @@ class AlpacaBroker:
 
     def describe(self) -> str:
         return f"Alpaca ({'paper' if self.paper else 'live'} endpoint)"
+
+
+def _report(found: Any) -> OrderReport:
+    filled = _number(found.filled_qty)
+    return OrderReport(
+        str(found.client_order_id),
+        str(found.symbol),
+        1 if found.side == OrderSide.BUY else -1,
+        filled,
+        filled * _number(found.filled_avg_price),
+        0.0,  # Alpaca charges no commission on US equities
+        found.status not in CLOSED,
+        _ms(found.filled_at or found.updated_at),
+    )
 
 
 def _ours(order: Any) -> Order:

@@ -852,6 +852,15 @@ class Engine:
                 self.persist()
         return changed
 
+    def settle_report(self, report: OrderReport) -> bool:
+        """``settle`` one report that arrived by itself (a broker's stream of order updates)."""
+        with self.lock:
+            known = self.state.pending.get(report.order_id)
+            if known is None:
+                return False  # not ours, or settled already
+            order = Order(known["id"], known["symbol"], known["quantity"], known["submitted_ms"])
+            return self.settle([(order, report)])
+
     def _cancel_working(self) -> list[Order]:
         """Cancel the broker's working orders (call with the lock held). A remote broker's
         orders stay pending until their final reports are booked (a cancel can race a fill); if

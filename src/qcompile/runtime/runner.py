@@ -55,6 +55,7 @@ from qcompile.runtime.broker import (
     Broker,
     BrokerError,
     BrokerUnavailable,
+    OrderReport,
     PaperBroker,
 )
 from qcompile.runtime.engine import (
@@ -484,6 +485,9 @@ class Runner:
         self._spawn("staleness", self._watch_staleness)
         if self.engine.remote:
             self._spawn("broker", self._watch_broker)
+            stream = getattr(self.broker, "stream_reports", None)
+            if stream is not None:  # fills at once; the broker thread's polls are the backstop
+                stream(self._streamed_report)
         self._alert("runner.started", "info", f"runner started ({self.session.instance_id})")
         data = self.params["data"]
         overridden = [
@@ -524,6 +528,14 @@ class Runner:
             raise RunnerError(str(error)) from None
         log.info("trading through %s", broker.describe())
         return broker
+
+    def _streamed_report(self, report: OrderReport) -> None:
+        """On the broker stream's thread: book the update; a failure here fails the runner
+        (the SDK would only log it, and the fills would wait for the next poll unnoticed)."""
+        try:
+            self.engine.settle_report(report)
+        except BaseException as error:
+            self._fail("broker stream", error)
 
     def _watch_broker(self) -> None:
         """A remote broker's side of the books, on a thread of its own (its calls take
@@ -742,6 +754,7 @@ class Runner:
         for step in (
             lambda: self.engine.safe_state("runner stopped", time.perf_counter(), planned=True),
             self._settle_last,
+            getattr(self.broker, "close", lambda: None),
             self.saver.close,
             self._liveness,
         ):

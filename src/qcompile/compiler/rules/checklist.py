@@ -81,8 +81,9 @@ def coverage_percent(report: Path, source: str) -> float | None:
 
 
 PARITY_FILE = "parity.json"
-# The deployment settings that change what the runner trades (not where it saves or alerts).
-TRADING_SETTINGS = ("broker", "channel", "history_bars")
+# The deployment settings that change what the runner decides (not where it saves or alerts,
+# nor where its orders go: parity always trades on the paper broker).
+TRADING_SETTINGS = ("channel", "history_bars")
 
 
 def parity_inputs(backtest_inputs: dict[str, Any], deployment: dict[str, Any]) -> dict[str, Any]:
