@@ -221,3 +221,24 @@ def wait_for(predicate: Any, timeout: float = 5.0) -> bool:
             return True
         time.sleep(0.01)
     return False
+
+
+def test_a_limit_order_rests_until_filled_and_one_order_can_be_cancelled(
+    alpaca: AlpacaEmulator,
+) -> None:
+    alpaca.auto_fill_at["MSFT"] = 300.0  # market orders only: a limit order waits for its price
+    adapter, _ = broker(alpaca)
+    limit = Order("STR-2026-0007-1-MSFT-entry", "MSFT", 10.0, 1, limit_price=295.5)
+    adapter.submit(limit)
+    (working,) = adapter.working_orders()
+    assert working.limit_price == 295.5 and adapter.report(limit).open
+    sent = next(iter(alpaca.orders.values()))
+    assert (sent.order_type, sent.limit_price) == ("limit", 295.5)
+    other = Order("STR-2026-0007-1-GOOGL-entry", "GOOGL", 2.0, 1, limit_price=90.0)
+    adapter.submit(other)
+    assert adapter.cancel(other) is True
+    assert adapter.cancel(other) is False  # not working any more
+    assert adapter.cancel(order("AAPL")) is False  # never sent
+    alpaca.fill(limit.id, 10, 295.5)
+    assert adapter.cancel(limit) is False  # filled
+    assert [o.id for o in adapter.working_orders()] == []

@@ -163,3 +163,23 @@ def test_cancel_all_after_the_orders_went_is_not_an_error(binance: BinanceEmulat
     binance.fill(client, 0.5, 50_000.0)  # fills between the listing and the cancel
     adapter.working_orders = lambda: listed  # the listing the cancel acts on
     assert [o.id for o in adapter.cancel_all()] == [order().id]
+
+
+def test_a_limit_order_rests_until_filled_and_one_order_can_be_cancelled(
+    binance: BinanceEmulator,
+) -> None:
+    binance.auto_fill_at["BTCUSDT"] = 50_000.0  # market orders only
+    adapter, _ = broker(binance)
+    limit = Order("STR-2026-0099-1-BTC/USDT-entry", "BTC/USDT", 0.5, 1, limit_price=49_000.0)
+    adapter.submit(limit)
+    (working,) = adapter.working_orders()
+    assert working.limit_price == 49_000.0 and adapter.report(limit).open
+    sent = next(iter(binance.orders.values()))
+    assert (sent.order_type, sent.price) == ("LIMIT", 49_000.0)
+    other = Order("STR-2026-0099-1-ETH/USDT-entry", "ETH/USDT", 1.0, 1, limit_price=2_000.0)
+    adapter.submit(other)
+    assert adapter.cancel(other) is True
+    assert adapter.cancel(other) is False  # not working any more
+    binance.fill(client_order_id(limit.id), 0.5, 49_000.0)
+    assert adapter.cancel(limit) is False  # filled
+    assert adapter.working_orders() == []

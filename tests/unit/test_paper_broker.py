@@ -80,3 +80,20 @@ def test_recent_fills_survive_a_sorted_save_in_fill_order_and_older_lists_still_
         "recent_fills": sorted(saved["recent_fills"].values(), key=lambda f: f["seq"]),
     }
     assert PaperBroker(COSTS, 0.0, ledger=older).fills_after(0) == restored.fills_after(0)
+
+
+def test_a_limit_order_waits_for_its_price_and_one_order_can_be_cancelled() -> None:
+    broker = PaperBroker(COSTS, 10_000.0)
+    broker.submit(Order("buy", "MSFT", 10, 0, limit_price=99.0))
+    broker.submit(Order("sell", "GOOGL", -5, 0, limit_price=200.0))
+    assert broker.on_quote("MSFT", 99.5, 1) == []  # above a buy's limit
+    assert broker.on_quote("GOOGL", 199.0, 1) == []  # below a sell's limit
+    (bought,) = broker.on_quote("MSFT", 98.0, 2)
+    assert bought.order_id == "buy"
+    assert broker.cancel(Order("sell", "GOOGL", -5, 0)) is True
+    assert broker.cancel(Order("sell", "GOOGL", -5, 0)) is False
+    assert broker.on_quote("GOOGL", 250.0, 3) == []  # cancelled: nothing fills
+    market = broker.ledger()
+    assert all("limit_price" not in o for o in market["working_orders"])
+    broker.submit(Order("m", "MSFT", 1, 0))
+    assert "limit_price" not in broker.ledger()["working_orders"][0]  # states as before

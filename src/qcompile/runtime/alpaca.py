@@ -33,7 +33,7 @@ from alpaca.common.exceptions import APIError
 from alpaca.trading.client import TradingClient
 from alpaca.trading.enums import OrderSide, OrderStatus, QueryOrderStatus, TimeInForce
 from alpaca.trading.models import TradeUpdate
-from alpaca.trading.requests import GetOrdersRequest, MarketOrderRequest
+from alpaca.trading.requests import GetOrdersRequest, LimitOrderRequest, MarketOrderRequest
 from alpaca.trading.stream import TradingStream
 
 from qcompile.runtime.broker import (
@@ -122,18 +122,23 @@ class AlpacaBroker:
     # -- the broker interface ---------------------------------------------------------------
 
     def submit(self, order: Order) -> list[Fill]:
-        """Send ``order`` as a market order for the day under its id as client order id; an id
-        Alpaca already has is read back, never sent twice. Returns nothing: fills arrive through
-        ``report``."""
+        """Send ``order`` (market, or limit at its ``limit_price``) for the day under its id as
+        client order id; an id Alpaca already has is read back, never sent twice. Returns
+        nothing: fills arrive through ``report``."""
         quantity = abs(order.quantity)
         if not self.fractional and not math.isclose(quantity, round(quantity)):
             raise OrderRejected(f"{order.id}: {quantity:g} shares; fractional shares are off")
-        request = MarketOrderRequest(
-            symbol=order.symbol,
-            qty=quantity,
-            side=OrderSide.BUY if order.quantity > 0 else OrderSide.SELL,
-            time_in_force=TimeInForce.DAY,
-            client_order_id=order.id,
+        fields = {
+            "symbol": order.symbol,
+            "qty": quantity,
+            "side": OrderSide.BUY if order.quantity > 0 else OrderSide.SELL,
+            "time_in_force": TimeInForce.DAY,
+            "client_order_id": order.id,
+        }
+        request = (
+            MarketOrderRequest(**fields)
+            if order.limit_price is None
+            else LimitOrderRequest(**fields, limit_price=order.limit_price)
         )
         try:
             self._call(f"order {order.id}", self.client.submit_order, request)
@@ -196,6 +201,18 @@ class AlpacaBroker:
         )
         return [_ours(o) for o in listed]
 
+    def cancel(self, order: Order) -> bool:
+        """Cancel one order by its client id; False if it is not working (filled, cancelled,
+        or never arrived)."""
+        found = self._lookup(order.id)
+        if found is None or found.status in CLOSED:
+            return False
+        try:
+            self._call(f"cancel {order.id}", self.client.cancel_order_by_id, found.id)
+        except OrderRejected:  # 422: filled or done meanwhile
+            return False
+        return True
+
     def cancel_all(self) -> list[Order]:
         """Cancel every working order of the account; returns the orders that were working."""
         working = self.working_orders()
@@ -238,8 +255,13 @@ def _report(found: Any) -> OrderReport:
 
 def _ours(order: Any) -> Order:
     sign = 1.0 if order.side == OrderSide.BUY else -1.0
+    limit = None if order.limit_price is None else _number(order.limit_price)
     return Order(
-        order.client_order_id, str(order.symbol), sign * _number(order.qty), _ms(order.submitted_at)
+        order.client_order_id,
+        str(order.symbol),
+        sign * _number(order.qty),
+        _ms(order.submitted_at),
+        limit,
     )
 
 

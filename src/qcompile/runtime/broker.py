@@ -28,6 +28,7 @@ class Order:
     symbol: str
     quantity: float  # signed: positive buys, negative sells
     submitted_ms: int
+    limit_price: float | None = None  # None: a market order
 
 
 @dataclass(frozen=True)
@@ -79,6 +80,12 @@ class OrderReport:
     updated_ms: int
 
 
+def order_record(order: Order) -> dict[str, Any]:
+    """An order as a state keeps it; a market order has no null limit price, so a paper
+    runner's states read as they did before limit orders existed."""
+    return {k: v for k, v in asdict(order).items() if v is not None or k != "limit_price"}
+
+
 def fill_increment(report: OrderReport, booked: list[float]) -> Fill | None:
     """The fill ``report`` adds to what was ``booked`` of its order ([filled, cost, commission],
     all cumulative): the new quantity, priced from the change in cost, with the new fees; None
@@ -106,6 +113,7 @@ class Broker(Protocol):
 
     def submit(self, order: Order) -> list[Fill]: ...
     def fills_after(self, seq: int) -> list[Fill]: ...
+    def cancel(self, order: Order) -> bool: ...
     def cancel_all(self) -> list[Order]: ...
     def on_quote(self, symbol: str, price: float, timestamp: int) -> list[Fill]: ...
     def positions(self) -> dict[str, float]: ...
@@ -145,7 +153,7 @@ class PaperBroker:
         return {
             "cash": self._cash,
             "positions": dict(sorted(self._positions.items())),
-            "working_orders": [asdict(o) for o in self._working.values()],
+            "working_orders": [order_record(o) for o in self._working.values()],
             "fills": self.fills,
             # by order id, each record never changed once made: a save's log line holds the
             # new fills only (a list would be written whole whenever one is added)
@@ -164,6 +172,10 @@ class PaperBroker:
         """The recent fills with a sequence number above ``seq``, in order."""
         return [Fill(**f) for f in self._recent.values() if f["seq"] > seq]
 
+    def cancel(self, order: Order) -> bool:
+        """Cancel one working order; False if it is not working (filled, or never sent)."""
+        return self._working.pop(order.id, None) is not None
+
     def cancel_all(self) -> list[Order]:
         cancelled = list(self._working.values())
         self._working.clear()
@@ -172,7 +184,13 @@ class PaperBroker:
     def on_quote(self, symbol: str, price: float, timestamp: int) -> list[Fill]:
         if not self._working:  # the usual case: called for every push
             return []
-        due = [o for o in self._working.values() if o.symbol == symbol]
+        due = [
+            o
+            for o in self._working.values()
+            if o.symbol == symbol
+            # a limit order fills once the quote reaches its limit, at the quote
+            and (o.limit_price is None or (price - o.limit_price) * o.quantity <= 0)
+        ]
         fills = []
         for order in due:
             del self._working[order.id]

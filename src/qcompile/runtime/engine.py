@@ -19,7 +19,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -37,6 +37,7 @@ from qcompile.runtime.broker import (
     OrderRejected,
     OrderReport,
     fill_increment,
+    order_record,
 )
 from qcompile.runtime.monitor import Monitor, MonitorState
 
@@ -784,7 +785,7 @@ class Engine:
         id the broker already filled (decided again after a restart) is not sent twice: its
         fill is applied here if this state does not have it yet."""
         known = self.broker.submit(order)
-        self.state.pending[order.id] = asdict(order)
+        self.state.pending[order.id] = order_record(order)
         self.counters.orders += 1
         for fill in known:
             self._filled(fill)
@@ -796,7 +797,7 @@ class Engine:
         before it leaves nothing sent. A refused order is dropped and alerted; an unreachable
         broker raises (the runner fails into its safe state and is restarted)."""
         for order in orders:
-            self.state.pending[order.id] = asdict(order)
+            self.state.pending[order.id] = order_record(order)
             self.state.booked[order.id] = [0.0, 0.0, 0.0]
         self.persist(wait=True)
         for order in orders:
@@ -816,10 +817,7 @@ class Engine:
 
     def pending_orders(self) -> list[Order]:
         with self.lock:
-            return [
-                Order(o["id"], o["symbol"], o["quantity"], o["submitted_ms"])
-                for o in self.state.pending.values()
-            ]
+            return [Order(**o) for o in self.state.pending.values()]
 
     def settle(
         self, reports: list[tuple[Order, OrderReport | None]], recovered: bool = False
@@ -858,7 +856,7 @@ class Engine:
             known = self.state.pending.get(report.order_id)
             if known is None:
                 return False  # not ours, or settled already
-            order = Order(known["id"], known["symbol"], known["quantity"], known["submitted_ms"])
+            order = Order(**known)
             return self.settle([(order, report)])
 
     def _cancel_working(self) -> list[Order]:

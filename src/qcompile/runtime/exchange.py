@@ -165,8 +165,8 @@ class CcxtBroker:
     # -- the broker interface ---------------------------------------------------------------
 
     def submit(self, order: Order) -> list[Fill]:
-        """A market order under the order's client id; never sent twice. Fills arrive through
-        ``report``."""
+        """A market order (a limit order at its ``limit_price``) under the order's client id;
+        never sent twice. Fills arrive through ``report``."""
         client = client_order_id(order.id)
         self._sent[client] = order
 
@@ -175,10 +175,10 @@ class CcxtBroker:
                 f"order {order.id}",
                 self.exchange.create_order,
                 self._unified[order.symbol],
-                "market",
+                "market" if order.limit_price is None else "limit",
                 "buy" if order.quantity > 0 else "sell",
                 abs(order.quantity),
-                None,
+                order.limit_price,
                 {"newClientOrderId": client},
             )
 
@@ -218,6 +218,21 @@ class CcxtBroker:
             ):
                 working.append(self._ours(found))
         return working
+
+    def cancel(self, order: Order) -> bool:
+        """Cancel one order by its client id; False if it is not working (filled, cancelled,
+        or never arrived)."""
+        try:
+            self._call(
+                f"cancel {order.id}",
+                self.exchange.cancel_order,
+                None,
+                self._unified[order.symbol],
+                {"origClientOrderId": client_order_id(order.id)},
+            )
+        except ccxt.OrderNotFound:  # Binance: -2011, nothing working under that id
+            return False
+        return True
 
     def cancel_all(self) -> list[Order]:
         working = self.working_orders()
@@ -291,11 +306,13 @@ class CcxtBroker:
         client = str(found.get("clientOrderId") or found.get("id"))
         known = self._sent.get(client)
         sign = 1.0 if found.get("side") == "buy" else -1.0
+        limit = found.get("price") if found.get("type") == "limit" else None
         return Order(
             known.id if known else client,
             self._ours_by_unified.get(str(found.get("symbol")), str(found.get("symbol"))),
             sign * float(found.get("amount") or 0.0),
             int(found.get("timestamp") or 0),
+            None if limit is None else float(limit),
         )
 
 
