@@ -223,26 +223,34 @@ def test_the_safe_state_cancels_working_orders_at_the_broker_within_a_second(
         assert runner.engine.state.positions == {s: q for s, (q, _) in broker.positions.items()}
 
 
-def test_a_fill_during_a_disconnection_is_booked_once(
+def test_fills_made_while_the_broker_could_not_be_reached_are_booked_once(
     project: Path,
     runners: list[Runner],
     sample_bars: pl.DataFrame,
 ) -> None:
-    with quiet_runner(project, runners, sample_bars) as (broker, feed, runner):
+    """An order filled across a disconnection from the broker: part before, the rest while the
+    stream is down and every request refused, booked once the broker answers again."""
+    with quiet_runner(project, runners, sample_bars) as (broker, _, runner):
         with runner.engine.lock:
             runner.engine.send_orders([Order("across", "GOOGL", 20.0, 0)])
         broker.fill("across", 5, 200.0)
-        feed.inject("drop")
-        broker.fill("across", 15, 202.0)  # the rest fills while the feed is down
-        assert wait_until(lambda: runner.engine.counters.safe_states >= 1, timeout=5)
-        assert wait_until(lambda: books_settled(runner), timeout=5)
-        assert wait_until(lambda: runner.feed.connected.is_set(), timeout=10)
+        assert wait_until(lambda: runner.engine.state.positions == {"GOOGL": 5.0}, timeout=5)
+        broker.rate_limit(requests=40, retry_after=0)  # every request refused for a while
+        broker.drop_stream()
+        broker.fill("across", 15, 202.0)  # the rest fills meanwhile
+        assert wait_until(lambda: books_settled(runner), timeout=10)
         assert runner.engine.state.positions == {"GOOGL": 20.0}
         fills = [r for r in journal(project) if r["type"] == "fill"]
-        assert sum(f["quantity"] for f in fills) == 20.0
-        assert sum(f["quantity"] * f["price"] for f in fills) == pytest.approx(5 * 200 + 15 * 202)
-        # after the reconnect, positions were compared with the broker's and agree: no hold
-        assert wait_until(lambda: not runner.engine.recheck_positions, timeout=5)
+        assert [f["quantity"] for f in fills] == [5.0, 15.0]
+        assert fills[1]["price"] == pytest.approx(202.0)
+        alerts = [r["key"] for r in journal(project) if r["type"] == "alert"]
+        assert "broker.unreachable" in alerts
+        # after a feed reconnect, positions are compared with the broker's and agree: no hold
+        runner.feed.reconnect("test")
+        assert wait_until(
+            lambda: runner.feed.connected.is_set() and not runner.engine.recheck_positions,
+            timeout=10,
+        )
         assert runner.engine.state.hold == ""
 
 

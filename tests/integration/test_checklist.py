@@ -197,7 +197,7 @@ def test_without_its_runtime_evidence_production_needs_a_waiver_that_shows(examp
         for item in RUNTIME_ITEMS
     )
     path = example / PRODUCTION_FILE
-    edit(path, "  signoffs:\n", "  waivers:\n" + waivers + "  signoffs:\n")
+    edit(path, "  waivers:\n", "  waivers:\n" + waivers)  # beside its real-broker waiver
     built = cli(example, "build")
     # the checklist text changed (the waivers show in it): the engineer's sign-off must be renewed
     assert built.exit_code == 2 and "signoff.checklist" in built.output
@@ -217,17 +217,19 @@ def test_without_its_runtime_evidence_production_needs_a_waiver_that_shows(examp
     assert "checklist.code.safe_state" in (generated / "index.md").read_text()
     status = json.loads(cli(example, "status", "--json").output)
     (entry,) = [s for s in status["strategies"] if s["id"] == PRODUCTION]
-    assert set(entry["waived_requirements"]) == {f"checklist.{i}" for i in RUNTIME_ITEMS}
+    assert set(entry["waived_requirements"]) == {f"checklist.{i}" for i in RUNTIME_ITEMS} | {
+        "deployment.real_broker"
+    }
 
 
 def test_a_manual_item_is_signed_not_waived(example: Path) -> None:
     path = example / PRODUCTION_FILE
     edit(
         path,
-        "  signoffs:\n",
+        "  waivers:\n",
         "  waivers:\n    - requirement: checklist.docs.on_call\n      reason: later\n"
         '      by: r.okafor@quantfund.com\n      at: "2026-11-30T09:00:00Z"\n'
-        '      until: "2099-01-31"\n  signoffs:\n',
+        '      until: "2099-01-31"\n',
     )
     refused = cli(example, "build")
     assert refused.exit_code == 2

@@ -85,8 +85,7 @@ def relative(strategy: Sequence[float], benchmark: Sequence[float], ppy: float) 
     active = r - b
     sd_active = float(np.std(active, ddof=1))
     beta = covariance / var_b if var_b > 0 else None
-    return {
-        "bars": len(r),
+    statistics = {
         "beta": beta,
         "alpha": None if beta is None else (float(r.mean()) - beta * float(b.mean())) * ppy,
         "correlation": covariance / (sd_r * sd_b) if sd_r > 0 and sd_b > 0 else None,
@@ -95,3 +94,7 @@ def relative(strategy: Sequence[float], benchmark: Sequence[float], ppy: float) 
             float(active.mean()) / sd_active * math.sqrt(ppy) if sd_active > 0 else None
         ),
     }
+    # twelve significant digits: numpy's summation order changes between versions and moved the
+    # last digit of these, which made a committed report differ on a fresh install
+    rounded = {k: None if v is None else float(f"{v:.12g}") for k, v in statistics.items()}
+    return {"bars": len(r), **rounded}
