@@ -49,12 +49,14 @@ def _at(document: Any, path: tuple[str, ...]) -> Any:
 def show(value: Any, kind: str) -> str:
     if value is None or (isinstance(value, float) and not math.isfinite(value)):
         return "n/a"
+    if kind == "flag":
+        return "yes" if value else "no"
+    if not isinstance(value, int | float) or isinstance(value, bool):  # a hand-edited file
+        return f"{value!r} (not a number)"
     if kind == "percent":
         return f"{value * 100:.2f} %"
     if kind == "count":
         return str(value)
-    if kind == "flag":
-        return "yes" if value else "no"
     return f"{value:.3f}"
 
 

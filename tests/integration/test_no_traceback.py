@@ -6,8 +6,10 @@ The CLI runs in-process with exceptions propagating, so a traceback fails the te
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -76,7 +78,102 @@ def _packages_not_a_list(root: Path) -> None:
     edit(root / "conf/qcompile.yaml", "signal_packages: [qcompile.signals]", "signal_packages: x")
 
 
+SELFTEST = "reports/runtime/qcompile-0.1.0.json"
+PARITY = "reports/STR-2026-0088/1.0.0/parity.json"
+COVERAGE = "reports/coverage/signals.json"
+EVIDENCE = "reports/STR-2026-0088/1.0.0/evidence.json"
+
+
+def _rewrite(relative: str, change: Callable[[Any], Any]) -> Callable[[Path], None]:
+    """A preparation that rewrites a committed JSON evidence file with ``change`` applied."""
+
+    def prepare(root: Path) -> None:
+        path = root / relative
+        path.write_text(json.dumps(change(json.loads(path.read_text()))))
+
+    return prepare
+
+
+def _setting(key: str, value: Any) -> Callable[[Any], Any]:
+    return lambda document: {**document, key: value}
+
+
+def _every_file(value: Any) -> Callable[[Any], Any]:
+    return lambda document: {**document, "files": dict.fromkeys(document["files"], value)}
+
+
+# (what is wrong, the preparation, the diagnostic's line): each a committed evidence file that
+# once reached the gates or the checklist as it was and ended in a traceback
+MALFORMED_EVIDENCE: list[tuple[str, Callable[[Path], None], str]] = [
+    (
+        "a runtime self-test result that is a list",
+        _rewrite(SELFTEST, lambda _: [1, 2]),
+        f"{SELFTEST}: error: expected a mapping at the top, got a list [evidence.malformed]",
+    ),
+    (
+        "a runtime self-test result whose checks are a list",
+        _rewrite(SELFTEST, _setting("checks", [1])),
+        f"{SELFTEST}: error: checks: expected a mapping, got a list [evidence.malformed]",
+    ),
+    (
+        "a parity record whose fills are a list",
+        _rewrite(PARITY, _setting("fills", [1, 2])),
+        f"{PARITY}: error: fills: expected a mapping, got a list [evidence.malformed]",
+    ),
+    (
+        "a parity record whose window is a number",
+        _rewrite(PARITY, _setting("window", 5)),
+        f"{PARITY}: error: window: expected a list, got a number [evidence.malformed]",
+    ),
+    (
+        "a coverage report whose files are a list",
+        _rewrite(COVERAGE, _setting("files", [1])),
+        f"{COVERAGE}: error: files: expected a mapping, got a list [evidence.malformed]",
+    ),
+    (
+        "a coverage report whose entries are lists",
+        _rewrite(COVERAGE, _every_file([1])),
+        f"{COVERAGE}: error: files['src/qcompile/signals/__init__.py']: expected a mapping, "
+        "got a list [evidence.malformed]",
+    ),
+    (
+        "evidence whose minimum sample is a list",
+        _rewrite(EVIDENCE, _setting("minimum_sample", [1])),
+        f"{EVIDENCE}: error: minimum_sample: expected a mapping, got a list [evidence.malformed]",
+    ),
+    (
+        "evidence whose inputs are a list",
+        _rewrite(EVIDENCE, _setting("inputs", [1])),
+        f"{EVIDENCE}: error: inputs: expected a mapping, got a list [evidence.malformed]",
+    ),
+    (
+        "evidence whose critical failures are a number",
+        _rewrite(EVIDENCE, _setting("critical_failures", 5)),
+        f"{EVIDENCE}: error: critical_failures: expected a list, got a number [evidence.malformed]",
+    ),
+    (
+        "evidence that is not JSON",
+        lambda root: (root / EVIDENCE).write_text('{"inputs": {'),
+        f"{EVIDENCE}:1: error: not valid JSON: Expecting property name enclosed in double "
+        "quotes [evidence.malformed]",
+    ),
+]
+ENGINEER = ("--by", "x@quantfund.com")
+
 CASES: list[tuple[str, Callable[[Path], None], tuple[str, ...], int, tuple[str, ...]]] = [
+    *(
+        (f"{what}, read by validate", prepare, ("validate",), 2, (expected,))
+        for what, prepare, expected in MALFORMED_EVIDENCE
+    ),
+    *(  # every command that compiles the evidence: one file of each kind
+        (f"{what}, read by {command[0]}", prepare, command, 2, (expected,))
+        for what, prepare, expected in MALFORMED_EVIDENCE[1::2]
+        for command in (
+            ("build", "--check"),
+            ("signoff", "STR-2026-0088", "--role", "quant_engineer", *ENGINEER),
+            ("promote", "STR-2026-0088", "--to", "validation"),
+        )
+    ),
     (
         "a team's signal module with a syntax error",
         _signal_syntax_error,

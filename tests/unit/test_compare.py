@@ -27,6 +27,17 @@ def test_each_metric_shows_both_sides_and_the_change_in_its_unit() -> None:
     assert "beta" not in rows  # neither side has it
 
 
+def test_a_value_of_the_wrong_type_is_shown_as_it_is_not_formatted() -> None:
+    """A hand-edited evidence.json (a committed file) may hold anything where a metric was."""
+    broken = evidence(0.1, 10, 0.5)
+    broken["metrics"].update(total_return="x", trade_count=[3], sharpe=True)
+    rows = {r["label"]: r for r in metric_changes(evidence(0.1, 10, 0.5), broken)}
+    assert rows["total return"]["after"] == "'x' (not a number)"
+    assert rows["trades"]["after"] == "[3] (not a number)"
+    assert rows["Sharpe ratio"]["after"] == "True (not a number)"
+    assert rows["total return"]["change"] == "changed"
+
+
 def test_only_inputs_that_differ_are_named_and_bookkeeping_is_ignored() -> None:
     old = {
         "signal": {"params": {"fast": 20}, "packages": ["a"]},

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import yaml
@@ -141,12 +142,74 @@ def test_production_needs_checklist_pins_and_clean_validation() -> None:
 
 
 def test_load_evidence_explains_what_is_wrong(tmp_path: Path) -> None:
-    assert load_evidence(tmp_path / "nope.json") == (None, "no backtest has run for this version")
+    where = "reports/X/1.0.0/evidence.json"
+    absent = load_evidence(tmp_path / "nope.json", where, "X")
+    assert absent.document is None and absent.problem is None  # no evidence: the gates say so
     bad = tmp_path / "evidence.json"
-    bad.write_text("[1, 2]")
-    assert load_evidence(bad) == (None, "evidence file is not a JSON object")
-    bad.write_text("{")
-    assert load_evidence(bad)[1].startswith("evidence file is unreadable")
+
+    def problem(content: bytes) -> str:
+        bad.write_bytes(content)
+        found = load_evidence(bad, where, "X")
+        assert found.document is None and found.problem is not None
+        assert found.problem.code == "evidence.malformed" and found.problem.file == where
+        assert found.problem.hint == "written by `qcompile backtest X`: run it again"
+        return found.problem.render().partition("\n")[0]
+
+    assert problem(b"[1, 2]") == (
+        f"{where}: error: expected a mapping at the top, got a list [evidence.malformed]"
+    )
+    assert problem(b"{\n") == (
+        f"{where}:2: error: not valid JSON: Expecting property name enclosed in double quotes "
+        "[evidence.malformed]"
+    )
+    assert problem(b"") == f"{where}: error: empty: expected a JSON object [evidence.malformed]"
+    assert problem(b'{"x": "caf\xe9"}') == (
+        f"{where}:1: error: not UTF-8 text: byte 0xe9 at offset 10 [evidence.malformed]"
+    )
+    assert problem(b"[" * 100_000 + b"]" * 100_000).endswith(
+        "nested too deeply [evidence.malformed]"
+    )
+    for key, value, expected in (
+        ("minimum_sample", "[1]", "minimum_sample: expected a mapping, got a list"),
+        ("inputs", "[1]", "inputs: expected a mapping, got a list"),
+        ("critical_failures", "5", "critical_failures: expected a list, got a number"),
+        ("robustness", '"all"', "robustness: expected a mapping, got a string"),
+        ("daily", "true", "daily: expected a mapping, got true or false"),
+        ("daily", '{"days": "many"}', "daily.days: expected a number, got a string"),
+        ("metrics", '{"sharpe": [1]}', "metrics.sharpe: expected a number, got a list"),
+    ):
+        assert problem(f'{{"{key}": {value}}}'.encode()) == (
+            f"{where}: error: {expected} [evidence.malformed]"
+        )
+    bad.write_text('{"inputs": {"a": 1}, "out_of_sample": null, "critical_failures": []}')
+    good = load_evidence(bad, where, "X")
+    assert good.problem is None and good.document == {
+        "inputs": {"a": 1},
+        "out_of_sample": None,
+        "critical_failures": [],
+    }
+
+
+def test_evidence_shapes_reach_into_every_entry_of_a_mapping(tmp_path: Path) -> None:
+    from qcompile.compiler.rules.evidence import COVERAGE_SHAPE, SELFTEST_SHAPE, read_evidence
+
+    path = tmp_path / "report.json"
+    path.write_text(json.dumps({"files": {"src/a.py": {"summary": {}}, "b": {"summary": [1]}}}))
+    found = read_evidence(path, "cov.json", COVERAGE_SHAPE, "regenerate it")
+    assert found.problem is not None
+    assert found.problem.key == "files.b.summary"
+    assert found.problem.message == "expected a mapping, got a list"
+    path.write_text(json.dumps({"files": {"src/a.py": 3}}))
+    found = read_evidence(path, "cov.json", COVERAGE_SHAPE, "regenerate it")
+    assert found.problem is not None and found.problem.key == "files['src/a.py']"
+    path.write_text(json.dumps({"checks": {"heartbeat": {"passed": True}, "reconnect": None}}))
+    assert read_evidence(path, "t.json", SELFTEST_SHAPE, "").problem is None
+    path.write_text(json.dumps({"checks": {"heartbeat": "passed"}}))
+    found = read_evidence(path, "t.json", SELFTEST_SHAPE, "")
+    assert found.problem is not None
+    assert found.problem.render() == (
+        "t.json: error: checks.heartbeat: expected a mapping, got a string [evidence.malformed]"
+    )
 
 
 def _ready_for_production() -> dict:

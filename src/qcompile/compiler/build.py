@@ -266,10 +266,13 @@ def compile_project(
         WAIVER_PREFIX,
         ParityCheck,
         evaluate_checklist,
+        load_parity,
         parity_inputs,
+        shared_evidence,
         waived_items,
     )
     from qcompile.compiler.rules.gates import (
+        NO_BACKTEST,
         Unmet,
         active_waivers,
         effective_gates,
@@ -337,6 +340,7 @@ def compile_project(
     fingerprints: dict[tuple[str, str], DataFingerprint | None] = {}
     reports_dir = project.root / settings.get("reports_dir", "reports")
     on = today()
+    shared = shared_evidence(settings, project.root)  # the self-test and coverage reports
     compiled = []
     for composed, data in resolved:
         if not valid[id(composed)]:
@@ -351,12 +355,19 @@ def compile_project(
         diagnostics += lock.diagnostics
         strategy = data["strategy"]
         path = evidence_path(reports_dir, strategy["id"], strategy["version"])
-        evidence, why = load_evidence(path)
+        backtest = load_evidence(path, project.rel(path), strategy["id"])
+        ran = load_parity(
+            path.with_name(PARITY_FILE), project.rel(path.with_name(PARITY_FILE)), strategy["id"]
+        )
+        malformed = [f.problem for f in (backtest, ran) if f.problem] + shared.problems
+        if malformed:  # the gates and the checklist would judge evidence that does not read
+            diagnostics += malformed
+            continue
+        evidence, why = backtest.document, NO_BACKTEST
         artefacts = signed_artefacts(project.root, data)
         waivers, expired = active_waivers(strategy, on)
-        parity_record, _ = load_evidence(path.with_name(PARITY_FILE))
-        parity = ParityCheck(parity_record, parity_inputs(lock.backtest_inputs, data["deployment"]))
-        items = evaluate_checklist(data, lock.pins, evidence, project.root, waivers, parity)
+        parity = ParityCheck(ran.document, parity_inputs(lock.backtest_inputs, data["deployment"]))
+        items = evaluate_checklist(data, lock.pins, evidence, shared, waivers, parity)
         unticked = [item.id for item in items if not item.ticked]
         warnings += _ignored_signatures(composed, strategy)
         if "checklist" in artefacts:  # signed: compare with the checklist this build writes

@@ -124,7 +124,10 @@ def _refresh_one(project: Project, compiled: Any, limits: Mapping[str, Any], day
     evidence_file = project.root / compiled.evidence_file
     if not evidence_file.is_file():
         raise QcompileError(f"{compiled.evidence_file} not found: nothing to compare with")
+    # the build read it (its shape checked: rules/evidence.py) before this was called
     original = json.loads(evidence_file.read_text(encoding="utf-8"))
+    if not original.get("metrics"):
+        raise QcompileError(f"{compiled.evidence_file} holds no metrics: nothing to compare with")
     target = evidence_file.parent / "refresh" / day
     try:
         report = backtest(params_file, project.root, target, html_report=False)

@@ -12,13 +12,20 @@ The production gate requires every item ticked.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from qcompile import __version__
+from qcompile.compiler.rules.evidence import (
+    COVERAGE_SHAPE,
+    PARITY_SHAPE,
+    SELFTEST_SHAPE,
+    Evidence,
+    read_evidence,
+)
 from qcompile.compiler.rules.gates import CHECKLIST_ITEMS, expected_daily
+from qcompile.errors import Diagnostic
 from qcompile.hashing import runtime_sha256, sha256_json
 from qcompile.research.datalayout import epoch_time
 from qcompile.runtimedefaults import ALERT_THRESHOLDS
@@ -66,15 +73,12 @@ def _signed(record: Any, text: str) -> tuple[str | None, str]:
     return f"signed by {record['by']} at {record['at']}", ""
 
 
-def coverage_percent(report: Path, source: str) -> float | None:
-    """Line coverage of ``source`` (a path ending) in a coverage.py JSON report, or None."""
-    try:
-        files = json.loads(report.read_text(encoding="utf-8"))["files"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-    for name, entry in files.items():
+def coverage_percent(report: dict[str, Any], source: str) -> float | None:
+    """Line coverage of ``source`` (a path ending) in a coverage.py JSON report (read by
+    ``shared_evidence``: ``files`` and each entry's ``summary`` are mappings), or None."""
+    for name, entry in (report.get("files") or {}).items():
         if Path(name).as_posix().endswith(source):
-            summary = entry.get("summary") or {}
+            summary = (entry or {}).get("summary") or {}
             value = summary.get("percent_covered")
             return float(value) if isinstance(value, int | float) else None
     return None
@@ -99,6 +103,51 @@ def parity_inputs(backtest_inputs: dict[str, Any], deployment: dict[str, Any]) -
 
 
 @dataclass(frozen=True)
+class SharedEvidence:
+    """The project-wide evidence files the checklist reads, each read once per build."""
+
+    runtime_tests: Evidence  # `qcompile selftest`'s result for this qcompile version
+    coverage: Evidence | None  # the signal tests' coverage report; None when none is configured
+
+    @property
+    def problems(self) -> list[Diagnostic]:
+        """The ``evidence.malformed`` diagnostics of those that exist but do not read."""
+        files = (self.runtime_tests, self.coverage)
+        return [f.problem for f in files if f is not None and f.problem is not None]
+
+
+def shared_evidence(project: dict[str, Any], root: Path) -> SharedEvidence:
+    """Read the runtime self-test result and the coverage report ``project`` (the config's
+    ``project`` settings) names."""
+    tests = selftest_path(project, root)
+    runtime = read_evidence(
+        tests,
+        tests.relative_to(root).as_posix(),
+        SELFTEST_SHAPE,
+        "written by `qcompile selftest`: run it again (or restore the committed file)",
+    )
+    report = project.get("coverage_report")
+    coverage = (
+        read_evidence(
+            root / str(report),
+            str(report),
+            COVERAGE_SHAPE,
+            "a coverage.py JSON report: regenerate it (docs/lifecycle.md, Signal coverage)",
+        )
+        if report
+        else None
+    )
+    return SharedEvidence(runtime, coverage)
+
+
+def load_parity(path: Path, where: str, strategy_id: str) -> Evidence:
+    """A version's parity.json, read against the shape ``_parity`` reads."""
+    return read_evidence(
+        path, where, PARITY_SHAPE, f"written by `qcompile parity {strategy_id}`: run it again"
+    )
+
+
+@dataclass(frozen=True)
 class ParityCheck:
     """A strategy's parity record (reports/<id>/<version>/parity.json, None if absent) and the
     inputs it must have been run with to count now."""
@@ -111,14 +160,14 @@ def evaluate_checklist(
     config: dict[str, Any],
     pins: dict[str, Any],
     evidence: dict[str, Any] | None,
-    root: Path,
+    shared: SharedEvidence,
     waivers: dict[str, str] | None = None,
     parity: ParityCheck | None = None,
 ) -> list[ItemStatus]:
     """Each item's status. ``waivers`` (requirement -> description, those in force) may pass a
-    failing automatic item; nothing else can."""
+    failing automatic item; nothing else can. ``evidence``, ``shared`` and ``parity`` were read
+    by ``read_evidence``: of the shape this module reads."""
     strategy, source = config["strategy"], config["data"]
-    project = config.get("project") or {}
     signed = strategy.get("checklist") or {}
     results = []
     for item, text in CHECKLIST_ITEMS.items():
@@ -136,7 +185,7 @@ def evaluate_checklist(
                 )
             )
             continue
-        verified, detail = _verify(item, strategy, source, project, pins, evidence, root, parity)
+        verified, detail = _verify(item, strategy, source, pins, evidence, shared, parity)
         mode = "runtime tests" if item in RUNTIME_ITEMS else "auto"
         waiver = (waivers or {}).get(WAIVER_PREFIX + item)
         if not verified and waiver:
@@ -157,10 +206,9 @@ def _verify(
     item: str,
     strategy: dict[str, Any],
     source: dict[str, Any],
-    project: dict[str, Any],
     pins: dict[str, Any],
     evidence: dict[str, Any] | None,
-    root: Path,
+    shared: SharedEvidence,
     parity: ParityCheck | None = None,
 ) -> tuple[bool, str]:
     signal = pins.get("signal") or {}
@@ -181,9 +229,9 @@ def _verify(
     if item == "code.no_hardcoded_secrets":
         return True, "the build scanned conf/ and the overrides: no literal secret"
     if item == "code.signal_coverage":
-        return _coverage(project, signal, root)
+        return _coverage(shared.coverage, signal)
     if item in RUNTIME_ITEMS:
-        return _selftest(RUNTIME_ITEMS[item], project, root)
+        return _selftest(RUNTIME_ITEMS[item], shared.runtime_tests)
     fingerprint = (pins.get("data") or {}).get("fingerprint") or {}
     if item == "data.endpoints_verified":
         if not fingerprint:
@@ -284,12 +332,9 @@ def selftest_path(project: dict[str, Any], root: Path) -> Path:
     )
 
 
-def _selftest(checks: tuple[str, ...], project: dict[str, Any], root: Path) -> tuple[bool, str]:
-    path = selftest_path(project, root)
-    shown = path.relative_to(root).as_posix()
-    try:
-        result = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+def _selftest(checks: tuple[str, ...], tests: Evidence) -> tuple[bool, str]:
+    shown, result = tests.where, tests.document
+    if result is None:
         return False, f"no runtime test evidence ({shown}): run `qcompile selftest`"
     if result.get("runtime_sha256") != runtime_sha256():
         return False, f"{shown} tested another runtime source: run `qcompile selftest` again"
@@ -300,13 +345,13 @@ def _selftest(checks: tuple[str, ...], project: dict[str, Any], root: Path) -> t
     return True, f"{shown}: " + "; ".join(str(outcomes[c]["detail"]) for c in checks)
 
 
-def _coverage(project: dict[str, Any], signal: dict[str, Any], root: Path) -> tuple[bool, str]:
-    report = project.get("coverage_report")
-    if not report:
+def _coverage(coverage: Evidence | None, signal: dict[str, Any]) -> tuple[bool, str]:
+    if coverage is None:
         return False, "no coverage report configured (project.coverage_report)"
+    report = coverage.where
     module = str(signal.get("module") or "")
     source = module.replace(".", "/") + ".py"
-    percent = coverage_percent(root / report, source)
+    percent = coverage_percent(coverage.document, source) if coverage.document else None
     if percent is None:
         return False, f"{report} has no coverage of {source}"
     if percent < COVERAGE_MINIMUM:

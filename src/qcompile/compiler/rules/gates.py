@@ -12,12 +12,14 @@ hash of what it signed is checked against that artefact's current hash, which th
 from __future__ import annotations
 
 import datetime as dt
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from qcompile.compiler.rules.evidence import EVIDENCE_SHAPE, Evidence, read_evidence
 from qcompile.dailystats import DAILY_STATISTICS
+
+NO_BACKTEST = "no backtest has run for this version"  # why there is no evidence (none on file)
 
 PHASES = ("ideation", "research", "validation", "production")
 
@@ -149,17 +151,13 @@ def evidence_path(reports_dir: Path, strategy_id: str, version: str) -> Path:
     return reports_dir / strategy_id / version / "evidence.json"
 
 
-def load_evidence(path: Path) -> tuple[dict[str, Any] | None, str]:
-    """The evidence document, or None with the reason it is unusable."""
-    if not path.is_file():
-        return None, "no backtest has run for this version"
-    try:
-        document = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        return None, f"evidence file is unreadable: {exc}"
-    if not isinstance(document, dict):
-        return None, "evidence file is not a JSON object"
-    return document, ""
+def load_evidence(path: Path, where: str, strategy_id: str) -> Evidence:
+    """A version's evidence.json, read against the shape the gates and the checklist read
+    (``rules.evidence``): absent, malformed (an ``evidence.malformed`` diagnostic), or the
+    document."""
+    return read_evidence(
+        path, where, EVIDENCE_SHAPE, f"written by `qcompile backtest {strategy_id}`: run it again"
+    )
 
 
 def expected_daily(evidence: dict[str, Any] | None) -> dict[str, Any] | None:
