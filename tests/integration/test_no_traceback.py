@@ -160,6 +160,12 @@ MALFORMED_EVIDENCE: list[tuple[str, Callable[[Path], None], str]] = [
 ]
 ENGINEER = ("--by", "x@quantfund.com")
 
+
+def _checklist_not_utf8(root: Path) -> None:
+    path = root / "generated/STR-2026-0088/checklist.md"
+    path.write_bytes(path.read_bytes() + b"caf\xe9\n")
+
+
 CASES: list[tuple[str, Callable[[Path], None], tuple[str, ...], int, tuple[str, ...]]] = [
     *(
         (f"{what}, read by validate", prepare, ("validate",), 2, (expected,))
@@ -234,6 +240,24 @@ CASES: list[tuple[str, Callable[[Path], None], tuple[str, ...], int, tuple[str, 
         ),
         2,
         ("the period 2016-01-02..2016-01-03 holds no bars of the local data",),
+    ),
+    (
+        "a generated checklist that is not UTF-8, signed by the quant engineer",
+        _checklist_not_utf8,
+        ("signoff", "STR-2026-0088", "--role", "quant_engineer", *ENGINEER),
+        2,
+        (
+            "generated/STR-2026-0088/checklist.md:",
+            ": error: not UTF-8 text: byte 0xe9 at offset ",
+            "[signoff.artefact]",
+        ),
+    ),
+    (
+        "evidence that is a list, signed by the peer reviewer",
+        _rewrite(EVIDENCE, lambda _: [1, 2]),
+        ("signoff", "STR-2026-0088", "--role", "peer_reviewer", *ENGINEER),
+        2,
+        (f"{EVIDENCE}: error: expected a mapping at the top, got a list [evidence.malformed]",),
     ),
     (
         "a config file that is not UTF-8",

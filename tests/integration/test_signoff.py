@@ -340,6 +340,81 @@ def test_refused_signoffs_leave_the_file_unchanged(
     assert tree_digest(example / "conf") == before
 
 
+REPORT_DIR = "reports/STR-2026-0063/0.2.0"
+
+
+@pytest.mark.parametrize(
+    ("role", "file", "content", "expected"),
+    [
+        (
+            "peer_reviewer",
+            "evidence.json",
+            b"\xff\xfe{}",
+            "evidence.json:1: error: not UTF-8 text: byte 0xff at offset 0 [evidence.malformed]",
+        ),
+        (
+            "peer_reviewer",
+            "evidence.json",
+            b"",
+            "evidence.json: error: empty: expected a JSON object [evidence.malformed]",
+        ),
+        (
+            "peer_reviewer",
+            "evidence.json",
+            b"[1, 2]",
+            "evidence.json: error: expected a mapping at the top, got a list [evidence.malformed]",
+        ),
+        (
+            "peer_reviewer",
+            "evidence.json",
+            b'{"minimum_sample": [1]}',
+            "evidence.json: error: minimum_sample: expected a mapping, got a list",
+        ),
+        (
+            "researcher",
+            "report.md",
+            b"# Report\ncaf\xe9\n",
+            "report.md:2: error: not UTF-8 text: byte 0xe9 at offset 12 [signoff.artefact]",
+        ),
+        ("researcher", "report.md", b"", "report.md: error: empty: nothing to sign"),
+        ("researcher", "report.md", b" \n\n", "report.md: error: empty: nothing to sign"),
+    ],
+)
+def test_a_corrupt_artefact_is_not_signed(
+    example: Path, role: str, file: str, content: bytes, expected: str
+) -> None:
+    """A sign-off records the hash of what was reviewed: of garbage it would vouch for nothing."""
+    (example / REPORT_DIR / file).write_bytes(content)
+    before = tree_digest(example / "conf")
+    by = "s.okafor@quantfund.com" if role == "researcher" else "p@quantfund.com"
+    result = cli(example, "signoff", "STR-2026-0063", "--role", role, "--by", by)
+    assert result.exit_code == 2, result.output
+    assert f"{REPORT_DIR}/{expected}" in result.output
+    assert "written by `qcompile backtest STR-2026-0063`: run it again" in result.output
+    assert "nothing was written" in result.output and "Traceback" not in result.output
+    assert tree_digest(example / "conf") == before
+
+
+def test_a_checklist_that_is_not_utf8_is_not_signed(example: Path) -> None:
+    assert cli(example, "build").exit_code == 0
+    checklist = example / "generated/STR-2026-0063/checklist.md"
+    checklist.write_bytes(checklist.read_bytes() + b"caf\xe9\n")
+    line = checklist.read_bytes().count(b"\n")
+    before = tree_digest(example / "conf")
+    result = cli(
+        example, "signoff", "STR-2026-0063", "--role", "quant_engineer", "--by", "e@quantfund.com"
+    )
+    assert result.exit_code == 2, result.output
+    assert (
+        f"generated/STR-2026-0063/checklist.md:{line}: error: not UTF-8 text: byte 0xe9"
+    ) in result.output
+    assert "[signoff.artefact]" in result.output and "Traceback" not in result.output
+    assert "written by `qcompile build`: run it again, review the result, then sign" in (
+        result.output
+    )
+    assert tree_digest(example / "conf") == before
+
+
 def test_no_report_yet_says_to_run_the_backtest(example: Path) -> None:
     before = tree_digest(example / "conf")
     result = cli(

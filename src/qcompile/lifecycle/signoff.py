@@ -20,14 +20,15 @@ from datetime import UTC, date, datetime
 from typing import Any
 
 from qcompile.compiler.rules.checklist import AUTOMATIC_ITEMS
-from qcompile.compiler.rules.gates import CHECKLIST_ITEMS, PHASES, next_phase
+from qcompile.compiler.rules.evidence import not_utf8
+from qcompile.compiler.rules.gates import CHECKLIST_ITEMS, PHASES, load_evidence, next_phase
 from qcompile.compiler.rules.signoffs import artefact_locations, artefact_sha256
 from qcompile.compiler.schema import (
     EMAIL_PATTERN,
     SIGNOFF_ROLES,
     TIMESTAMP_PATTERN,
 )
-from qcompile.errors import DiagnosticsError, QcompileError
+from qcompile.errors import Diagnostic, DiagnosticsError, QcompileError
 from qcompile.hashing import sha256_bytes
 from qcompile.lifecycle.conf_edit import load_strategy, write_key
 from qcompile.project import Project
@@ -118,13 +119,14 @@ def sign(
         _check_signer(passport, str(role), artefact, by)
         where = artefact_locations(config)[artefact]
         digest = artefact_sha256(project.root, config, artefact)
-        if digest is not None and artefact == "checklist":
-            digest, changes = _checklist_to_sign(project, strategy_id, where)
         if digest is None:
             raise QcompileError(
                 f"cannot sign the {artefact} of {strategy_id}: {where} does not exist; "
                 f"{_remedy(strategy_id, artefact)}"
             )
+        _check_artefact(project, strategy_id, artefact, where)
+        if artefact == "checklist":
+            digest, changes = _checklist_to_sign(project, strategy_id, where)
         keys = ("strategy", "signoffs", artefact)
         record = {"by": by, "at": at, "sha256": digest}
         what = where if artefact == "brief" else f"the {artefact} ({where})"
@@ -163,6 +165,34 @@ def sign_items(
         sign(project, strategy, by, item=item, clock=lambda: moment)
         for item in dict.fromkeys(items)
     ]
+
+
+def _check_artefact(project: Project, strategy_id: str, artefact: str, where: str) -> None:
+    """Refuse to record the hash of an artefact that is not what it should be: evidence.json a
+    JSON object of the shape the gates read, a report or checklist UTF-8 text, a report not
+    empty. A signature on a corrupt file would vouch for nothing."""
+    if artefact == "brief":
+        return  # it lives in the strategy's config, not in a file of its own
+    path = project.root / where
+    if artefact == "validation":
+        problem = load_evidence(path, where, strategy_id).problem
+        if problem is not None:
+            raise DiagnosticsError([problem])
+        return
+    writer = "qcompile build" if artefact == "checklist" else f"qcompile backtest {strategy_id}"
+    remedy = f"written by `{writer}`: run it again, review the result, then sign"
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        message, line = not_utf8(data, error)
+        raise DiagnosticsError(
+            [Diagnostic(where, line, "", message, "signoff.artefact", remedy)]
+        ) from None
+    if artefact == "report" and not text.strip():
+        raise DiagnosticsError(
+            [Diagnostic(where, 0, "", "empty: nothing to sign", "signoff.artefact", remedy)]
+        )
 
 
 def _checklist_to_sign(project: Project, strategy_id: str, where: str) -> tuple[str, str]:

@@ -83,10 +83,8 @@ def read_evidence(path: Path, where: str, shape: Shape, remedy: str) -> Evidence
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as error:
-        line = data.count(b"\n", 0, error.start) + 1
-        return malformed(
-            f"not UTF-8 text: byte 0x{data[error.start]:02x} at offset {error.start}", line=line
-        )
+        message, line = not_utf8(data, error)
+        return malformed(message, line=line)
     if not text.strip():
         return malformed("empty: expected a JSON object")
     try:
@@ -102,6 +100,12 @@ def read_evidence(path: Path, where: str, shape: Shape, remedy: str) -> Evidence
             if value is not None and not isinstance(value, expected):
                 return malformed(f"expected {_expected(expected)}, got {_name(value)}", key)
     return Evidence(where, document)
+
+
+def not_utf8(data: bytes, error: UnicodeDecodeError) -> tuple[str, int]:
+    """What to say about ``data``, which failed to decode with ``error``, and on which line."""
+    line = data.count(b"\n", 0, error.start) + 1
+    return f"not UTF-8 text: byte 0x{data[error.start]:02x} at offset {error.start}", line
 
 
 def _values(node: Any, parts: list[str], prefix: str = "") -> Iterator[tuple[str, Any]]:
