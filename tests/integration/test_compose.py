@@ -15,6 +15,7 @@ from qcompile.compiler.compose import (
     read_conf_tree,
 )
 from qcompile.project import Project
+from tests.conftest import edit
 
 CASES = [
     [],
@@ -145,3 +146,24 @@ def test_unusual_defaults_fall_back_to_hydra_and_still_agree(example: Path, monk
             assert item.data == OmegaConf.to_container(direct), item.name
     breakout = next(c for c in composed if c.name == "breakout")
     assert breakout.data["costs"]["slippage_bps"] == 0  # _self_ first: the costs group wins
+
+
+def test_a_key_missing_because_its_file_is_empty_is_located_in_that_file(example: Path) -> None:
+    """Validation blames a missing key on the file that would have set it when that file is
+    empty; a missing key whose files hold keys stays with the strategy, as before."""
+    (example / "conf/qcompile.yaml").write_text("# the project's settings go here\n")
+    (example / "conf/costs/retail.yaml").write_text("")
+    project = Project(example)
+    (composed,) = compose_strategies(project, read_conf_tree(project), [], {"ma_trend"})
+    assert composed.locate("costs.name") == ("conf/costs/retail.yaml", 1)  # not the primary
+    assert composed.locate("costs") == ("conf/costs/retail.yaml", 1)
+    assert composed.locate("gates") == ("conf/qcompile.yaml", 1)
+    assert composed.locate("project.reports_dir") == ("conf/qcompile.yaml", 1)
+    # the strategy file sets strategy.*: a key missing there is the strategy's
+    line = composed.file.line_of("strategy")
+    assert composed.locate("strategy.nothing_here") == ("conf/strategy/ma_trend.yaml", line)
+    # a group's section missing because the strategy selects no option is the strategy's
+    edit(example / "conf/strategy/ma_trend.yaml", "  - /deployment: paper\n", "")
+    (composed,) = compose_strategies(project, read_conf_tree(project), [], {"ma_trend"})
+    assert composed.locate("deployment.name") == ("conf/strategy/ma_trend.yaml", 0)
+    assert composed.locate("gates") == ("conf/qcompile.yaml", 1)

@@ -260,6 +260,28 @@ CASES: list[tuple[str, Callable[[Path], None], tuple[str, ...], int, tuple[str, 
         (f"{EVIDENCE}: error: expected a mapping at the top, got a list [evidence.malformed]",),
     ),
     (
+        "an empty primary config: its sections are missing from it, not from the strategies",
+        lambda root: (root / "conf/qcompile.yaml").write_text(""),
+        ("validate",),
+        2,
+        (
+            "conf/qcompile.yaml:1: error: gates: required field missing [schema.required]",
+            "conf/qcompile.yaml:1: error: project: required field missing [schema.required]",
+            "2 errors in 1 file; nothing was written.",
+        ),
+    ),
+    (
+        "an empty group option: its keys are missing from it, not from the strategy",
+        lambda root: (root / "conf/costs/retail.yaml").write_text("# to be filled in\n"),
+        ("validate",),
+        2,
+        (
+            "conf/costs/retail.yaml:1: error: costs.name: required field missing",
+            "conf/costs/retail.yaml:1: error: costs.slippage_bps: required field missing",
+            "3 errors in 1 file; nothing was written.",
+        ),
+    ),
+    (
         "a config file that is not UTF-8",
         _not_utf8,
         ("validate",),

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from qcompile.compiler.read import ConfigFile, load_data, parent_key, read_config_file
 from qcompile.errors import COMMAND_LINE, Diagnostic, DiagnosticsError
-from qcompile.project import PRIMARY_CONFIG, Project
+from qcompile.project import CONFIG_GROUPS, PRIMARY_CONFIG, Project
 
 if TYPE_CHECKING:
     from omegaconf import DictConfig
@@ -83,11 +83,31 @@ class ComposedStrategy:
                 if probe in source.lines:
                     return source.path, source.lines[probe]
             probe = parent_key(probe)
-        return self.file.path, 0
+        return _empty_source(self.sources, key) or (self.file.path, 0)
 
     @property
     def override_texts(self) -> list[str]:
         return [o.text for o in self.overrides]
+
+
+def _empty_source(sources: list[ConfigFile], key: str) -> tuple[str, int] | None:
+    """An empty file of the merge that would have set ``key``, at line 1: a group option whose
+    package holds ``key`` (conf/costs/retail.yaml for ``costs.name``), else the primary config
+    for a top-level section no file sets and no config group provides (``gates``). Its
+    emptiness is the problem, not the strategy that selects it."""
+    section = re.split(r"[.\[]", key, maxsplit=1)[0]
+    defined = {re.split(r"[.\[]", k, maxsplit=1)[0] for s in sources for k in s.lines}
+    blamed: ConfigFile | None = None
+    for source in sources:
+        if not source.valid or any(k != "defaults" for k in source.lines):
+            continue  # a file that holds keys (or could not be read) is not empty
+        package = source.package
+        if package and (key == package or key.startswith(package + ".")):
+            if blamed is None or len(package) > len(blamed.package):
+                blamed = source
+        elif not source.group and blamed is None and section not in (*defined, *CONFIG_GROUPS):
+            blamed = source
+    return (blamed.path, 1) if blamed is not None else None
 
 
 @dataclass
