@@ -44,7 +44,29 @@ def _copy_strategy(root: Path) -> None:
     )
 
 
+def _waiver_at(at: str) -> Callable[[Path], None]:
+    """ma_trend with a waiver granted at ``at``."""
+
+    def breaks(root: Path) -> None:
+        with (root / S / "ma_trend.yaml").open("a", encoding="utf-8") as file:
+            file.write(
+                "  waivers:\n"
+                "    - requirement: evidence.robustness\n"
+                "      reason: a test\n"
+                "      by: r.head@quantfund.com\n"
+                f'      at: "{at}"\n'
+                "      until: 2027-01-01\n"
+            )
+
+    return breaks
+
+
 CASES = [
+    Case(
+        "bad timestamp",
+        _edit(f"{S}/ma_trend.yaml", 'at: "2026-02-05T09:30:00Z"', 'at: "2026-99-99T99:99:99Z"'),
+    ),
+    Case("bad waiver timestamp", _waiver_at("2026-02-30T10:00:00Z")),
     Case(
         "wrong type",
         _edit(f"{S}/ma_trend.yaml", "initial_capital: 500000", 'initial_capital: "lots"'),

@@ -59,6 +59,7 @@ def _signoff(item: bool = False) -> dict[str, Any]:
         "at": _text(
             "UTC timestamp of the sign-off, ISO 8601 (2026-01-20T14:03:00Z).",
             regex=TIMESTAMP_PATTERN,
+            check_with="utc_timestamp",
         ),
     }
     if item:
@@ -467,7 +468,9 @@ STRATEGY_SCHEMA: dict[str, Any] = {
                         "reason": _text("Why it is acceptable, for reviewers."),
                         "by": _text("Email of the person granting it.", regex=EMAIL_PATTERN),
                         "at": _text(
-                            "UTC timestamp of the grant, ISO 8601.", regex=TIMESTAMP_PATTERN
+                            "UTC timestamp of the grant, ISO 8601.",
+                            regex=TIMESTAMP_PATTERN,
+                            check_with="utc_timestamp",
                         ),
                         "until": _date("Last day the waiver applies (YYYY-MM-DD)."),
                     },

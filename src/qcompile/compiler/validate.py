@@ -167,6 +167,15 @@ class _Validator(Validator):
         except (TypeError, ValueError):
             self._error(field, f"is not a real calendar date, was {value!r}")
 
+    def _check_with_utc_timestamp(self, field: str, value: Any) -> None:
+        # only a value in the timestamp format: the regex reports any other (schema.format)
+        if not isinstance(value, str) or not re.fullmatch(TIMESTAMP_PATTERN, value):
+            return
+        try:
+            dt.datetime.fromisoformat(value).astimezone(dt.UTC)
+        except (ValueError, OverflowError):
+            self._error(field, f"is not a real UTC time, was {value!r}")
+
     def _check_with_gate_requirement(self, field: str, value: Any) -> None:
         # a waiver names a gate requirement, or checklist.<id> of an automatic checklist item
         waivable = [*REQUIREMENTS, *(WAIVER_PREFIX + item for item in AUTOMATIC_ITEMS)]
