@@ -204,6 +204,51 @@ def test_stale_generated_is_refused(repo: Path) -> None:
     assert not (repo / "releases").exists()
 
 
+def test_a_corrupt_manifest_is_refused_as_build_check_reports_it(repo: Path) -> None:
+    (repo / "generated/manifest.json").write_text('{"strategies": ')
+    commit_all(repo, "a bad merge of the manifest")
+    assert "stale: generated/manifest.json" in cli(repo, "build", "--check").output
+    result = cli(repo, "release", STRATEGY)
+    assert result.exit_code == 2, result.output
+    assert (
+        "error: generated/ is stale (generated/manifest.json): run `qcompile build`, review and "
+        "commit the result, then release"
+    ) in result.output
+    assert not (repo / "releases").exists()
+
+
+def test_another_strategys_stale_files_refuse_a_release_too(repo: Path) -> None:
+    """A release points at a commit: build --check must pass on it, whichever files it names."""
+    edit(repo / "conf/strategy/breakout.yaml", "lookback: 40", "lookback: 60")
+    commit_all(repo, "breakout changed, generated/ not rebuilt")
+    result = cli(repo, "release", STRATEGY)
+    assert result.exit_code == 2, result.output
+    assert "error: generated/ is stale (generated/STR-2026-0051/" in result.output
+    assert not (repo / "releases").exists()
+
+
+def test_a_strategy_that_does_not_compile_leaves_the_others_releasable(repo: Path) -> None:
+    """When another strategy does not compile, build --check cannot judge generated/ as a whole:
+    this strategy's files are judged alone, and the manifest must record them as they are."""
+    edit(repo / "conf/strategy/breakout.yaml", "lookback: 40", "lookback: forty")
+    commit_all(repo, "breakout broken")
+    manifest = repo / "generated/manifest.json"
+    good = manifest.read_bytes()
+    manifest.write_text("{}")
+    commit_all(repo, "manifest emptied")
+    refused = cli(repo, "release", STRATEGY)
+    assert refused.exit_code == 2, refused.output
+    assert (
+        f"error: generated/manifest.json does not record generated/{STRATEGY}/ as it is"
+    ) in refused.output
+    assert not (repo / "releases").exists()
+    manifest.write_bytes(good)
+    commit_all(repo, "manifest restored")
+    released = cli(repo, "release", STRATEGY)
+    assert released.exit_code == 0, released.output
+    assert (repo / HISTORY).is_file()
+
+
 def test_outside_a_git_repository_is_refused(repo: Path) -> None:
     shutil.rmtree(repo / ".git")
     result = cli(repo, "release", STRATEGY)

@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, NoReturn
 
 import yaml
 
@@ -317,24 +317,59 @@ def release_pins(params_pins: dict[str, Any]) -> dict[str, Any]:
 
 
 def _check_fresh(project: Project, strategy_id: str) -> None:
-    """Refuse when a build would change generated/<id>/ (what `qcompile build --check` decides)."""
+    """Refuse when generated/ is stale: when a build would change any file of it, the manifest
+    and the index included (what `qcompile build --check` decides). Only when another strategy
+    does not compile, so that the whole cannot be judged, is this strategy judged alone: its
+    files, and the manifest's record of them."""
     from qcompile.compiler.build import build
 
     try:
         build(project, check=True)  # fast when nothing changed: no compile at all
         return
-    except (StaleError, DiagnosticsError):
-        pass  # stale or broken somewhere: look at this strategy alone
+    except StaleError as error:
+        _refuse_stale(strategy_id, error.paths)
+    except DiagnosticsError:
+        pass  # broken somewhere: look at this strategy alone (its own problems are raised)
     try:
         build(project, check=True, only=[strategy_id])
     except StaleError as error:
-        # a build of one strategy always rewrites the manifest; only its own files count here
-        mine = [p for p in error.paths if p.startswith(f"generated/{strategy_id}/")]
-        if mine:
-            raise ReleaseError(
-                f"generated/{strategy_id}/ is stale ({', '.join(mine)}): run `qcompile build`, "
-                "review and commit the result, then release"
-            ) from None
+        _refuse_stale(strategy_id, error.paths)
+    _check_manifest(project, strategy_id)
+
+
+def _refuse_stale(strategy_id: str, paths: list[str]) -> NoReturn:
+    mine = [p for p in paths if p.startswith(f"generated/{strategy_id}/")]
+    shown = mine or paths
+    listed = ", ".join(shown[:5]) + (", ..." if len(shown) > 5 else "")
+    where = f"generated/{strategy_id}/" if mine else "generated/"
+    raise ReleaseError(
+        f"{where} is stale ({listed}): run `qcompile build`, review and commit the result, "
+        "then release"
+    ) from None
+
+
+def _check_manifest(project: Project, strategy_id: str) -> None:
+    """Refuse when generated/manifest.json does not record generated/<id>/ as it is (a partial
+    build check compares a strategy's files, never the manifest: it differs by construction)."""
+    from qcompile.compiler.build import MANIFEST, read_manifest
+
+    entry = read_manifest(project).get("strategies", {}).get(strategy_id)
+    outputs = entry.get("outputs") if isinstance(entry, dict) else None
+    directory = project.generated_dir / strategy_id
+    present = (
+        {project.rel(p).removeprefix("generated/") for p in directory.rglob("*") if p.is_file()}
+        if directory.is_dir()
+        else set()
+    )
+    if (
+        not isinstance(outputs, dict)
+        or set(outputs) != present
+        or any(sha256_file(project.generated_dir / p) != sha for p, sha in outputs.items())
+    ):
+        raise ReleaseError(
+            f"generated/{MANIFEST} does not record generated/{strategy_id}/ as it is (stale or "
+            "corrupt): run `qcompile build`, review and commit the result, then release"
+        )
 
 
 def _check_committed(project: Project, strategy_id: str, commit: str) -> list[str]:
