@@ -317,7 +317,8 @@ def sweep(
 ) -> None:
     """Backtest STRATEGY at every point of a Hydra sweep, e.g.
     'strategy.signal.params.fast=range(5,50,5)' costs=retail,institutional.
-    hydra.launcher.KEY=VALUE overrides configure a Hydra launcher.
+    hydra.launcher.KEY=VALUE overrides configure a Hydra launcher. The overrides apply to the
+    strategy as built (generated/<id>/params.yaml): refused while that is stale.
 
     Writes reports/<id>/sweeps/<name>/: results.parquet, results.csv and summary.md."""
     from qcompile.research.sweep import run as sweeps
@@ -331,6 +332,7 @@ def sweep(
             for job in members:
                 click.echo(f"  job {job.number}: {job.label}")
         click.echo(f"{len(jobs)} job(s) in {len(grouped)} batch(es); nothing was run.")
+        sweeps.built_base(project, strategy, jobs)  # a run would stop when the build is stale
         return
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 

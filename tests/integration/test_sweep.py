@@ -4,15 +4,27 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import polars as pl
 import pytest
 
-from tests.conftest import cli
+from tests.conftest import cli, tree_digest
 
 FAST = "strategy.signal.params.fast"
 SLOW = "strategy.signal.params.slow"
+STALE = (
+    "error: generated/STR-2026-0007/params.yaml is not what conf/ compiles to now (conf/, the "
+    "signal code or the data changed since the last build): qcompile runs only what was built; "
+    "run `qcompile build`, review generated/'s diff, then run again"
+)
+
+
+@pytest.fixture(autouse=True)
+def _built(example: Path) -> None:
+    """A sweep runs what was built, as a backtest does: each test starts from a built copy."""
+    assert cli(example, "build").exit_code == 0
 
 
 def _dry(root: Path, *overrides: str) -> list[str]:
@@ -237,6 +249,7 @@ def test_a_signal_sweep_reads_the_built_parameters_only_while_they_are_current(
     from qcompile.research.sweep.run import _built_params
 
     project = Project(example)
+    shutil.rmtree(example / "generated")
     assert _built_params(project, "ma_trend") is None  # nothing built yet
     assert cli(example, "build").exit_code == 0
     for strategy in ("ma_trend", "STR-2026-0007", "zscore_reversion"):
@@ -258,20 +271,50 @@ def test_a_sweep_tries_values_outside_the_tested_list(example: Path) -> None:
 
 
 def test_a_sweep_says_what_configuration_it_varied(example: Path) -> None:
-    """A sweep is an experiment: it may vary conf/ as it stands, and its summary says whether
-    that is the configuration that was built."""
-    assert cli(example, "build").exit_code == 0
     assert cli(example, "sweep", "ma_trend", f"{FAST}=10,20", "--name", "built").exit_code == 0
     summary = (example / "reports/STR-2026-0007/sweeps/built/summary.md").read_text()
     assert "| applied to | generated/STR-2026-0007/params.yaml, as built |" in summary
+
+
+@pytest.mark.parametrize(
+    "sweep",
+    [
+        (f"{SLOW}=100,150",),  # signal parameters: the built parameters, when current
+        (f"{SLOW}=100,150", "costs=retail,zero"),  # a group sweep: compiled
+    ],
+)
+def test_a_sweep_stops_when_generated_is_stale_for_its_strategy(
+    example: Path, sweep: tuple[str, ...]
+) -> None:
+    """A sweep runs what was built, as a backtest does: when conf/ no longer compiles to
+    generated/<id>/params.yaml it runs nothing, in the backtest's words."""
     path = example / "conf/strategy/ma_trend.yaml"
     path.write_text(path.read_text().replace("      slow: 100", "      slow: 150", 1))
-    assert cli(example, "sweep", "ma_trend", f"{FAST}=10,20", "--name", "edited").exit_code == 0
-    summary = (example / "reports/STR-2026-0007/sweeps/edited/summary.md").read_text()
-    assert (
-        "| applied to | conf/ as it stands (differs from the last build: "
-        "generated/STR-2026-0007/params.yaml) |"
-    ) in summary
+    before = tree_digest(example / "reports")
+    result = cli(example, "sweep", "STR-2026-0007", *sweep, "--name", "edited")
+    assert result.exit_code == 2, result.output
+    assert result.output == STALE + "\n"
+    backtest = cli(example, "backtest", "STR-2026-0007")
+    assert backtest.exit_code == 2 and STALE in backtest.output  # the same words
+    dry = cli(example, "sweep", "STR-2026-0007", *sweep, "--dry-run")
+    assert dry.exit_code == 2, dry.output
+    lines = dry.output.splitlines()
+    assert lines[-2].endswith("; nothing was run.") and lines[-1] == STALE
+    assert tree_digest(example / "reports") == before  # no sweep folder
+    assert cli(example, "build").exit_code == 0
+    assert cli(example, "sweep", "STR-2026-0007", *sweep, "--name", "rebuilt").exit_code == 0
+
+
+def test_a_sweep_of_a_strategy_never_built_says_to_build(example: Path) -> None:
+    shutil.rmtree(example / "generated/STR-2026-0007")
+    for extra in ((), ("--dry-run",)):
+        result = cli(example, "sweep", "ma_trend", f"{FAST}=10,20", *extra)
+        assert result.exit_code == 2, result.output
+        assert result.output.endswith(
+            "error: generated/STR-2026-0007/params.yaml does not exist: qcompile runs only what "
+            "was built; run `qcompile build` first\n"
+        )
+    assert not (example / "reports/STR-2026-0007/sweeps").exists()
 
 
 def test_min_trades_sets_what_a_job_needs_to_be_ranked(example: Path) -> None:

@@ -21,6 +21,12 @@ SWEEP = (f"{FAST}=10,20", "costs=zero,bogus", f"{CAPITAL}=100000,-5")
 COMPARED = ("results.csv", "statistics.json", "summary.md")
 
 
+@pytest.fixture(autouse=True)
+def _built(example: Path) -> None:
+    """A sweep runs what was built: each test starts from a built copy."""
+    assert cli(example, "build").exit_code == 0
+
+
 def _files(root: Path, name: str) -> dict[str, bytes]:
     directory = root / "reports/STR-2026-0007/sweeps" / name
     return {file: (directory / file).read_bytes() for file in COMPARED}

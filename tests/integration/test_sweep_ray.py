@@ -63,6 +63,7 @@ def ray_python() -> Path:
 
 
 def test_a_sweep_through_ray_gives_the_local_pools_table(example: Path, ray_python: Path) -> None:
+    assert cli(example, "build").exit_code == 0  # a sweep runs what was built
     local = cli(example, "sweep", "ma_trend", *SWEEP, "--name", "local")
     assert local.exit_code == 1, local.output  # 6 jobs fail on purpose
     source = str(REPO / "src")

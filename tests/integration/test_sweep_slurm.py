@@ -194,6 +194,7 @@ def test_a_sweep_through_slurm_gives_the_local_pools_table(
     example: Path, slurm: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("SLURM_CONF", str(slurm))
+    assert cli(example, "build").exit_code == 0  # a sweep runs what was built
     refused = cli(example, "sweep", "ma_trend", *SWEEP, "--launcher", "slurm",
                   "hydra.launcher.mem_gb=100000")  # fmt: skip
     assert refused.exit_code == 2

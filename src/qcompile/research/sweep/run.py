@@ -209,22 +209,9 @@ def _run(
     min_trades: int | None = None,
 ) -> SweepResult:
     jobs, keys = expand(project, overrides)
-    compiled = None  # the strategy as configured, compiled: needed to apply overrides to it
-    params = None if any(job.context for job in jobs) else _built_params(project, strategy)
-    if params is None:
-        from qcompile.compiler.build import compile_project
-        from qcompile.compiler.plan import runtime_parameters
-
-        # its problems are the command's (printed in full, exit 2)
-        base = compile_project(
-            project, [], [strategy], enforce_gates=False, untested_values=True
-        ).strategies
-        if not base:
-            raise QcompileError(f"no strategy {strategy!r}")
-        (compiled,) = base
-        params = runtime_parameters(compiled)
-    base_text = _base_description(project, str(params["strategy"]["id"]), params)
+    params, compiled = built_base(project, strategy, jobs)
     strategy_id = str(params["strategy"]["id"])
+    base_text = f"generated/{strategy_id}/params.yaml, as built"
     directory = (
         project.root
         / params["backtest"]["reports_dir"]
@@ -316,17 +303,30 @@ def _report(
     return result
 
 
-def _base_description(project: Project, strategy_id: str, params: dict[str, Any]) -> str:
-    """What a sweep varies: the built configuration, or conf/ as it stands when that differs
-    from the last build (a sweep is an experiment; its summary says which)."""
+def built_base(project: Project, strategy: str, jobs: list[Job]) -> tuple[dict[str, Any], Any]:
+    """(runtime parameters, the compiled strategy or None): what the sweep's overrides apply to,
+    the strategy as built in generated/<id>/params.yaml. A sweep runs what was built, as a
+    backtest does: when generated/ is stale for the strategy, or it was never built, this
+    raises the backtest's QcompileError (``built_params_file``) before any job runs. The
+    compiled strategy is at hand when checking took a compile (group sweeps need it)."""
     from qcompile.compiler.build import built_params_file
 
-    try:
-        built_params_file(project, strategy_id, params)
-    except QcompileError as why:
-        reason = "not built yet" if "does not exist" in str(why) else "differs from the last build"
-        return f"conf/ as it stands ({reason}: generated/{strategy_id}/params.yaml)"
-    return f"generated/{strategy_id}/params.yaml, as built"
+    params = None if any(job.context for job in jobs) else _built_params(project, strategy)
+    if params is not None:  # the build's own no-change test passed: current by construction
+        return params, None
+    from qcompile.compiler.build import compile_project
+    from qcompile.compiler.plan import runtime_parameters
+
+    # its problems are the command's (printed in full, exit 2)
+    base = compile_project(
+        project, [], [strategy], enforce_gates=False, untested_values=True
+    ).strategies
+    if not base:
+        raise QcompileError(f"no strategy {strategy!r}")
+    (compiled,) = base
+    params = runtime_parameters(compiled)
+    built_params_file(project, compiled.id, params)
+    return params, compiled
 
 
 def _built_params(project: Project, strategy: str) -> dict[str, Any] | None:
