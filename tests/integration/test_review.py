@@ -262,3 +262,19 @@ def test_refresh_runs_only_what_was_built(example) -> None:
     assert f"generated/{STRATEGY}/params.yaml is not what conf/ compiles to now" in refused.output
     assert not (example / f"reports/{STRATEGY}/0.2.0/refresh").exists()
     assert path.read_text() == before.replace("entry_z: 2.0", "entry_z: 2.5")  # nothing recorded
+
+
+def test_refreshing_a_strategy_not_in_production_is_refused_by_name(example: Path) -> None:
+    """-s names what to refresh: one that cannot be refreshed is an error naming it and its
+    phase, not 'no strategy is in production' (STR-2026-0088 is), and nothing is refreshed."""
+    conf = {p: p.read_bytes() for p in (example / "conf/strategy").iterdir()}
+    for named in (("ma_trend",), ("STR-2026-0088", "STR-2026-0007", "STR-2026-0051")):
+        result = cli(example, "refresh", *(f"--strategy={name}" for name in named))
+        assert result.exit_code == 2, result.output
+        assert "no strategy is in production" not in result.output
+        assert "STR-2026-0007 is not in production (phase research)" in result.output
+        assert "nothing was refreshed" in result.output
+    assert "STR-2026-0051 is not in production (phase ideation)" in result.output
+    assert "STR-2026-0088" not in result.output  # it is in production: nothing to say
+    assert not list(example.glob("reports/*/*/refresh"))
+    assert {p: p.read_bytes() for p in (example / "conf/strategy").iterdir()} == conf

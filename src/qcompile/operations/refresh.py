@@ -101,6 +101,17 @@ def refresh(
     # gates are not enforced: a production strategy whose data changed under it fails its
     # evidence.fresh gate, and that is exactly the case the refresh must run and record
     compilation = compile_project(project, [], only, enforce_gates=False)
+    if only:  # strategies named on the command line: each must be one the refresh can run
+        elsewhere = [
+            f"{c.id} is not in production (phase {c.data['strategy']['status']})"
+            for c in sorted(compilation.strategies, key=lambda c: c.id)
+            if c.data["strategy"]["status"] != "production"
+        ]
+        if elsewhere:
+            raise QcompileError(
+                f"{'; '.join(elsewhere)}: only a production strategy's pinned backtest is "
+                "refreshed; nothing was refreshed"
+            )
     day = today().isoformat()
     results = []
     for compiled in sorted(compilation.strategies, key=lambda c: c.id):
