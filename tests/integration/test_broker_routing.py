@@ -281,6 +281,44 @@ def test_fills_arrive_by_the_trade_updates_stream_without_waiting_for_a_poll(
         assert wait_until(lambda: broker.listening == 0, timeout=10)  # the stream was closed
 
 
+@pytest.mark.parametrize(
+    ("field", "value", "said"),
+    [
+        ("filled_qty", 15.0, "15 filled of 10 ordered"),
+        ("filled_qty", -3.0, "filled -3.0"),
+        ("filled_avg_price", float("nan"), "cost nan"),
+        ("filled_avg_price", -300.0, "cost -1200.0"),
+        ("filled_avg_price", 0.0, "4 filled for 0"),
+        ("side", "sell", "it is a MSFT sell"),
+        ("symbol", "AAPL", "it is a AAPL buy"),
+    ],
+)
+def test_an_impossible_report_from_the_broker_fails_the_runner_into_its_safe_state(
+    project: Path,
+    runners: list[Runner],
+    sample_bars: pl.DataFrame,
+    field: str,
+    value: Any,
+    said: str,
+) -> None:
+    """A broker answering garbage about an order (a bug at the broker, a proxy in between):
+    nothing of it reaches the books; the runner fails loudly (safe state, runner.failed, a
+    non-zero exit for its manager), never trades on a wrong position."""
+    with quiet_runner(project, runners, sample_bars) as (broker, _, runner):
+        with runner.engine.lock:
+            runner.engine.send_orders([Order("garbled", "MSFT", 10.0, 0)])
+        broker.fill("garbled", 4, 300.0)
+        assert wait_until(lambda: runner.engine.state.positions == {"MSFT": 4.0}, timeout=5)
+        with broker._lock:  # the broker's record of the working order, garbled
+            emulated = next(iter(broker.orders.values()))
+            setattr(emulated, field, value)
+        assert wait_until(runner.failed.is_set, timeout=5)
+        assert said in (runner.failure or "") and "impossible" in (runner.failure or "")
+        assert runner.engine.state.positions == {"MSFT": 4.0}  # as before it was garbled
+        alerts = {r["key"] for r in journal(project) if r["type"] == "alert"}
+        assert {"runner.failed", "runner.safe_state"} <= alerts
+
+
 def test_a_rejected_order_is_alerted_and_not_booked(
     project: Path,
     runners: list[Runner],

@@ -16,6 +16,7 @@ broker's fill and its own save learns the fills it missed at its restart (``fill
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol
 
@@ -84,6 +85,25 @@ def order_record(order: Order) -> dict[str, Any]:
     """An order as a state keeps it; a market order has no null limit price, so a paper
     runner's states read as they did before limit orders existed."""
     return {k: v for k, v in asdict(order).items() if v is not None or k != "limit_price"}
+
+
+def check_report(order: Order, report: OrderReport) -> None:
+    """Refuse a report no broker should send about ``order`` (BrokerError): another symbol or
+    side, amounts that are not finite or negative, more filled than ordered, a fill at a price
+    of zero or less. Booking it would put a wrong position in the books: the runner fails into
+    its safe state instead."""
+    amounts = (report.filled, report.cost, report.commission)
+    problem = ""
+    if report.symbol != order.symbol or report.side != (1 if order.quantity > 0 else -1):
+        problem = f"it is a {report.symbol} {'buy' if report.side > 0 else 'sell'}"
+    elif not all(math.isfinite(a) and a >= 0 for a in amounts):
+        problem = f"filled {report.filled!r}, cost {report.cost!r}, fees {report.commission!r}"
+    elif report.filled > abs(order.quantity) * (1 + 1e-9) + 1e-12:
+        problem = f"{report.filled:g} filled of {abs(order.quantity):g} ordered"
+    elif report.filled > 0 and report.cost <= 0:
+        problem = f"{report.filled:g} filled for {report.cost:g}"
+    if problem:
+        raise BrokerError(f"the broker's report of order {order.id} is impossible: {problem}")
 
 
 def fill_increment(report: OrderReport, booked: list[float]) -> Fill | None:

@@ -36,6 +36,7 @@ from qcompile.runtime.broker import (
     Order,
     OrderRejected,
     OrderReport,
+    check_report,
     fill_increment,
     order_record,
 )
@@ -836,6 +837,7 @@ class Engine:
                     self.state.booked.pop(order.id, None)
                     changed = True
                     continue
+                check_report(order, report)
                 booked = self.state.booked.setdefault(order.id, [0.0, 0.0, 0.0])
                 fill = fill_increment(report, booked)
                 if fill is not None:
