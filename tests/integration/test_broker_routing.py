@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -317,6 +319,26 @@ def test_an_impossible_report_from_the_broker_fails_the_runner_into_its_safe_sta
         assert runner.engine.state.positions == {"MSFT": 4.0}  # as before it was garbled
         alerts = {r["key"] for r in journal(project) if r["type"] == "alert"}
         assert {"runner.failed", "runner.safe_state"} <= alerts
+
+
+def test_a_broker_restart_is_ridden_out_and_what_filled_meanwhile_is_booked_once(
+    project: Path, runners: list[Runner], sample_bars: pl.DataFrame
+) -> None:
+    with quiet_runner(project, runners, sample_bars) as (broker, _, runner):
+        with runner.engine.lock:
+            runner.engine.send_orders([Order("restart", "MSFT", 10.0, 0)])
+        bounce = threading.Thread(target=broker.restart, args=(1.5,))
+        bounce.start()
+        time.sleep(0.5)
+        broker.fill("restart", 10, 300.0)  # while the broker is away: no stream, no answers
+        bounce.join(15)
+        assert wait_until(lambda: books_settled(runner), timeout=10)
+        assert runner.engine.state.positions == {"MSFT": 10.0} and not runner.failed.is_set()
+        fills = [r for r in journal(project) if r["type"] == "fill"]
+        assert [(f["quantity"], f["price"]) for f in fills] == [(10.0, 300.0)]
+        alerts = [r["key"] for r in journal(project) if r["type"] == "alert"]
+        assert "broker.unreachable" in alerts
+        assert wait_until(lambda: broker.listening == 1, timeout=15)  # the stream is back too
 
 
 def test_a_rejected_order_is_alerted_and_not_booked(

@@ -12,7 +12,9 @@ The test drives the market: ``fill(order, qty, price)`` fills all or part of a w
 network or broker would: ``rate_limit(n, retry_after)`` answers the next n requests 429 with a
 Retry-After header; ``lose_next_response()`` processes the next order and then drops the
 connection before answering (the client cannot tell whether it arrived); ``reject_next(message)``
-refuses the next order with 403, as an insufficient buying power does; ``answer_delay_s`` holds
+refuses the next order with 403, as an insufficient buying power does; ``restart(down_s)`` goes
+away and comes back with the account as it was; ``drop_stream()`` closes the trade-updates
+stream; ``answer_delay_s`` holds
 each order's answer back after the order was taken (a slow broker: a process killed meanwhile
 never learns of an order that exists).
 
@@ -187,6 +189,10 @@ class AlpacaEmulator(LoopbackApi):
     def __exit__(self, *exc: Any) -> None:
         self.drop_stream()  # the server's shutdown waits for open connections to end
         super().__exit__(*exc)
+
+    async def _stopping(self) -> None:
+        for socket in list(self._sockets):
+            await socket.close()
 
     def _update(self, order: EmulatedOrder, event: str, **fill: float) -> None:
         """(Under the lock.) A trade update to every listener, as Alpaca's stream sends it."""

@@ -3,7 +3,8 @@
 An aiohttp application runs on its own event loop in a daemon thread, so that synchronous tests
 and runners can use it as a context manager. Besides the life cycle it keeps what every broker
 emulator does alike: the log of requests, the next answers that are a rate limit (429 with a
-Retry-After header, in the API's own error body) and the next order whose answer is lost.
+Retry-After header, in the API's own error body), the next order whose answer is lost, and a
+restart (gone for a while, then back on the same port with the account as it was).
 """
 
 from __future__ import annotations
@@ -86,9 +87,28 @@ class LoopbackApi:
         self.routes(app)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        site = web.TCPSite(self._runner, "127.0.0.1", self.port)  # 0 the first time: any
         await site.start()
         self.port = self._runner.addresses[0][1]
+
+    def restart(self, down_s: float) -> None:
+        """Go away for ``down_s`` seconds (connections refused, open ones closed), then serve
+        again on the same port with everything the account held, as a broker's restart does.
+        Returns once it serves again."""
+        loop = self._loop
+        if loop is None or self._runner is None:
+            raise RuntimeError("start the server first")
+
+        async def bounce() -> None:
+            await self._stopping()
+            await self._runner.cleanup()
+            await asyncio.sleep(down_s)
+            await self._start()
+
+        asyncio.run_coroutine_threadsafe(bounce(), loop).result(down_s + 10)
+
+    async def _stopping(self) -> None:
+        """Close what a shutdown would otherwise wait for (a subclass's open streams)."""
 
     # -- faults -----------------------------------------------------------------------------
 
