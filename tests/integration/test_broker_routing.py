@@ -458,3 +458,26 @@ def test_a_replay_trades_through_ccxt_on_an_exchanges_spot_market(
         )
         held = {s: exchange.balances.get(s[:3], 0.0) for s in renamed.values()}
         assert summary.positions == {s: q for s, q in held.items() if q}
+
+
+def test_a_research_install_without_the_sdk_is_told_which_extra_to_install(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`pip install -e .` leaves the brokers' SDKs out; a deployment naming one says which
+    extra brings it, in one line (a module set to None in sys.modules fails to import)."""
+    import sys
+
+    from qcompile.runtime.broker import BrokerError
+    from qcompile.runtime.routing import open_remote_broker
+
+    params = yaml.safe_load(PARAMS.read_text())
+    for kind, sdk, runtime_module in (
+        ("alpaca", "alpaca.trading.client", "qcompile.runtime.alpaca"),
+        ("ccxt", "ccxt", "qcompile.runtime.exchange"),
+    ):
+        monkeypatch.setitem(sys.modules, sdk, None)
+        monkeypatch.delitem(sys.modules, runtime_module, raising=False)
+        deployment = {"broker": {**alpaca_settings_for("http://127.0.0.1:9"), "kind": kind}}
+        deployment["broker"]["exchange"] = "binance"
+        with pytest.raises(BrokerError, match=rf"pip install 'qcompile\[{kind}\]'"):
+            open_remote_broker(params, deployment, ENV)
