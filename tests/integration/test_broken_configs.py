@@ -146,6 +146,7 @@ CASES = [
         ),
     ),
     Case("bad date", _edit(f"{S}/ma_trend.yaml", '"2026-02-03"', '"2026-02-30"')),
+    Case("date format", _edit(f"{S}/ma_trend.yaml", '"2026-02-03"', '"2026-2-3"')),
     Case(
         "bad id and version",
         _edit(f"{S}/breakout.yaml", "id: STR-2026-0051", "id: STR-26-51"),

@@ -162,6 +162,9 @@ class _Validator(Validator):
     """cerberus with the custom checks our schemas name in ``check_with``."""
 
     def _check_with_calendar_date(self, field: str, value: Any) -> None:
+        # only a value in the date format: the regex reports any other (schema.format), once
+        if not isinstance(value, str) or not re.fullmatch(DATE_PATTERN, value):
+            return
         try:
             dt.date.fromisoformat(value)
         except (TypeError, ValueError):
