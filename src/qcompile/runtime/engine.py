@@ -900,6 +900,21 @@ class Engine:
                 differences.append(f"{symbol}: state {ours:g}, broker {theirs:g}")
         return differences
 
+    def positions_check(self, fetch: Callable[[], dict[str, float]]) -> list[str] | None:
+        """Compare positions with the broker's (``fetch``, called without the lock) when
+        nothing can move them: no order working before the call and none sent during it; None
+        when something did (an order sent and filled meanwhile would look like a difference),
+        for the caller to try again later."""
+        with self.lock:
+            if self.state.pending:
+                return None
+            sent = self.counters.orders
+        theirs = fetch()
+        with self.lock:
+            if self.state.pending or self.counters.orders != sent:
+                return None
+            return self.compare_positions(theirs)
+
     def hold(self, differences: list[str], when: str) -> None:
         """Books that disagree with the broker's: safe state, and held there (fresh data does
         not lift it) until an operator reconciles: ``qcompile reconcile STRATEGY``."""

@@ -554,10 +554,11 @@ class Runner:
                 if orders:
                     engine.settle([(o, broker.report(o)) for o in orders])
                 elif engine.recheck_positions and not engine.state.hold:
-                    engine.recheck_positions = False
-                    differences = engine.compare_positions(broker.positions())
-                    if differences:
-                        engine.hold(differences, "after a reconnect")
+                    differences = engine.positions_check(broker.positions)
+                    if differences is not None:  # None: an order moved them meanwhile
+                        engine.recheck_positions = False
+                        if differences:
+                            engine.hold(differences, "after a reconnect")
             except BrokerUnavailable as error:
                 now = time.monotonic()
                 if down_since is None:
