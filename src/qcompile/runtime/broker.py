@@ -87,6 +87,19 @@ def order_record(order: Order) -> dict[str, Any]:
     return {k: v for k, v in asdict(order).items() if v is not None or k != "limit_price"}
 
 
+def position_differences(
+    symbols: list[str], ours: dict[str, float], theirs: dict[str, float]
+) -> list[str]:
+    """Where the broker's positions in ``symbols`` differ from the runner's books, one line
+    each (a relative tolerance of 1e-9: the broker's decimals are not our floats)."""
+    differences = []
+    for symbol in symbols:
+        mine, broker = ours.get(symbol, 0.0), theirs.get(symbol, 0.0)
+        if abs(mine - broker) > 1e-9 * max(1.0, abs(mine), abs(broker)):
+            differences.append(f"{symbol}: state {mine:g}, broker {broker:g}")
+    return differences
+
+
 def check_report(order: Order, report: OrderReport) -> None:
     """Refuse a report no broker should send about ``order`` (BrokerError): another symbol or
     side, amounts that are not finite or negative, more filled than ordered, a fill at a price

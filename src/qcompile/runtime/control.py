@@ -13,7 +13,7 @@ import signal
 import socket
 import time
 from collections.abc import Mapping
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -138,6 +138,15 @@ def _after(stamp: Any, since: datetime | None) -> bool:
         return False
 
 
+def _event(kind: str, detail: str) -> dict[str, Any]:
+    """An operator's journal record, stamped now (UTC, milliseconds)."""
+    return {
+        "type": kind,
+        "at": datetime.now(UTC).isoformat(timespec="milliseconds"),
+        "detail": detail,
+    }
+
+
 def journal_event(
     params: Mapping[str, Any],
     root: Path,
@@ -146,13 +155,7 @@ def journal_event(
     env: Mapping[str, str] = os.environ,
 ) -> dict[str, Any]:
     """Append an operator's event (a rollback, say) to the strategy's journal."""
-    from datetime import UTC
-
-    record = {
-        "type": kind,
-        "at": datetime.now(UTC).isoformat(timespec="milliseconds"),
-        "detail": detail,
-    }
+    record = _event(kind, detail)
     store = _store(params, root, env)
     try:
         store.append_journal(record)
@@ -172,7 +175,7 @@ def reconcile(
     whether they agree). With ``accept_broker``, working orders are cancelled at the broker, its
     positions in the universe become the state's, the hold is lifted and the journal says who
     did it; the runner resumes from there at its next start."""
-    from qcompile.runtime.broker import BrokerError
+    from qcompile.runtime.broker import BrokerError, position_differences
     from qcompile.runtime.routing import broker_settings, open_remote_broker
 
     if broker_settings(params["deployment"])["kind"] == "paper":
@@ -200,12 +203,7 @@ def reconcile(
         lines = [f"{store.location}: state seq {saved.get('seq')}; broker {broker.describe()}"]
         if saved.get("hold"):
             lines.append(f"held: {saved['hold']}")
-        differences = [
-            f"{symbol}: state {ours.get(symbol, 0.0):g}, broker {held.get(symbol, 0.0):g}"
-            for symbol in symbols
-            if abs(ours.get(symbol, 0.0) - held.get(symbol, 0.0))
-            > 1e-9 * max(1.0, abs(ours.get(symbol, 0.0)), abs(held.get(symbol, 0.0)))
-        ]
+        differences = position_differences(symbols, ours, held)
         lines += differences or ["positions agree"]
         lines += [f"working at the broker: {o.id} {o.symbol} {o.quantity:+g}" for o in working]
         pending = saved.get("pending_orders") or []
@@ -227,16 +225,9 @@ def reconcile(
         state.pop("hold", None)
         state["seq"] = int(saved["seq"]) + 1
         store.save(state)
-        from datetime import UTC
-
         store.append_journal(
-            {
-                "type": "reconciled",
-                "at": datetime.now(UTC).isoformat(timespec="milliseconds"),
-                "by": operator,
-                "detail": "accepted the broker's positions",
-                "differences": differences,
-            }
+            _event("reconciled", "accepted the broker's positions")
+            | {"by": operator, "differences": differences}
         )
         lines.append(f"accepted the broker's positions (state seq {state['seq']}); hold lifted")
         return lines, True

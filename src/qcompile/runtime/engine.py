@@ -39,6 +39,7 @@ from qcompile.runtime.broker import (
     check_report,
     fill_increment,
     order_record,
+    position_differences,
 )
 from qcompile.runtime.monitor import Monitor, MonitorState
 
@@ -893,12 +894,7 @@ class Engine:
     def compare_positions(self, broker_positions: dict[str, float]) -> list[str]:
         """Where the broker's positions in our universe differ from ours (pending orders count
         for nothing: call with none working)."""
-        differences = []
-        for symbol in self.config.symbols:
-            ours, theirs = self.state.positions.get(symbol, 0.0), broker_positions.get(symbol, 0.0)
-            if abs(ours - theirs) > 1e-9 * max(1.0, abs(ours), abs(theirs)):
-                differences.append(f"{symbol}: state {ours:g}, broker {theirs:g}")
-        return differences
+        return position_differences(self.config.symbols, self.state.positions, broker_positions)
 
     def positions_check(self, fetch: Callable[[], dict[str, float]]) -> list[str] | None:
         """Compare positions with the broker's (``fetch``, called without the lock) when
